@@ -98,3 +98,239 @@ def test_backend_choice():
     assert relative_error(o_auto, o_naive) < 1e-12
     with pytest.raises(ValueError, match="unknown backend"):
         kernels.gated_delta_rule(*inputs, backend="triton")
+
+
+# ----------------------------------------------------------------------------------------------
+# tiny_videossm.py: the network
+
+import tiny_videossm as tv  # noqa: E402
+
+
+def small_config(**overrides):
+    """A model small enough for float64 tests: 8x8 frames, 4 tokens a frame, 2 frames a chunk."""
+    base = dict(frame_size=8, patch_size=4, dim=24, n_heads=2, n_layers=2, ffn_dim=32, text_dim=8,
+                freq_dim=16, causal=True, chunk_frames=2, mode="hybrid", sink_chunks=1, window_chunks=2,
+                router_horizon=10, kernel_chunk_size=4)
+    return tv.VideoSSMConfig(**{**base, **overrides})
+
+
+def small_model(dtype=torch.float64, awake=True, seed=0, **overrides):
+    """awake: move the zero-initialised memory gate and head so every path is visible in the output."""
+    torch.manual_seed(seed)
+    model = tv.VideoDiT(small_config(**overrides)).to(dtype)
+    if awake:
+        with torch.no_grad():
+            for block in model.blocks:
+                if block.self_attn.memory:
+                    block.self_attn.out_gate.weight.normal_(0, 0.5)
+            model.head.weight.normal_(0, 0.5)
+    return model
+
+
+def random_clip(frames, dtype=torch.float64, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, frames, 3, 8, 8, generator=gen).to(dtype), torch.randn(1, 5, 8, generator=gen).to(dtype)
+
+
+def test_flow_matching_direction_of_time():
+    x0, noise = torch.randn(2, 3), torch.randn(2, 3)
+    assert torch.equal(tv.add_noise(x0, noise, torch.zeros(2)), x0)         # s = 0: the clean clip
+    assert torch.equal(tv.add_noise(x0, noise, torch.ones(2)), noise)       # s = 1: pure noise
+    s = torch.tensor([0.3, 0.8])
+    x_s = tv.add_noise(x0, noise, s)
+    v = tv.velocity_target(x0, noise)
+    assert torch.allclose(tv.x0_from_velocity(x_s, v, s), x0)
+    assert torch.allclose(tv.add_noise(x0, noise, s + 1e-3) - x_s, 1e-3 * v, atol=1e-6)  # v = d x_s / d s
+    sigmas = tv.denoising_sigmas(4, shift=3.0)
+    assert sigmas[0] == 1.0 and all(a > b > 0 for a, b in zip(sigmas, sigmas[1:]))
+    assert tv.shift_sigma(torch.tensor(0.5), 3.0) == 0.75                  # shift > 1 leans to noise
+
+
+def load_wan_weights(ours, wan):
+    """Copy a diffusers WanTransformer3DModel's weights into our VideoDiT (names differ, math doesn't)."""
+    rename = {"condition_embedder.time_embedder.linear_1": "time_embedding.0",
+              "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+              "condition_embedder.time_proj": "time_projection.1",
+              "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+              "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+              "proj_out": "head", "scale_shift_table": "head_modulation",
+              "attn1.to_out.0": "self_attn.o", "attn2.to_out.0": "cross_attn.o",
+              "attn1.to_": "self_attn.", "attn2.to_": "cross_attn.", "attn1.": "self_attn.", "attn2.": "cross_attn.",
+              "norm2": "norm3", "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
+              "blocks.0.scale_shift_table": "blocks.0.modulation", "blocks.1.scale_shift_table": "blocks.1.modulation"}
+    state = {}
+    for name, tensor in wan.state_dict().items():
+        if name == "patch_embedding.weight":
+            tensor = tensor.flatten(1)                       # Conv3d (d, C, 1, p, p) -> Linear (d, C*p*p)
+        for old, new in rename.items():
+            if name.startswith("blocks.") and old in name and not old.startswith(("proj_out", "scale_shift", "cond")):
+                name = name.replace(old, new)
+            elif name.startswith(old):
+                name = new + name[len(old):]
+        state[name] = tensor
+    ours.load_state_dict(state, strict=True)
+
+
+def test_wan_parity():
+    diffusers = pytest.importorskip("diffusers", reason="Wan parity needs diffusers: pip install -r requirements-dev.txt")
+    torch.manual_seed(0)
+    wan = diffusers.WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
+                                          in_channels=3, out_channels=3, text_dim=8, freq_dim=16, ffn_dim=32,
+                                          num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                          eps=1e-6, rope_max_seq_len=32).eval()
+    with torch.no_grad():                                    # random everything, zero-inits included
+        for p in wan.parameters():
+            p.normal_(0, 0.1)
+    ours = tv.VideoDiT(small_config(causal=False)).eval()
+    load_wan_weights(ours, wan)
+    clip, text = random_clip(4, torch.float32)
+    timestep = torch.tensor([637.0])
+    with torch.no_grad():
+        expected = wan(clip.transpose(1, 2), timestep, text, return_dict=False)[0].transpose(1, 2)
+        got = ours(clip, timestep, text)
+    assert expected.abs().max() > 0.1
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_student_is_causal_and_teacher_is_not():
+    clip, text = random_clip(8)
+    t = torch.rand(1, 8, dtype=torch.float64) * 1000
+    later = clip.clone()
+    later[:, 4:6] += 1.0                                       # perturb chunk 2 of 4
+    for mode in tv.MODES:
+        student = small_model(mode=mode)
+        out, out_later = student(clip, t, text), student(later, t, text)
+        assert torch.equal(out[:, :4], out_later[:, :4]), mode                   # chunks 0, 1 untouched
+        assert not torch.allclose(out[:, 4:], out_later[:, 4:]), mode
+    teacher = small_model(causal=False)
+    assert not torch.allclose(teacher(clip, t[:, :1], text)[:, :4], teacher(later, t[:, :1], text)[:, :4])
+
+
+@pytest.mark.parametrize("mode", tv.MODES)
+def test_streaming_equals_parallel(mode):
+    """7 chunks with sink 1 and window 2: chunks 1-4 are evicted (into M in hybrid mode)."""
+    model = small_model(mode=mode)
+    clean, text = random_clip(14)
+    cache = tv.StreamCache(model, 1, mode, torch.float64)
+    cache.set_prompt(model, text)
+    gen = torch.Generator().manual_seed(3)
+    noisy = torch.randn(1, 14, 3, 8, 8, generator=gen, dtype=torch.float64)
+    t = (torch.rand(1, 7, generator=gen, dtype=torch.float64) * 1000).repeat_interleave(2, dim=1)
+    teacher_forced = model(noisy, t, text, clean_context=clean)               # every chunk at once
+    for c in range(7):
+        chunk = slice(2 * c, 2 * c + 2)
+        streamed = model.forward_chunk(noisy[:, chunk], t[:, 2 * c], cache)
+        earlier_clean = torch.cat([clean[:, :2 * c], noisy[:, chunk]], dim=1)
+        t_clean = torch.cat([torch.zeros(1, 2 * c, dtype=torch.float64), t[:, chunk]], dim=1)
+        parallel = model(earlier_clean, t_clean, text)[:, -2:]
+        assert (streamed - parallel).abs().max() <= 1e-8, (mode, c)
+        assert (streamed - teacher_forced[:, chunk]).abs().max() <= 1e-8, (mode, c)
+        model.forward_chunk(clean[:, chunk], 0.0, cache, write=True)
+    if mode == "hybrid":
+        assert all(layer.state.abs().max() > 0 for layer in cache.layers)
+
+
+def test_cache_stays_bounded_in_hybrid_and_grows_in_full():
+    tokens_per_chunk = 2 * 4
+    for mode, chunks in [("hybrid", 200), ("full", 30)]:
+        model = small_model(dtype=torch.float32, mode=mode)
+        cache = tv.StreamCache(model, 1, mode)
+        cache.set_prompt(model, random_clip(2, torch.float32)[1])
+        lengths = []
+        with torch.no_grad():
+            for c in range(chunks):
+                model.forward_chunk(torch.randn(1, 2, 3, 8, 8), 0.0, cache, write=True)
+                lengths.append(cache.length())
+                assert all(layer.state.shape == (1, 2, 12, 12) for layer in cache.layers)
+        if mode == "hybrid":   # the sink and the window's earlier chunk; the current chunk fills the last slot
+            assert lengths[-1] == lengths[10] == (1 + 2 - 1) * tokens_per_chunk and cache.chunks == [0, 199]
+            assert all(torch.isfinite(layer.state).all() for layer in cache.layers)
+        else:
+            assert lengths == [(c + 1) * tokens_per_chunk for c in range(chunks)]
+
+
+def test_memory_path_is_exactly_zero_at_init_and_router_follows_E9():
+    model = small_model(awake=False)
+    clip, text = random_clip(10)
+    t = torch.full((1,), 500.0, dtype=torch.float64)
+    assert torch.equal(model(clip, t, text, mode="hybrid"), model(clip, t, text, mode="sink"))
+    attn = model.blocks[0].self_attn
+    with torch.no_grad():
+        attn.router_w.fill_(2.0)
+        attn.router_b.fill_(-1.0)
+    frames = torch.arange(0, 30, dtype=torch.float64)
+    rho = ((frames + 1) / 10).clamp(max=1)
+    expected = torch.sigmoid(2.0 * rho.log() - 1.0)
+    # gamma as fuse() computes it, read back through a memory read of ones
+    gamma = torch.sigmoid(attn.router_w * rho.log()[:, None] + attn.router_b)[:, 0]
+    assert torch.allclose(gamma, expected)
+    assert (gamma[1:10] > gamma[:9]).all() and (gamma[10:] == gamma[9]).all()   # rises, then flat at T (D6)
+
+
+def test_gradients_reach_the_memory_write_path():
+    model = small_model()                 # awake: g_out moved off zero (D9)
+    clean, text = random_clip(10)
+    noisy = torch.randn_like(clean)
+    out = model(noisy, torch.full((1, 10), 400.0, dtype=torch.float64), text, clean_context=clean)
+    out.square().mean().backward()
+    for block in model.blocks:
+        attn = block.self_attn
+        for name in ["alpha_proj.weight", "beta_proj.weight", "A_log", "dt_bias", "out_gate.weight"]:
+            grad = attn.get_parameter(name).grad
+            assert grad is not None and grad.abs().max() > 0, name
+
+
+def test_generate_is_seeded_and_a_prompt_switch_keeps_the_past():
+    model = small_model(dtype=torch.float32)
+    encoder = tv.TextEncoder(["a", "circle", "on", "red", "blue"], text_dim=8)
+    sigmas = tv.denoising_sigmas(2)
+
+    def run(prompts):
+        with torch.no_grad():
+            return torch.cat(list(tv.generate(model, encoder, prompts, 6, sigmas, torch.Generator().manual_seed(7))), 1)
+    base = run({0: "a circle on red"})
+    assert base.shape == (1, 12, 3, 8, 8) and torch.isfinite(base).all()
+    assert torch.equal(base, run({0: "a circle on red"}))
+    switched = run({0: "a circle on red", 4: "a circle on blue"})
+    assert torch.equal(switched[:, :8], base[:, :8]) and not torch.allclose(switched[:, 8:], base[:, 8:])
+
+
+def test_recache_keeps_sink_and_memory_and_rewrites_the_window():
+    model = small_model(dtype=torch.float32)
+    cache = tv.StreamCache(model, 1)
+    text_a, text_b = torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    cache.set_prompt(model, text_a)
+    with torch.no_grad():
+        for _ in range(5):
+            model.forward_chunk(torch.randn(1, 2, 3, 8, 8), 0.0, cache, write=True)
+        before = [(layer.k.clone(), layer.state.clone()) for layer in cache.layers]
+        tv.recache(model, cache, text_b)
+    sink = 2 * 4
+    for (k, state), layer in zip(before, cache.layers):
+        assert torch.equal(layer.state, state) and torch.equal(layer.k[:, :sink], k[:, :sink])
+        assert layer.k.shape == k.shape
+    assert cache.chunks == [0, 4] and cache.next_chunk == 5
+    assert not torch.equal(cache.layers[-1].k[:, sink:], before[-1][0][:, sink:])   # deeper layers see the prompt
+
+
+def test_bad_inputs_give_clear_errors():
+    model = small_model(dtype=torch.float32)
+    text = torch.randn(1, 5, 8)
+    with pytest.raises(ValueError, match="must have shape"):
+        model(torch.randn(1, 4, 3, 8), torch.zeros(1), text)
+    with pytest.raises(ValueError, match="not a multiple of chunk_frames"):
+        model(torch.randn(1, 3, 3, 8, 8), torch.zeros(1), text)
+    with pytest.raises(ValueError, match="text must have shape"):
+        model(torch.randn(1, 4, 3, 8, 8), torch.zeros(1), torch.randn(1, 5, 7))
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        small_config(frame_size=10)
+    with pytest.raises(ValueError, match="window_chunks must be >= 1"):
+        small_config(window_chunks=0)
+    with pytest.raises(ValueError, match="unknown mode"):
+        small_config(mode="sliding")
+    with pytest.raises(ValueError, match="unknown mode"):
+        tv.StreamCache(model, 1, mode="sliding")
+    encoder = tv.TextEncoder(["a", "circle", "on", "red"], text_dim=8)
+    with pytest.raises(ValueError, match="unknown word 'triangle'.*a circle on red"):
+        encoder(["a triangle on red"])
+    assert encoder([""]).shape == (1, 8, 8)                   # the empty prompt: unconditional

@@ -1,0 +1,743 @@
+"""
+The network: a Wan-2.1-style video DiT that generates a video chunk by chunk, seeing recent frames
+through a sliding attention window with sink frames and everything older through a gated
+delta-rule memory (VideoSSM, arXiv 2512.04519). Imports torch and kernels.py only.
+
+Read in this order:
+    VideoSSMConfig          every size and switch, with what it means
+    flow matching helpers   the noise convention: x_s = (1 - s) x0 + s eps, the net predicts eps - x0
+    TextEncoder             prompt -> token features (no T5: a word-level vocabulary)
+    rope                    3D rotary positions, Wan's interleaved pairs
+    SelfAttention           local attention (E3, E4) + global memory (E5-E8) + router (E9, E10)
+    Block, VideoDiT         Wan's block and model; one class is teacher, student and critic
+    Pattern                 who attends to whom: bidirectional, or causal in one of four modes
+    StreamCache, generate   the streaming path: KV cache with sink + window, eviction into M
+
+Two execution paths compute the same function and are tested against each other:
+    parallel   `VideoDiT.forward`: a whole clip in one pass, block-causal mask, and for every chunk
+               the memory state built from the chunks evicted before it (used for training);
+    streaming  `VideoDiT.forward_chunk` with a `StreamCache`: one chunk at a time (used to sample,
+               and by stage 2's self-rollout).
+
+Glossary (shape comments):
+    B batch          F frames          C colour channels   H, W frame height, width in pixels
+    L tokens         d model width     nh heads            hd head width (d // nh)
+    p patch size     h, w tokens per frame along height, width (H // p, W // p)
+    Lt text tokens   n chunks          M memory state, (B, nh, hd, hd) per layer
+
+Paper equations are tagged (E3)...(E11); decisions the paper leaves open are tagged (D1)...(D11),
+with SPEC.md's table as the reference. Mirrors Wan2.1's wan/modules/model.py (diffusers:
+WanTransformer3DModel) and Self-Forcing's CausalWanModel for the causal variant.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import gated_delta_rule
+
+MODES = ("hybrid", "sink", "window", "full")
+
+
+@dataclass
+class VideoSSMConfig:
+    frame_size: int = 32          # frames are frame_size x frame_size pixels
+    channels: int = 3             # colour channels
+    patch_size: int = 4           # a token is a p x p patch of one frame (Wan's patch is (1, p, p))
+    dim: int = 128                # model width d
+    n_heads: int = 4              # attention heads nh; head width hd = dim // n_heads
+    n_layers: int = 4             # transformer blocks
+    ffn_dim: int = 512            # hidden width of each block's feed-forward net
+    freq_dim: int = 64            # width of the sinusoidal timestep embedding
+    text_dim: int = 64            # width of the text encoder's token features
+    causal: bool = False          # False: bidirectional (teacher, critic); True: causal student
+    chunk_frames: int = 3         # frames generated together; the unit of causality and eviction
+    mode: str = "hybrid"          # causal attention: hybrid | sink | window | full (see Pattern)
+    sink_chunks: int = 1          # first chunks of the video that are never evicted
+    window_chunks: int = 3        # recent chunks attended to, the current one included
+    router_horizon: int = 48      # T of (E9) in frames (D6): gamma's position reaches 1 there
+    kernel_chunk_size: int = 64   # chunk size of the chunked delta-rule kernel
+    kernel_backend: str = "auto"  # kernels.gated_delta_rule backend: auto | compiled | chunked | naive
+
+    def __post_init__(self):
+        if self.frame_size % self.patch_size:
+            raise ValueError(f"frame_size {self.frame_size} is not divisible by patch_size {self.patch_size}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.window_chunks < 1:
+            raise ValueError(f"window_chunks must be >= 1 (the current chunk), got {self.window_chunks}")
+        if self.sink_chunks < 0 or self.chunk_frames < 1:
+            raise ValueError("sink_chunks must be >= 0 and chunk_frames >= 1")
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
+    @property
+    def tokens_per_frame(self):
+        return (self.frame_size // self.patch_size) ** 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Flow matching (rectified flow, Wan's convention). s in [0, 1] is the noise level ("sigma"),
+# s = 1 is pure noise, the network sees the timestep t = 1000 s and predicts the velocity eps - x0.
+
+
+def add_noise(x0, noise, sigma):
+    """x_s = (1 - s) x0 + s eps. sigma broadcasts against x0 from the left: (B,) or (B, F)."""
+    sigma = sigma.reshape(*sigma.shape, *([1] * (x0.dim() - sigma.dim())))
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def velocity_target(x0, noise):
+    """What the network learns to predict: d x_s / d s = eps - x0."""
+    return noise - x0
+
+
+def x0_from_velocity(x_s, velocity, sigma):
+    """Invert the above: x0 = x_s - s v."""
+    sigma = sigma.reshape(*sigma.shape, *([1] * (x_s.dim() - sigma.dim())))
+    return x_s - sigma * velocity
+
+
+def shift_sigma(sigma, shift):
+    """Wan's timestep shift: s' = shift s / (1 + (shift - 1) s); shift > 1 spends more steps at high noise."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def denoising_sigmas(steps, shift=3.0):
+    """The student's few denoising levels, equally spaced in t then warped through the shift
+    (Self-Forcing's 1000, 750, 500, 250 for 4 steps). Returns a list of floats, high to low."""
+    return [shift_sigma(1 - i / steps, shift) for i in range(steps)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Text: a word-level tokenizer over a fixed vocabulary, an embedding, and learned positions.
+
+
+class TextEncoder(nn.Module):
+    """Prompt -> (Lt, text_dim) token features. Id 0 pads; the empty prompt (all padding) is the
+    unconditional input for classifier-free guidance. Trained with the teacher, then frozen."""
+
+    def __init__(self, vocab, text_dim=64, max_words=8):
+        super().__init__()
+        self.vocab = list(vocab)
+        self.word_to_id = {word: i + 1 for i, word in enumerate(self.vocab)}
+        self.max_words = max_words
+        self.embedding = nn.Embedding(len(self.vocab) + 1, text_dim)
+        self.position = nn.Parameter(torch.randn(max_words, text_dim) * 0.02)
+
+    def tokenize(self, prompt):
+        words = prompt.lower().split()
+        for word in words:
+            if word not in self.word_to_id:
+                raise ValueError(f"unknown word {word!r} in prompt {prompt!r}; "
+                                 f"the vocabulary is: {' '.join(self.vocab)}")
+        if len(words) > self.max_words:
+            raise ValueError(f"prompt {prompt!r} has {len(words)} words; at most {self.max_words}")
+        return [self.word_to_id[word] for word in words] + [0] * (self.max_words - len(words))
+
+    def forward(self, prompts):
+        """prompts: list of B strings -> (B, Lt, text_dim)"""
+        ids = torch.tensor([self.tokenize(p) for p in prompts], device=self.position.device)  # (B, Lt)
+        return self.embedding(ids) + self.position                                             # (B, Lt, text_dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3D RoPE (Wan): the head width is split between time, height and width; pairs of channels
+# (0, 1), (2, 3), ... are rotated by angle position * frequency ("interleaved pairs").
+
+
+def rope_angles(frame_positions, h, w, head_dim, theta=10000.0):
+    """Rotation angles for tokens in (frame, row, column) order.
+
+    Args:
+        frame_positions: shape (F,), the time position of each frame (any real numbers)
+    Returns:
+        angles: shape (F * h * w, hd / 2), float64 so that large positions stay exact
+    """
+    hw_dim = 2 * (head_dim // 6)                        # Wan: height and width get 2 * (hd // 6) each
+    dims = (head_dim - 2 * hw_dim, hw_dim, hw_dim)      # time gets the rest
+
+    def freqs(dim):
+        return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=frame_positions.device) / dim)
+
+    F_ = frame_positions.shape[0]
+    t = frame_positions.double()[:, None] * freqs(dims[0])                                  # (F, dt/2)
+    y = torch.arange(h, dtype=torch.float64, device=t.device)[:, None] * freqs(dims[1])     # (h, dh/2)
+    x = torch.arange(w, dtype=torch.float64, device=t.device)[:, None] * freqs(dims[2])     # (w, dw/2)
+    return torch.cat([t[:, None, None].expand(F_, h, w, -1),
+                      y[None, :, None].expand(F_, h, w, -1),
+                      x[None, None, :].expand(F_, h, w, -1)], dim=-1).reshape(F_ * h * w, -1)  # (L, hd/2)
+
+
+def rope(x, angles):
+    """Rotate interleaved channel pairs. x: (B, L, nh, hd), angles: (L, hd/2) -> (B, L, nh, hd)"""
+    cos = angles.cos().to(x.dtype)[:, None]             # (L, 1, hd/2)
+    sin = angles.sin().to(x.dtype)[:, None]
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)        # (B, L, nh, hd/2) each
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-attention with hybrid memory: the heart of VideoSSM
+
+
+class SelfAttention(nn.Module):
+    """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, when `memory` is on,
+    VideoSSM's global memory beside it, read by the same queries and fused before W_o.
+
+    Needs: a VideoSSMConfig; kernels.gated_delta_rule. The caller supplies the attention context:
+    `forward_parallel` takes a Pattern (masks for a whole clip), `forward_cached` a LayerCache.
+    """
+
+    def __init__(self, cfg: VideoSSMConfig, memory: bool):
+        super().__init__()
+        d, nh = cfg.dim, cfg.n_heads
+        self.cfg, self.nh, self.hd = cfg, nh, cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))   # (E3) W_Q, W_K, W_V, W_o
+        self.norm_q = nn.RMSNorm(d, eps=1e-6)
+        self.norm_k = nn.RMSNorm(d, eps=1e-6)
+        self.memory = memory
+        if memory:
+            self.beta_proj = nn.Linear(d, nh, bias=False)       # (E5) W_beta, one gate per head (D1)
+            self.alpha_proj = nn.Linear(d, nh, bias=False)      # (E6) W_alpha
+            self.A_log = nn.Parameter(torch.empty(nh))          # (E6) A
+            self.dt_bias = nn.Parameter(torch.empty(nh))        # (E6) B
+            self.out_gate = nn.Linear(d, d)                     # (E8) g_out
+            self.memory_norm = nn.RMSNorm(self.hd, eps=1e-6)    # (E8) per-head RMSNorm (D4)
+            self.router_w = nn.Parameter(torch.ones(d))         # (E9) w_router, per channel (D5)
+            self.router_b = nn.Parameter(torch.zeros(d))        # (E9) b_router
+            self.reset_memory_parameters()
+
+    @torch.no_grad()
+    def reset_memory_parameters(self):
+        """(D9) Gated DeltaNet's init for A and B; g_out zero so the memory path outputs exactly 0."""
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
+        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        nn.init.zeros_(self.out_gate.weight)
+        nn.init.zeros_(self.out_gate.bias)
+
+    def project(self, x):
+        """x: (B, L, d) -> q, k, v (B, L, nh, hd), before RoPE; and the token's gates."""
+        B, L, _ = x.shape
+        q = self.norm_q(self.q(x)).view(B, L, self.nh, self.hd)       # (E3) (B, L, nh, hd)
+        k = self.norm_k(self.k(x)).view(B, L, self.nh, self.hd)       # (B, L, nh, hd)
+        v = self.v(x).view(B, L, self.nh, self.hd)                    # (B, L, nh, hd)
+        gates = None
+        if self.memory:
+            beta = torch.sigmoid(self.beta_proj(x))                                   # (E5) (B, L, nh)
+            g = -self.A_log.exp() * F.softplus(self.alpha_proj(x) + self.dt_bias)     # (E6) (B, L, nh), <= 0
+            gates = (g, beta)
+        return q, k, v, gates
+
+    def write_memory(self, state, k, v, gates):
+        """(E7) Scan evicted tokens into the state, in order (D3, D7). k: pre-RoPE keys (D2)."""
+        g, beta = gates
+        k_mem = F.normalize(k, dim=-1)                                  # (D2) L2-normalised keys
+        _, state = gated_delta_rule(k_mem, k_mem, v, g, beta, initial_state=state,   # outputs unused
+                                    chunk_size=self.cfg.kernel_chunk_size, backend=self.cfg.kernel_backend)
+        return state                                                    # (B, nh, hd, hd)
+
+    def fuse(self, x, q, local, states, frame_index):
+        """(E8)-(E10): read the memory with the pre-RoPE queries, route by position, add, project.
+
+        Args:
+            x: (B, L, d) the block's input H_in;  q: (B, L, nh, hd) pre-RoPE queries
+            local: (B, L, nh, hd) the attention output H_local
+            states: (B, L, nh, hd, hd) the memory state each token reads, or None (memory off)
+            frame_index: (L,) absolute frame index of each token, for the router (D6)
+        """
+        B, L, _ = x.shape
+        out = local.reshape(B, L, -1)                                   # (B, L, d)
+        if states is not None:
+            q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5           # (D2) (B, L, nh, hd)
+            read = torch.einsum("blhk,blhkv->blhv", q_mem, states)     # (E8) Q M, (B, L, nh, hd)
+            h_global = self.memory_norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))  # (E8) (D4)
+            rho = ((frame_index + 1) / self.cfg.router_horizon).clamp(max=1.0)           # (D6) (L,)
+            gamma = torch.sigmoid(self.router_w * rho.log()[:, None] + self.router_b)    # (E9) (L, d)
+            out = out + gamma.to(out.dtype) * h_global                                   # (E10) (B, L, d)
+        return self.o(out)                                              # (E10) W_o
+
+    def forward_parallel(self, x, pattern):
+        """A whole clip at once. x: (B, L, d), pattern: Pattern -> (B, L, d)"""
+        q, k, v, gates = self.project(x)
+        q_rot, k_rot = rope(q, pattern.angles), rope(k, pattern.angles)
+        logits = torch.einsum("bqhd,bkhd->bhqk", q_rot, k_rot) * self.hd ** -0.5         # (B, nh, L, L)
+        if pattern.sink_columns is not None:
+            # the sink is seen as if it sat just before the window: its logits use queries at
+            # their window-relative positions (see Pattern)
+            q_sink = rope(q, pattern.sink_query_angles)
+            k_sink = k_rot[:, pattern.sink_columns]
+            logits[..., pattern.sink_columns] = torch.einsum("bqhd,bkhd->bhqk", q_sink, k_sink) * self.hd ** -0.5
+        if pattern.mask is not None:
+            logits = logits.masked_fill(~pattern.mask, -math.inf)
+        local = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v)                  # (E4) (B, L, nh, hd)
+
+        states = None
+        if self.memory and pattern.memory_on:
+            # (D11) for each chunk, the state built from the context chunks evicted before it,
+            # computed in the autograd graph, scan by scan as streaming would do it (D7)
+            state = x.new_zeros(x.shape[0], self.nh, self.hd, self.hd)
+            per_chunk = []
+            for evicted in pattern.evicted_before:     # one entry per chunk: a token slice or None
+                if evicted is not None:
+                    state = self.write_memory(state, k[:, evicted], v[:, evicted], [t[:, evicted] for t in gates])
+                per_chunk.append(state)
+            states = torch.stack(per_chunk, dim=1)[:, pattern.token_chunk]                # (B, L, nh, hd, hd)
+        return self.fuse(x, q, local, states, pattern.frame_index)
+
+    def forward_cached(self, x, cache, step):
+        """One chunk against the cache. x: (B, L, d) the chunk's tokens; cache: LayerCache;
+        step: StreamStep (positions). Returns (B, L, d) and, for the cache, (k, v, gates)."""
+        q, k, v, gates = self.project(x)
+        k_all = torch.cat([cache.k, k], dim=1) if cache.k is not None else k          # (B, Lc + L, nh, hd)
+        v_all = torch.cat([cache.v, v], dim=1) if cache.v is not None else v
+        q_rot, k_rot = rope(q, step.query_angles), rope(k_all, step.key_angles)
+        local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2),
+                                               v_all.transpose(1, 2)).transpose(1, 2)     # (E4) (B, L, nh, hd)
+        states = None
+        if self.memory and step.memory_on:
+            states = cache.state[:, None].expand(-1, x.shape[1], -1, -1, -1)             # (B, L, nh, hd, hd)
+        return self.fuse(x, q, local, states, step.frame_index), (k, v, gates)
+
+
+class CrossAttention(nn.Module):
+    """Wan's text cross-attention: qk-RMSNorm, no RoPE, no mask."""
+
+    def __init__(self, cfg: VideoSSMConfig):
+        super().__init__()
+        d = cfg.dim
+        self.nh, self.hd = cfg.n_heads, cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.norm_q = nn.RMSNorm(d, eps=1e-6)
+        self.norm_k = nn.RMSNorm(d, eps=1e-6)
+
+    def context_kv(self, context):
+        """context: (B, Lt, d) -> k, v (B, nh, Lt, hd); computed once per prompt when streaming."""
+        B, Lt, _ = context.shape
+        k = self.norm_k(self.k(context)).view(B, Lt, self.nh, self.hd).transpose(1, 2)
+        v = self.v(context).view(B, Lt, self.nh, self.hd).transpose(1, 2)
+        return k, v
+
+    def forward(self, x, context_kv):
+        B, L, d = x.shape
+        q = self.norm_q(self.q(x)).view(B, L, self.nh, self.hd).transpose(1, 2)        # (B, nh, L, hd)
+        out = F.scaled_dot_product_attention(q, *context_kv)                             # (B, nh, L, hd)
+        return self.o(out.transpose(1, 2).reshape(B, L, d))
+
+
+class Block(nn.Module):
+    """Wan's block: modulated self-attention, cross-attention, modulated FFN.
+    modulation + e0 gives shift/scale/gate for self-attention, then for the FFN."""
+
+    def __init__(self, cfg: VideoSSMConfig, memory: bool):
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=False)
+        self.self_attn = SelfAttention(cfg, memory)
+        self.norm3 = nn.LayerNorm(d, eps=1e-6)                      # before cross-attention, affine
+        self.cross_attn = CrossAttention(cfg)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
+
+    def forward(self, x, e0, context_kv, attend):
+        """x: (B, L, d), e0: (B, L, 6, d) per-token time modulation, attend(h) -> self-attention."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).unbind(2)  # (B, L, d) each
+        x = x + gate1 * attend(self.norm1(x) * (1 + scale1) + shift1)
+        x = x + self.cross_attn(self.norm3(x), context_kv)
+        return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2)
+
+
+def timestep_embedding(t, dim):
+    """Sinusoidal embedding of t in [0, 1000], cos first then sin (Wan). t: (...) -> (..., dim)"""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.double()[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Who attends to whom
+
+
+@dataclass
+class Pattern:
+    """The attention pattern of one parallel forward, shared by all layers.
+
+    Positions: a token's time position is its frame index. In `sink` and `hybrid` modes the
+    sink is seen as if it sat right before the window (the chunks in between have left), so the
+    distances the model sees stay bounded however long the video: a query in chunk c reads the
+    sink with its position shifted back by `shift(c)` chunks. Streaming gets the same numbers by
+    placing the cached chunks at their slots (StreamStep).
+    """
+    angles: torch.Tensor                  # (L, hd/2) RoPE angles at absolute positions
+    frame_index: torch.Tensor             # (L,) absolute frame of each token, for the router
+    token_chunk: torch.Tensor             # (L,) chunk index of each token
+    mask: torch.Tensor = None             # (L, L) bool, True = may attend; None = everything
+    sink_columns: torch.Tensor = None     # (Ls,) key tokens that belong to the sink
+    sink_query_angles: torch.Tensor = None  # (L, hd/2) query angles used against the sink
+    evicted_before: list = field(default_factory=list)  # per chunk: slice of context tokens to scan first
+    memory_on: bool = False
+
+
+def visible_chunks(c, cfg, mode):
+    """Chunks a query in chunk c attends to (itself included), and the chunk evicted into memory
+    just before c is generated (hybrid mode), or None. (E4) (D7)"""
+    if mode == "full":
+        return list(range(c + 1)), None
+    sink = cfg.sink_chunks if mode in ("sink", "hybrid") else 0
+    window = range(max(0, c - cfg.window_chunks + 1), c + 1)
+    visible = sorted(set(range(min(sink, c + 1))) | set(window))
+    leaving = c - cfg.window_chunks                 # the chunk that left the window when c arrived
+    evicted = leaving if mode == "hybrid" and leaving >= sink else None
+    return visible, evicted
+
+
+def position_shift(c, cfg, mode):
+    """How many chunks of absent history lie between the sink (or the video's start) and the
+    window when chunk c is generated: positions are shifted back by this many chunks."""
+    if mode == "full":
+        return 0
+    sink = cfg.sink_chunks if mode in ("sink", "hybrid") else 0
+    return max(0, c - (sink + cfg.window_chunks - 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+class VideoDiT(nn.Module):
+    """Wan 2.1's DiT, small. One class, three roles:
+        teacher and critic   VideoSSMConfig(causal=False): bidirectional, no memory
+        student              VideoSSMConfig(causal=True, mode="hybrid"): block-causal with memory
+    Inputs are clips (B, F, C, H, W) in [-1, 1] space, a timestep in [0, 1000] per clip or per frame,
+    and text features from TextEncoder. Output: the predicted velocity, shaped like the clip.
+    """
+
+    def __init__(self, cfg: VideoSSMConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p = cfg.dim, cfg.patch_size
+        self.patch_embedding = nn.Linear(cfg.channels * p * p, d)             # Wan's Conv3d (1, p, p)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList(Block(cfg, memory=cfg.causal) for _ in range(cfg.n_layers))
+        self.head_norm = nn.LayerNorm(d, eps=1e-6, elementwise_affine=False)
+        self.head_modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
+        self.head = nn.Linear(d, p * p * cfg.channels)
+        nn.init.zeros_(self.head.weight)                                        # Wan: zero-init head
+        nn.init.zeros_(self.head.bias)
+
+    # --- shapes in and out
+
+    def check_clip(self, x, what="clip"):
+        cfg = self.cfg
+        expected = (cfg.channels, cfg.frame_size, cfg.frame_size)
+        if x.dim() != 5 or tuple(x.shape[2:]) != expected:
+            raise ValueError(f"{what} must have shape (B, F, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if cfg.causal and x.shape[1] % cfg.chunk_frames:
+            raise ValueError(f"{what} has {x.shape[1]} frames, not a multiple of chunk_frames={cfg.chunk_frames}")
+
+    def patchify(self, x):
+        """(B, F, C, H, W) -> (B, F*h*w, C*p*p): tokens in (frame, row, column) order."""
+        B, F_, C, H, W = x.shape
+        p = self.cfg.patch_size
+        x = x.reshape(B, F_, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)    # (B, F, h, w, C, p, p)
+        return x.reshape(B, F_ * (H // p) * (W // p), C * p * p)
+
+    def unpatchify(self, x, frames):
+        """(B, F*h*w, p*p*C) -> (B, F, C, H, W); the head's outputs are (p, p, C) ordered, as Wan's."""
+        B, p, C = x.shape[0], self.cfg.patch_size, self.cfg.channels
+        h = w = self.cfg.frame_size // p
+        x = x.reshape(B, frames, h, w, p, p, C).permute(0, 1, 6, 2, 4, 3, 5)           # (B, F, C, h, p, w, p)
+        return x.reshape(B, frames, C, h * p, w * p)
+
+    def embed(self, x, timestep):
+        """Tokens, per-token time modulation and the head's time embedding.
+        x: (B, F, C, H, W); timestep: (B,) or (B, F) in [0, 1000]."""
+        B, F_ = x.shape[:2]
+        hw = self.cfg.tokens_per_frame
+        timestep = timestep.reshape(B, -1).expand(B, F_)                                # (B, F)
+        e = self.time_embedding(timestep_embedding(timestep, self.cfg.freq_dim).to(x.dtype))  # (B, F, d)
+        e0 = self.time_projection(e).unflatten(-1, (6, -1))                            # (B, F, 6, d)
+        tokens = self.patch_embedding(self.patchify(x))                                # (B, L, d)
+        return tokens, e0.repeat_interleave(hw, dim=1), e.repeat_interleave(hw, dim=1)  # (B, L, 6, d), (B, L, d)
+
+    def head_out(self, x, e, frames):
+        shift, scale = (self.head_modulation + e[:, :, None]).unbind(2)                # (B, L, d) each
+        return self.unpatchify(self.head(self.head_norm(x) * (1 + scale) + shift), frames)
+
+    def text_context(self, text):
+        """text: (B, Lt, text_dim) -> per block the cross-attention K, V (computed once per prompt)."""
+        context = self.text_embedding(text)                                            # (B, Lt, d)
+        return [block.cross_attn.context_kv(context) for block in self.blocks]
+
+    # --- the parallel path
+
+    def pattern(self, frames, clean_frames, mode, device):
+        """Build the Pattern for `frames` frames to predict, after `clean_frames` context frames
+        (0, or the same clip clean: teacher forcing with a clean copy, see forward)."""
+        cfg, hw = self.cfg, self.cfg.tokens_per_frame
+        angles_of = lambda frame_pos: rope_angles(frame_pos, cfg.frame_size // cfg.patch_size,
+                                                  cfg.frame_size // cfg.patch_size, cfg.head_dim)
+        frame_pos = torch.arange(frames, device=device)
+        if clean_frames:
+            frame_pos = torch.cat([frame_pos, frame_pos])                               # clean copy, then noisy
+        frame_index = frame_pos.repeat_interleave(hw)                                   # (L,)
+        if not cfg.causal:
+            return Pattern(angles_of(frame_pos), frame_index, torch.zeros_like(frame_index))
+        n = frames // cfg.chunk_frames
+        chunk_of_frame = frame_pos // cfg.chunk_frames
+        token_chunk = chunk_of_frame.repeat_interleave(hw)                              # (L,)
+        is_clean = torch.zeros_like(token_chunk, dtype=torch.bool)
+        if clean_frames:
+            is_clean[: frames * hw] = True                                              # the clean copy comes first
+        # key chunk j is visible to a query in chunk c if j is in c's visible set; a query
+        # sees other chunks through the clean copy (when there is one) and its own chunk as itself
+        visible = torch.zeros(n, n, dtype=torch.bool, device=device)
+        evicted_before = []
+        for c in range(n):
+            chunks, evicted = visible_chunks(c, cfg, mode)
+            visible[c, chunks] = True
+            chunk_tokens = cfg.chunk_frames * hw              # context tokens come first either way
+            evicted_before.append(slice(evicted * chunk_tokens, (evicted + 1) * chunk_tokens)
+                                  if evicted is not None else None)
+        same_chunk = token_chunk[:, None] == token_chunk[None, :]
+        mask = visible[token_chunk][:, token_chunk]                                     # (L, L)
+        if clean_frames:
+            mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
+        shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
+        pattern = Pattern(angles_of(frame_pos), frame_index, token_chunk, mask,
+                          evicted_before=evicted_before, memory_on=(mode == "hybrid"))
+        if mode in ("sink", "hybrid") and cfg.sink_chunks:
+            sink = cfg.sink_chunks * cfg.chunk_frames * hw
+            pattern.sink_columns = torch.arange(sink, device=device)                   # clean copy's sink if any
+            shifted = frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames
+            pattern.sink_query_angles = angles_of(shifted)
+        return pattern
+
+    def forward(self, x, timestep, text, clean_context=None, mode=None):
+        """The parallel path: predict the velocity for every frame of a clip in one pass.
+
+        Args:
+            x: shape (B, F, C, H, W), the noisy clip
+            timestep: shape (B,) or (B, F), in [0, 1000]; a causal student may use one per frame
+            text: shape (B, Lt, text_dim), from TextEncoder
+            clean_context: shape (B, F, C, H, W) or None. Causal only: the same clip clean; each
+                chunk of x then attends to the *clean* earlier chunks (as when streaming, where the
+                cache holds finished chunks) and the memory is built from them. Without it, x's own
+                chunks are the context (right when every earlier chunk of x is clean, at t = 0).
+            mode: attention mode override (hybrid | sink | window | full), default cfg.mode
+        Returns:
+            velocity: shape (B, F, C, H, W)
+        """
+        cfg, mode = self.cfg, mode or self.cfg.mode
+        self.check_clip(x)
+        B, F_ = x.shape[:2]
+        if text.dim() != 3 or text.shape[0] != B or text.shape[2] != cfg.text_dim:
+            raise ValueError(f"text must have shape ({B}, Lt, {cfg.text_dim}), got {tuple(text.shape)}")
+        timestep = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).reshape(B, -1).expand(B, F_)
+        if clean_context is not None:
+            if not cfg.causal:
+                raise ValueError("clean_context is for the causal student; the teacher is bidirectional")
+            self.check_clip(clean_context, "clean_context")
+            x = torch.cat([clean_context, x], dim=1)
+            timestep = torch.cat([torch.zeros_like(timestep), timestep], dim=1)
+        pattern = self.pattern(F_, clean_context is not None, mode, x.device)
+        tokens, e0, e = self.embed(x, timestep)
+        context_kv = self.text_context(text)
+        for block, kv in zip(self.blocks, context_kv):
+            tokens = block(tokens, e0, kv, lambda h: block.self_attn.forward_parallel(h, pattern))
+        out = self.head_out(tokens, e, x.shape[1])
+        return out[:, -F_:]                                      # drop the clean copy's outputs
+
+    # --- the streaming path
+
+    def forward_chunk(self, x, timestep, cache, write=False):
+        """The streaming path: one chunk against the cache (earlier chunks, clean).
+
+        Args:
+            x: shape (B, chunk_frames, C, H, W), the current chunk
+            timestep: a number or shape (B,) in [0, 1000]
+            cache: StreamCache (holds the prompt's cross-attention K/V, see StreamCache.set_prompt)
+            write: True for the clean context pass (D8): the chunk's K, V and gates go into the
+                cache, and if the window overflows its oldest chunk is evicted into M
+        Returns:
+            velocity: shape (B, chunk_frames, C, H, W)
+        """
+        cfg = self.cfg
+        self.check_clip(x, "chunk")
+        if x.shape[1] != cfg.chunk_frames:
+            raise ValueError(f"a chunk has {cfg.chunk_frames} frames, got {x.shape[1]}")
+        B = x.shape[0]
+        timestep = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).reshape(-1).expand(B)
+        step = cache.step(x.device)
+        tokens, e0, e = self.embed(x, timestep)
+        for block, layer in zip(self.blocks, cache.layers):
+            new = {}
+
+            def attend(h):
+                out, new["kv"] = block.self_attn.forward_cached(h, layer, step)
+                return out
+            tokens = block(tokens, e0, layer.context_kv, attend)
+            if write:
+                layer.append(*new["kv"])
+        if write:
+            cache.commit(x, self)
+        return self.head_out(tokens, e, cfg.chunk_frames)
+
+
+# ----------------------------------------------------------------------------------------------
+# The streaming cache
+
+
+class LayerCache:
+    """One layer's memory: sink and window chunks' pre-RoPE K, V and gates, and the state M.
+    Gates are cached with K and V ("synchronized gate caching"): when a chunk leaves the window,
+    its g and beta are at hand to write it into M, though its input H_in is long gone."""
+
+    def __init__(self):
+        self.k = self.v = self.g = self.beta = None   # (B, Lc, nh, hd), (B, Lc, nh, hd), (B, Lc, nh) x2
+        self.state = None                             # (B, nh, hd, hd)  M
+        self.context_kv = None                        # the prompt's cross-attention K, V
+
+    def append(self, k, v, gates):
+        cat = lambda old, new: new if old is None else torch.cat([old, new], dim=1)
+        self.k, self.v = cat(self.k, k), cat(self.v, v)
+        if gates is not None:
+            self.g, self.beta = cat(self.g, gates[0]), cat(self.beta, gates[1])
+
+    def pop(self, start, length):
+        """Remove tokens [start, start + length) and return their k, v, gates."""
+        take = lambda t: None if t is None else t[:, start:start + length]
+        keep = lambda t: None if t is None else torch.cat([t[:, :start], t[:, start + length:]], dim=1)
+        out = take(self.k), take(self.v), (take(self.g), take(self.beta))
+        self.k, self.v, self.g, self.beta = keep(self.k), keep(self.v), keep(self.g), keep(self.beta)
+        return out
+
+
+@dataclass
+class StreamStep:
+    query_angles: torch.Tensor    # (L, hd/2) the current chunk at its slot position
+    key_angles: torch.Tensor      # (Lc + L, hd/2) cached chunks at their slots, then the current one
+    frame_index: torch.Tensor     # (L,) absolute frame of the current chunk's tokens (router)
+    memory_on: bool
+
+
+class StreamCache:
+    """What the streaming generator remembers, for every layer: the sink and window chunks
+    (LayerCache) and the memory state M. Its size is constant in video length in every mode but
+    `full`. `chunks` lists the chunk index of each cached chunk; `frames` keeps their clean frames
+    for the prompt-switch re-cache (D10)."""
+
+    def __init__(self, model, batch_size, mode=None, dtype=torch.float32, device="cpu"):
+        cfg = model.cfg
+        if not cfg.causal:
+            raise ValueError("streaming needs a causal model (VideoSSMConfig(causal=True))")
+        self.cfg, self.mode = cfg, mode or cfg.mode
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        self.layers = [LayerCache() for _ in range(cfg.n_layers)]
+        for layer in self.layers:
+            layer.state = torch.zeros(batch_size, cfg.n_heads, cfg.head_dim, cfg.head_dim, dtype=dtype, device=device)
+        self.chunks, self.frames = [], []
+        self.next_chunk = 0              # index of the chunk being generated
+
+    def set_prompt(self, model, text):
+        """text: (B, Lt, text_dim). Computes each layer's cross-attention K/V once."""
+        for layer, kv in zip(self.layers, model.text_context(text)):
+            layer.context_kv = kv
+
+    def step(self, device):
+        """Positions for the chunk now being generated (see Pattern for the idea)."""
+        cfg, c, hw = self.cfg, self.next_chunk, self.cfg.tokens_per_frame
+        shift = position_shift(c, cfg, self.mode)
+        sink = cfg.sink_chunks if self.mode in ("sink", "hybrid") else 0
+        slot = lambda j: j if j < sink else j - shift                   # chunk index -> slot position
+        frames_at = lambda j: slot(j) * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)
+        angles = lambda pos: rope_angles(pos, cfg.frame_size // cfg.patch_size, cfg.frame_size // cfg.patch_size, cfg.head_dim)
+        query = angles(frames_at(c))
+        keys = torch.cat([angles(frames_at(j)) for j in self.chunks] + [query])
+        frame_index = (c * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)).repeat_interleave(hw)
+        return StreamStep(query, keys, frame_index, self.mode == "hybrid")
+
+    def commit(self, frames, model):
+        """After the clean pass wrote chunk `next_chunk` into every layer: evict what left the window."""
+        c = self.next_chunk
+        self.chunks.append(c)
+        self.frames.append(frames)
+        visible_next, leaving = visible_chunks(c + 1, self.cfg, self.mode)  # leaving: to M (hybrid only)
+        for j in [j for j in self.chunks if j not in visible_next]:
+            index = self.chunks.index(j)
+            tokens = self.cfg.chunk_frames * self.cfg.tokens_per_frame
+            for layer, block in zip(self.layers, model.blocks):
+                k, v, gates = layer.pop(index * tokens, tokens)
+                if j == leaving:                                       # (E7) only in hybrid mode
+                    layer.state = block.self_attn.write_memory(layer.state, k, v, gates)
+            del self.chunks[index], self.frames[index]
+        self.next_chunk += 1
+
+    def length(self):
+        """Cached tokens per layer."""
+        return 0 if self.layers[0].k is None else self.layers[0].k.shape[1]
+
+
+def recache(model, cache, text):
+    """(D10) LongLive's prompt-switch re-cache: new cross-attention K/V, and the clean frames still
+    in the window re-encoded under the new prompt. The sink's K/V and the memory M are kept."""
+    cache.set_prompt(model, text)
+    sink = cache.cfg.sink_chunks if cache.mode in ("sink", "hybrid") else 0
+    window = [(j, f) for j, f in zip(cache.chunks, cache.frames) if j >= sink]
+    if not window:
+        return
+    tokens = cache.cfg.chunk_frames * cache.cfg.tokens_per_frame
+    first = len(cache.chunks) - len(window)
+    for layer in cache.layers:
+        layer.pop(first * tokens, len(window) * tokens)
+    next_chunk = cache.next_chunk
+    del cache.chunks[first:], cache.frames[first:]
+    for j, frames in window:                 # replay the clean passes in order, under the new prompt
+        cache.next_chunk = j
+        model.forward_chunk(frames, 0.0, cache, write=True)
+    cache.next_chunk = next_chunk
+
+
+def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1):
+    """Stream a video chunk by chunk (SPEC section 6). Yields (B, chunk_frames, C, H, W) in [-1, 1]-ish.
+
+    Args:
+        prompts: {chunk index: prompt}; must contain 0. A new entry switches the prompt there (D10).
+        sigmas: the few denoising noise levels, high to low (denoising_sigmas)
+        generator: torch.Generator for the noise (same seed, same video)
+    Per chunk: start from noise; at each level predict x0 from the cache, re-noise to the next
+    level with fresh noise; then the clean context pass at t = 0 writes the chunk into the cache.
+    """
+    cfg = model.cfg
+    if 0 not in prompts:
+        raise ValueError("prompts must say what to generate from chunk 0")
+    param = next(model.parameters())
+    cache = StreamCache(model, batch_size, mode, param.dtype, param.device)
+    shape = (batch_size, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
+    for c in range(num_chunks):
+        if c == 0:
+            cache.set_prompt(model, text_encoder([prompts[0]] * batch_size).to(param.dtype))
+        elif c in prompts:
+            recache(model, cache, text_encoder([prompts[c]] * batch_size).to(param.dtype))
+        x = torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
+        for i, sigma in enumerate(sigmas):
+            s = torch.full((batch_size,), sigma, dtype=param.dtype, device=param.device)
+            x0 = x0_from_velocity(x, model.forward_chunk(x, 1000 * s, cache), s)
+            if i + 1 < len(sigmas):
+                noise = torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
+                x = add_noise(x0, noise, torch.full_like(s, sigmas[i + 1]))
+        model.forward_chunk(x0, 0.0, cache, write=True)          # (D8) the clean context pass
+        yield x0
