@@ -269,16 +269,18 @@ class SelfAttention(nn.Module):
         """A whole clip at once. x: (B, L, d), pattern: Pattern -> (B, L, d)"""
         q, k, v, gates = self.project(x)
         q_rot, k_rot = rope(q, pattern.angles), rope(k, pattern.angles)
-        logits = torch.einsum("bqhd,bkhd->bhqk", q_rot, k_rot) * self.hd ** -0.5         # (B, nh, L, L)
-        if pattern.sink_columns is not None:
+        if pattern.sink_columns is None:                                                 # (E4)
+            local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2),
+                                                   attn_mask=pattern.mask).transpose(1, 2)  # (B, L, nh, hd)
+        else:
+            logits = torch.einsum("bqhd,bkhd->bhqk", q_rot, k_rot) * self.hd ** -0.5     # (B, nh, L, L)
             # the sink is seen as if it sat just before the window: its logits use queries at
             # their window-relative positions (see Pattern)
             q_sink = rope(q, pattern.sink_query_angles)
             k_sink = k_rot[:, pattern.sink_columns]
             logits[..., pattern.sink_columns] = torch.einsum("bqhd,bkhd->bhqk", q_sink, k_sink) * self.hd ** -0.5
-        if pattern.mask is not None:
             logits = logits.masked_fill(~pattern.mask, -math.inf)
-        local = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v)                  # (E4) (B, L, nh, hd)
+            local = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v)              # (E4) (B, L, nh, hd)
 
         states = None
         if self.memory and pattern.memory_on:

@@ -111,7 +111,7 @@ class Clips:
 class World:
     """The procedural world: `World(size=32).sample(batch_size, frames, seed)` gives Clips."""
     size: int = 32            # frames are size x size pixels
-    arena_scale: float = 2.0  # the arena's side in view sides; the view sits in its centre
+    arena_scale: float = 1.5  # the arena's side in view sides; the view sits in its centre
     min_speed: float = 0.6    # sprite speed in pixels per frame, drawn uniformly in [min, max]
     max_speed: float = 1.5
 
@@ -140,14 +140,15 @@ class World:
         count = torch.randint(1, S + 1, (B,), generator=generator)  # (B,)
         shape = torch.randint(len(SHAPES), (B,), generator=generator)  # (B,)
         background = torch.randint(len(BACKGROUNDS), (B,), generator=generator)  # (B,)
-        colour = torch.rand(B, len(SPRITE_COLOURS), generator=generator).argsort(1)[:, :S]  # (B, S) distinct
+        # Each sprite its own colour: the first S of a random permutation of the palette.
+        colour = torch.rand(B, len(SPRITE_COLOURS), generator=generator).argsort(1)[:, :S]  # (B, S)
         # Drawn with or without a switch, so that switch_at changes nothing before frame k.
         pairs = len(SHAPES) * len(BACKGROUNDS)  # (shape, background) combinations
         caption_step = torch.randint(1, pairs, (B,), generator=generator)  # (B,)
         lo, hi = self.centre_range
         start = lo + (hi - lo) * torch.rand(B, S, 2, generator=generator)  # (B, S, 2)
         angle = 2 * math.pi * torch.rand(B, S, generator=generator)  # (B, S)
-        speed = self.min_speed + (self.max_speed - self.min_speed) * torch.rand(B, S, generator=generator)  # (B, S)
+        speed = torch.empty(B, S).uniform_(self.min_speed, self.max_speed, generator=generator)  # (B, S)
         velocity = speed[..., None] * torch.stack([angle.cos(), angle.sin()], -1)  # (B, S, 2)
 
         # Elastic bounces in closed form: move freely through mirrored copies of the arena, then
@@ -161,7 +162,8 @@ class World:
         shape_per_frame = shape[:, None].repeat(1, frames)  # (B, F)
         background_per_frame = background[:, None].repeat(1, frames)  # (B, F)
         if switch_at is not None:
-            pair = (shape * len(BACKGROUNDS) + background + caption_step) % pairs  # (B,) never the same pair
+            # a step of 1 .. pairs-1 around all pairs never lands on the same pair
+            pair = (shape * len(BACKGROUNDS) + background + caption_step) % pairs  # (B,)
             shape_per_frame[:, switch_at:] = (pair // len(BACKGROUNDS))[:, None]
             background_per_frame[:, switch_at:] = (pair % len(BACKGROUNDS))[:, None]
 
@@ -169,7 +171,8 @@ class World:
         video, visible_area = self.render(background_per_frame, shape_per_frame, colour, present, position)
 
         def caption_at(b: int, f: int) -> str:
-            return Caption(int(count[b]), int(shape_per_frame[b, f]), int(background_per_frame[b, f])).text()
+            named = Caption(int(count[b]), int(shape_per_frame[b, f]), int(background_per_frame[b, f]))
+            return named.text()
 
         # Two strings per clip at most, repeated: long clips stay cheap.
         before = switch_at if switch_at is not None else frames
@@ -194,7 +197,7 @@ class World:
         distance = torch.stack([  # signed distance to the edge in pixels, negative inside
             torch.maximum(dx, dy) - r,                  # square
             (dx ** 2 + dy ** 2).sqrt() - r,             # circle
-            (dx + dy - 1.4 * r) / math.sqrt(2),         # diamond, tips pushed out to about the square's area
+            (dx + dy - 1.4 * r) / math.sqrt(2),         # diamond, tips out at 1.4 r: about the square's area
         ])  # (3, B, F, S, H, W)
         which = shape[None, :, :, None, None, None].expand(1, *distance.shape[1:])  # (1, B, F, S, H, W)
         distance = distance.gather(0, which)[0]  # (B, F, S, H, W)
@@ -280,7 +283,8 @@ def fidelity(frames: torch.Tensor, sigma: float = 0.2) -> float:
     return (-(distance / sigma) ** 2).exp().mean().item()
 
 
-def subject_consistency(frames: torch.Tensor, chunk_frames: int = 3, sprites: int | torch.Tensor = 1) -> float:
+def subject_consistency(frames: torch.Tensor, chunk_frames: int = 3,
+                        sprites: int | torch.Tensor = 1) -> float:
     """Do the sprites keep their colours? Each chunk showing a sprite is read for its dominant
     sprite colour; a clip scores the share of those chunks whose colour is one of its `sprites`
     most frequent ones (the identities; pass the count the caption names, an int or a (B,)
@@ -290,7 +294,7 @@ def subject_consistency(frames: torch.Tensor, chunk_frames: int = 3, sprites: in
     _, sprite = _read_votes(votes, min_sprite_pixels=4)  # (B, C)
     shown = nnf.one_hot(sprite + 1, len(SPRITE_COLOURS) + 1)[..., 1:]  # (B, C, 4) which colour, if any
     rank = shown.sum(1).argsort(1, descending=True).argsort(1)  # (B, 4) 0 = the most frequent colour
-    identity = rank < torch.as_tensor(sprites).reshape(-1, 1)  # (B, 4)
+    identity = rank < torch.as_tensor(sprites, device=rank.device).reshape(-1, 1)  # (B, 4)
     consistent = (shown * identity[:, None]).sum((1, 2))  # (B,)
     chunks_with_sprite = shown.sum((1, 2))  # (B,)
     score = torch.where(chunks_with_sprite > 0, consistent / chunks_with_sprite.clamp(min=1), 1.0)  # (B,)
