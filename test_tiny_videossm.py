@@ -467,3 +467,162 @@ def test_metrics_calibration(long_clips):
 
     with pytest.raises(ValueError, match="shape"):
         fidelity(video[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# train.py, second part: the three stages on the `test` preset
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The test preset's teacher and stage-1 student, trained once for the tests below."""
+    out = str(tmp_path_factory.mktemp("checkpoints"))
+    train.main(["--preset", "test", "--stage", "0", "--out", out])
+    train.main(["--preset", "test", "--stage", "1", "--out", out])
+    return out
+
+
+def weights(path):
+    return train.load_checkpoint(path)["model"]
+
+
+def same_every_step(run):
+    """Make a stage see the same data and noise at every step: a fixed batch."""
+    run.generator = lambda *keys: torch.Generator().manual_seed(1234)
+
+
+def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
+    run = train.Run("cpu", str(tmp_path), seed=0)
+    same_every_step(run)
+    stage = train.Teacher(run, train.PRESETS["test"], "test")
+    stage.steps = 400                                    # a long schedule: the learning rate stays up
+    losses = [stage.train_step(step)["loss"] for step in range(25)]
+    assert sum(losses[-5:]) < 0.85 * sum(losses[:5])
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    train.main(["--preset", "test", "--stage", "0", "--out", straight])
+    train.main(["--preset", "test", "--stage", "0", "--out", interrupted, "--stop-at", "4"])
+    assert not os.path.exists(os.path.join(interrupted, "teacher.pt"))
+    assert os.path.exists(os.path.join(interrupted, "teacher.resume.pt"))
+    train.main(["--preset", "test", "--stage", "0", "--out", interrupted])
+    a, b = weights(os.path.join(straight, "teacher.pt")), weights(os.path.join(interrupted, "teacher.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not os.path.exists(os.path.join(interrupted, "teacher.resume.pt"))
+
+
+def test_two_processes_under_torchrun_stay_in_sync(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "train.py", "--preset", "test", "--stage", "0", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__) or ".")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rank 0 in sync with rank 0: True" in result.stdout
+    assert "rank 1 in sync with rank 0: True" in result.stdout
+
+
+def test_checkpoint_and_preset_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        train.load_checkpoint(str(tmp_path / "missing.pt"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="corrupt"):
+        train.load_checkpoint(str(corrupt))
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "huge", "--out", str(tmp_path)])
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no checkpoint at"):   # stage 1 without a teacher
+        train.main(["--preset", "test", "--stage", "1", "--out", str(tmp_path / "empty")])
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = str(tmp_path / "x.pt")
+    train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "a": torch.ones(2)})
+
+    def crash(obj, f):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "a": torch.zeros(2)})
+    assert torch.equal(train.load_checkpoint(path)["a"], torch.ones(2))     # the old file survives
+
+
+def wake_memory(model):
+    """(D9) g_out starts at exactly zero, so the write path gets no gradient until it moves."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.self_attn.out_gate.weight.normal_(0, 0.1)
+
+
+def memory_gradients(model):
+    names = ["alpha_proj.weight", "beta_proj.weight", "A_log", "dt_bias"]
+    return {n: sum(b.self_attn.get_parameter(n).grad.abs().sum().item() for b in model.blocks
+                   if b.self_attn.get_parameter(n).grad is not None) for n in names}
+
+
+def test_stage1_student_learns_and_trains_the_write_path(trained):
+    run = train.Run("cpu", trained, seed=0)
+    same_every_step(run)
+    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    assert stage.pairs["noisy"].shape[:2] == (4, 2)                   # clips x the student's 2 levels
+    wake_memory(stage.model)
+    stage.steps = 400
+    losses = [stage.train_step(step)["loss"] for step in range(20)]
+    assert sum(losses[-4:]) < 0.8 * sum(losses[:4])
+    assert all(total > 0 for total in memory_gradients(stage.model).values())
+
+
+def test_student_starts_as_the_teacher(trained):
+    teacher, text_encoder = train.build(train.load_checkpoint(os.path.join(trained, "teacher.pt")))
+    student = train.student_from_teacher(teacher, "hybrid")
+    clip = torch.randn(1, 4, 3, 16, 16)
+    text = text_encoder(["a circle on red"])
+    assert torch.equal(student(clip, torch.full((1,), 300.0), text, mode="hybrid"),
+                       student(clip, torch.full((1,), 300.0), text, mode="sink"))     # memory outputs 0
+    # a clip as short as the window sees no difference between causal and bidirectional in chunk 0
+    assert torch.allclose(student(clip[:, :2], torch.full((1,), 300.0), text),
+                          teacher(clip[:, :2], torch.full((1,), 300.0), text), atol=1e-5)
+
+
+def test_dmd_gradient_is_zero_when_real_equals_fake_and_points_from_fake_to_real():
+    x = torch.randn(2, 4, 3, 8, 8, requires_grad=True)
+    real = torch.randn(2, 4, 3, 8, 8)
+    train.dmd_loss(x, real, real.clone()).backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    x.grad = None
+    fake = real + 0.1
+    train.dmd_loss(x, real, fake).backward()
+    assert (x.grad > 0).all()            # descending moves x by -(fake - real): towards the real side
+
+
+def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
+    run = train.Run("cpu", trained, seed=0)
+    train.main(["--preset", "test", "--stage", "2", "--out", trained])        # runs end to end
+    assert os.path.exists(os.path.join(trained, "student.pt"))
+    os.remove(os.path.join(trained, "student.pt"))
+    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    wake_memory(stage.model)
+    stage.preset = train.Preset(**{**vars(stage.preset), "switch_probability": 1.0})
+    x, caption = stage.rollout(step=3)
+    assert x.shape == (2, 8, 3, 16, 16) and x.requires_grad
+    x0_real, x0_fake = stage.scores(x.detach(), caption, torch.Generator().manual_seed(0))
+    train.dmd_loss(x, x0_real, x0_fake).backward()
+    assert all(total > 0 for total in memory_gradients(stage.model).values())
+    # the critic alone, on a frozen generator's sample: flow-matching loss goes down
+    sample, gen_noise = x.detach(), torch.Generator().manual_seed(5)
+    noise, sigma = torch.randn(sample.shape, generator=gen_noise), torch.rand(2, generator=gen_noise)
+    text = stage.text_encoder([caption] * 2)
+    losses = []
+    for _ in range(20):
+        velocity = stage.critic(tv.add_noise(sample, noise, sigma), 1000 * sigma, text)
+        loss = (velocity - tv.velocity_target(sample, noise)).square().mean()
+        train.optimizer_step(run, stage.critic_optimizer, list(stage.critic.parameters()), 3e-3, loss)
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]

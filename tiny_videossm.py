@@ -713,13 +713,19 @@ def recache(model, cache, text):
     cache.next_chunk = next_chunk
 
 
-def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1):
-    """Stream a video chunk by chunk (SPEC section 6). Yields (B, chunk_frames, C, H, W) in [-1, 1]-ish.
+def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1,
+             exit_step=None, grad_chunks=()):
+    """Stream a video chunk by chunk (SPEC section 6). Yields each chunk, (B, chunk_frames, C, H, W).
 
     Args:
-        prompts: {chunk index: prompt}; must contain 0. A new entry switches the prompt there (D10).
+        prompts: {chunk index: prompt}; must contain 0. A later entry switches the prompt there (D10).
         sigmas: the few denoising noise levels, high to low (denoising_sigmas)
         generator: torch.Generator for the noise (same seed, same video)
+        mode: memory mode override (hybrid | sink | window | full)
+        exit_step, grad_chunks: for stage 2's self-rollout (Self-Forcing). Every chunk stops at
+            denoising step `exit_step` (default: the last) and that prediction is the chunk; chunks
+            listed in `grad_chunks` run that step and their clean pass with autograd on. Everything
+            else runs without a graph, so plain sampling never builds one.
     Per chunk: start from noise; at each level predict x0 from the cache, re-noise to the next
     level with fresh noise; then the clean context pass at t = 0 writes the chunk into the cache.
     """
@@ -727,19 +733,23 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
     if 0 not in prompts:
         raise ValueError("prompts must say what to generate from chunk 0")
     param = next(model.parameters())
+    last = len(sigmas) - 1 if exit_step is None else exit_step
     cache = StreamCache(model, batch_size, mode, param.dtype, param.device)
     shape = (batch_size, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
+    noise = lambda: torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
     for c in range(num_chunks):
-        if c == 0:
-            cache.set_prompt(model, text_encoder([prompts[0]] * batch_size).to(param.dtype))
-        elif c in prompts:
-            recache(model, cache, text_encoder([prompts[c]] * batch_size).to(param.dtype))
-        x = torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
-        for i, sigma in enumerate(sigmas):
-            s = torch.full((batch_size,), sigma, dtype=param.dtype, device=param.device)
-            x0 = x0_from_velocity(x, model.forward_chunk(x, 1000 * s, cache), s)
-            if i + 1 < len(sigmas):
-                noise = torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
-                x = add_noise(x0, noise, torch.full_like(s, sigmas[i + 1]))
-        model.forward_chunk(x0, 0.0, cache, write=True)          # (D8) the clean context pass
+        track = c in grad_chunks
+        with torch.no_grad():
+            if c in prompts:
+                text = text_encoder([prompts[c]] * batch_size).to(param.dtype)
+                cache.set_prompt(model, text) if c == 0 else recache(model, cache, text)
+        x = noise()
+        for i in range(last + 1):
+            s = torch.full((batch_size,), sigmas[i], dtype=param.dtype, device=param.device)
+            with torch.set_grad_enabled(track and i == last):
+                x0 = x0_from_velocity(x, model.forward_chunk(x, 1000 * s, cache), s)
+            if i < last:
+                x = add_noise(x0, noise(), torch.full_like(s, sigmas[i + 1]))
+        with torch.set_grad_enabled(track):
+            model.forward_chunk(x0.detach(), 0.0, cache, write=True)   # (D8) the clean context pass
         yield x0

@@ -362,3 +362,530 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
 
 
 # ---- training stages follow ----
+# The stages: 0 trains the bidirectional teacher ("our Wan 2.1") on the world; 1 distils it into
+# the causal few-step student by regressing the teacher's ODE solutions (CausVid / Self-Forcing
+# "ODE initialisation"); 2 lets the student roll out long videos with its own streaming cache and
+# corrects them with DMD against the teacher (Self-Forcing / LongLive), the loss of (E11).
+#
+#     python train.py --preset tiny                 all three stages, about an hour on a 2-core CPU
+#     python train.py --preset tiny --stage 0       one stage (resumes if interrupted)
+#     torchrun --nproc_per_node 2 train.py ...      data parallel (gloo on CPU, nccl on CUDA)
+
+import argparse
+import copy
+import os
+import time
+from dataclasses import asdict, field
+
+import torch.distributed as dist
+from tqdm import tqdm
+
+import tiny_videossm as tv
+
+CHECKPOINT_FORMAT = "tiny-videossm/1"
+
+
+@dataclass
+class Preset:
+    model: dict = field(default_factory=dict)   # VideoSSMConfig fields
+    clip_frames: int = 12         # the teacher's clip length; stage 2's DMD window too
+    shift: float = 3.0            # timestep shift (Wan): training and sampling lean to high noise
+    denoising_steps: int = 4      # the student's few steps
+    cfg_scale: float = 3.0        # classifier-free guidance of the teacher (ODE pairs, real score)
+    save_every: int = 100         # steps between resumable checkpoints
+    # stage 0: the teacher
+    teacher_steps: int = 2000
+    teacher_batch: int = 8
+    teacher_lr: float = 1e-3
+    warmup: int = 100             # steps of linear learning-rate warmup, then cosine to 10%
+    text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
+    ema_decay: float = 0.995
+    # stage 1: causal ODE distillation
+    ode_clips: int = 256          # teacher trajectories to regress
+    ode_steps: int = 24           # Euler steps of each teacher trajectory
+    student_steps: int = 600
+    student_batch: int = 8
+    student_lr: float = 3e-4
+    # stage 2: self-rollout with DMD
+    dmd_steps: int = 200
+    dmd_batch: int = 4
+    rollout_frames: int = 48      # longest self-rollout (4x the teacher's clip)
+    critic_updates: int = 2       # critic steps per generator step
+    dmd_lr: float = 1e-4
+    critic_lr: float = 2e-4
+    switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
+
+
+PRESETS = {
+    # seconds: for the tests
+    "test": Preset(model=dict(frame_size=16, patch_size=4, dim=32, n_heads=2, n_layers=2, ffn_dim=64, text_dim=16,
+                              freq_dim=16, chunk_frames=2, sink_chunks=1, window_chunks=2, router_horizon=12),
+                   clip_frames=8, teacher_steps=6, teacher_batch=2, warmup=2, save_every=3, ode_clips=4, ode_steps=4,
+                   student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, rollout_frames=12, denoising_steps=2),
+    # the shipped model: the whole pipeline in under an hour on a 2-core CPU
+    "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
+                              freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48)),
+    # a GPU run: wider, deeper, longer
+    "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
+                             freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),
+                  teacher_steps=20000, teacher_batch=32, teacher_lr=3e-4, ode_clips=4096, student_steps=6000,
+                  student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96),
+}
+
+
+# ---- the harness: devices, data parallel, checkpoints --------------------------------------------
+
+
+class Run:
+    """Where a run happens: device, autocast, data-parallel rank, checkpoint folder."""
+
+    def __init__(self, device, out_dir, seed):
+        if device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
+        self.distributed = "RANK" in os.environ                          # launched by torchrun
+        if self.distributed:
+            dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        self.device = torch.device(device, torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+        self.out_dir, self.seed = out_dir, seed
+        os.makedirs(out_dir, exist_ok=True)
+
+    def autocast(self):
+        """bf16 autocast on CUDA; full precision on the CPU."""
+        return torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def generator(self, *keys):
+        """A fresh generator per (stage, step, rank, ...): no RNG state to save for an exact resume."""
+        seed = self.seed
+        for key in (*keys, self.rank):
+            seed = (seed * 1_000_003 + key) % 2 ** 63
+        return torch.Generator().manual_seed(seed)
+
+    def sync(self, modules):
+        """Start every rank from rank 0's weights."""
+        if self.distributed:
+            for module in modules:
+                for tensor in module.state_dict().values():
+                    dist.broadcast(tensor, 0)
+
+    def average_gradients(self, parameters):
+        """Data parallel, spelled out: sum every gradient over the ranks and divide (what DDP does)."""
+        if self.distributed:
+            for p in parameters:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+
+    def in_sync(self, module):
+        """True when every rank holds the same weights (checked at the end of a stage)."""
+        if not self.distributed:
+            return True
+        total = sum(p.double().sum() for p in module.state_dict().values()).reshape(1).to(self.device)
+        gathered = [torch.zeros_like(total) for _ in range(self.world_size)]
+        dist.all_gather(gathered, total)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+    def path(self, name):
+        return os.path.join(self.out_dir, name)
+
+
+def save_checkpoint(path, checkpoint):
+    """Write atomically: a temporary file in the same folder, then a rename. A crash leaves the old file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by this script; one clear error for a missing or broken file."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: train one with `python train.py --preset tiny`, "
+                         f"or pass the path of one")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise SystemExit(f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
+                         f"({type(error).__name__}). Delete it and train again.") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"{path} is not a tiny-videossm checkpoint (format {CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+def build(checkpoint, weights="model"):
+    """The model and text encoder stored in a checkpoint, in float32, in eval mode."""
+    cfg = tv.VideoSSMConfig(**checkpoint["config"])
+    model = tv.VideoDiT(cfg)
+    model.load_state_dict({k: v.float() for k, v in checkpoint[weights].items()})
+    text_encoder = tv.TextEncoder(checkpoint["vocab"], cfg.text_dim)
+    text_encoder.load_state_dict({k: v.float() for k, v in checkpoint["text_encoder"].items()})
+    return model.eval(), text_encoder.eval().requires_grad_(False)
+
+
+def release(path, stage, preset_name, model, text_encoder, log):
+    """The checkpoint sample.py and the notebooks read: weights in half precision, no optimizer."""
+    half = lambda module: {k: v.half() for k, v in module.state_dict().items()}
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "stage": stage, "preset": preset_name,
+                           "config": asdict(model.cfg), "vocab": text_encoder.vocab,
+                           "model": half(model), "text_encoder": half(text_encoder), "log": log})
+
+
+class EMA:
+    """Exponential moving average of a module's weights (what the teacher samples with)."""
+
+    def __init__(self, module, decay):
+        self.module, self.decay = copy.deepcopy(module).requires_grad_(False), decay
+
+    @torch.no_grad()
+    def update(self, module):
+        for ema, live in zip(self.module.state_dict().values(), module.state_dict().values()):
+            ema.lerp_(live, 1 - self.decay) if ema.is_floating_point() else ema.copy_(live)
+
+
+def learning_rate(step, total, peak, warmup):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_step(run, optimizer, parameters, lr, loss):
+    """backward, average over ranks, clip, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.average_gradients(parameters)
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+
+
+class Stage:
+    """The loop every stage shares: resume, tqdm with loss and it/s, periodic atomic checkpoints.
+    A stage subclass provides `modules` (saved and resumed), `train_step(step) -> dict of losses`,
+    and `finish()` which writes the released checkpoint."""
+    name, steps, resume_file = "", 0, ""
+
+    def state(self):
+        return {name: m.state_dict() for name, m in self.modules.items()}
+
+    def run_loop(self, run, stop_at=None):
+        resume_path = run.path(self.resume_file)
+        start = 0
+        if os.path.exists(resume_path):
+            checkpoint = load_checkpoint(resume_path)
+            for name, module in self.modules.items():
+                module.load_state_dict(checkpoint[name])
+            start, self.log = checkpoint["step"], checkpoint["log"]
+            if run.rank == 0:
+                print(f"{self.name}: resuming from step {start} ({resume_path})")
+        run.sync([m for m in self.modules.values() if isinstance(m, torch.nn.Module)])
+        end = self.steps if stop_at is None else min(stop_at, self.steps)
+        bar = tqdm(range(start, end), desc=self.name, disable=run.rank != 0, initial=start, total=self.steps)
+        started = time.time()
+        for step in bar:
+            losses = self.train_step(step)
+            self.log.append({"step": step, **losses})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items() if k != "sigma"})
+            if run.rank == 0 and ((step + 1) % self.preset.save_every == 0 or step + 1 == end):
+                save_checkpoint(resume_path, {"format": CHECKPOINT_FORMAT, "step": step + 1, "log": self.log,
+                                              **self.state()})
+        if run.rank == 0:
+            print(f"{self.name}: {end - start} steps in {time.time() - started:.0f} s")
+        if end < self.steps:
+            return False                                           # stopped early; resume later
+        if run.rank == 0:
+            self.finish()
+            os.remove(resume_path)
+        print(f"{self.name}: rank {run.rank} in sync with rank 0: {run.in_sync(self.trained)}")
+        return True
+
+
+# ---- stage 0: the teacher ------------------------------------------------------------------------
+
+
+def bin_losses(sigma, per_sample_loss, bins=4):
+    """Loss per noise-level bin: flow matching is easy near s = 1 and hard in the middle."""
+    index = (sigma * bins).long().clamp(max=bins - 1)
+    return {f"s{b}": per_sample_loss[index == b].mean().item() for b in range(bins) if (index == b).any()}
+
+
+class Teacher(Stage):
+    """Bidirectional DiT + text encoder, flow matching on world clips, text dropout for CFG, EMA."""
+    name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
+
+    def __init__(self, run, preset, preset_name):
+        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+        self.steps = preset.teacher_steps
+        cfg = tv.VideoSSMConfig(**preset.model, causal=False)
+        torch.manual_seed(run.seed)
+        self.model = tv.VideoDiT(cfg).to(run.device)
+        self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
+        self.parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.ema = EMA(self.model, preset.ema_decay)
+        self.ema_text = EMA(self.text_encoder, preset.ema_decay)
+        self.world = World(cfg.frame_size)
+        self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
+                        "ema": self.ema.module, "ema_text": self.ema_text.module}
+        self.trained = self.model
+
+    def train_step(self, step):
+        run, preset = self.run, self.preset
+        B = preset.teacher_batch
+        clips = self.world.sample(B, preset.clip_frames, seed=run.generator(0, step).initial_seed())
+        gen = run.generator(0, step, 1)
+        captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(B, generator=gen))]
+        x0 = clips.video.to(run.device)
+        noise = torch.randn(x0.shape, generator=gen).to(run.device)
+        sigma = tv.shift_sigma(torch.rand(B, generator=gen), preset.shift).to(run.device)
+        with run.autocast():
+            velocity = self.model(tv.add_noise(x0, noise, sigma), 1000 * sigma, self.text_encoder(captions))
+        per_sample = (velocity.float() - tv.velocity_target(x0, noise)).square().flatten(1).mean(1)   # (B,)
+        loss = per_sample.mean()
+        optimizer_step(run, self.optimizer, self.parameters,
+                       learning_rate(step, self.steps, preset.teacher_lr, preset.warmup), loss)
+        self.ema.update(self.model)
+        self.ema_text.update(self.text_encoder)
+        return {"loss": loss.item(), **bin_losses(sigma.cpu(), per_sample.detach().cpu())}
+
+    def finish(self):
+        release(self.run.path("teacher.pt"), 0, self.preset_name, self.ema.module, self.ema_text.module, self.log)
+
+
+@torch.no_grad()
+def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_scale, generator, keep_sigmas=()):
+    """Euler steps of the teacher's ODE with classifier-free guidance, from noise (s = 1) to s = 0.
+    Returns the clean clips (B, F, C, H, W) and the states at `keep_sigmas` (for stage 1's pairs)."""
+    device = next(teacher.parameters()).device
+    cfg = teacher.cfg
+    B = len(captions)
+    # the grid: `steps` shifted levels, with the levels to keep spliced in exactly
+    grid = sorted({float(tv.shift_sigma(torch.tensor(1 - i / steps), shift)) for i in range(steps)}
+                  | {float(s) for s in keep_sigmas} | {0.0}, reverse=True)
+    text = text_encoder(captions).to(device)
+    empty = text_encoder([""] * B).to(device)
+    x = torch.randn((B, frames, cfg.channels, cfg.frame_size, cfg.frame_size), generator=generator).to(device)
+    kept = {}
+    for s, s_next in zip(grid, grid[1:]):
+        if s in keep_sigmas:
+            kept[s] = x.clone()
+        t = torch.full((B,), 1000 * s, device=device)
+        v_cond, v_uncond = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty])).chunk(2)
+        x = x + (s_next - s) * (v_uncond + cfg_scale * (v_cond - v_uncond))     # Euler step, s decreasing
+    return x, [kept[s] for s in keep_sigmas]
+
+
+# ---- stage 1: causal ODE distillation ------------------------------------------------------------
+
+
+def student_from_teacher(teacher, mode):
+    """(D9) The causal student starts as the teacher: same weights, plus memory weights whose path
+    outputs exactly 0 (g_out zero), so at step 0 it is the block-causal teacher."""
+    cfg = tv.VideoSSMConfig(**{**asdict(teacher.cfg), "causal": True, "mode": mode})
+    student = tv.VideoDiT(cfg).to(next(teacher.parameters()).device)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(".self_attn." in name for name in missing), (missing, unexpected)
+    return student
+
+
+class ODEDistillation(Stage):
+    """Regress the teacher's ODE solutions: each chunk of a trajectory at one of the student's
+    denoising levels, predict the clean end. One parallel block-causal forward with the clean clip
+    as context (as streaming will see it), memory built in the graph from evicted chunks (D11)."""
+    name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
+
+    def __init__(self, run, preset, preset_name, mode):
+        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+        self.steps = preset.student_steps
+        teacher_checkpoint = load_checkpoint(run.path("teacher.pt"))
+        teacher, self.text_encoder = build(teacher_checkpoint)
+        teacher, self.text_encoder = teacher.to(run.device), self.text_encoder.to(run.device)
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+        self.pairs = self.ode_pairs(teacher)
+        self.model = student_from_teacher(teacher, mode).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.student_lr, betas=(0.9, 0.99))
+        self.modules = {"model": self.model, "optimizer": self.optimizer}
+        self.trained = self.model
+
+    def ode_pairs(self, teacher):
+        """Teacher trajectories for random captions, made once and cached in the checkpoint folder."""
+        path = self.run.path("ode_pairs.pt")
+        if os.path.exists(path):
+            return torch.load(path, weights_only=True)
+        preset, batch = self.preset, 16
+        noisy, clean, captions = [], [], []
+        for start in tqdm(range(0, preset.ode_clips, batch), desc="stage 1: teacher ODE pairs",
+                          disable=self.run.rank != 0):
+            gen = torch.Generator().manual_seed(self.run.seed * 7919 + start)
+            names = [random_caption(gen) for _ in range(min(batch, preset.ode_clips - start))]
+            with self.run.autocast():
+                x0, kept = teacher_sample(teacher, self.text_encoder, names, preset.clip_frames, preset.ode_steps,
+                                          preset.shift, preset.cfg_scale, gen, keep_sigmas=self.sigmas)
+            noisy.append(torch.stack(kept, 1).float().cpu())
+            clean.append(x0.float().cpu())
+            captions += names
+        pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions}  # (N, K, F, ...)
+        if self.run.rank == 0:
+            save_checkpoint(path, pairs)
+        return pairs
+
+    def train_step(self, step):
+        run, preset, cfg = self.run, self.preset, self.model.cfg
+        gen = run.generator(1, step)
+        index = torch.randint(len(self.pairs["captions"]), (preset.student_batch,), generator=gen)
+        clean = self.pairs["clean"][index].to(run.device)                                    # (B, F, C, H, W)
+        n_chunks = preset.clip_frames // cfg.chunk_frames
+        level = torch.randint(len(self.sigmas), (len(index), n_chunks), generator=gen)       # per chunk
+        noisy = self.pairs["noisy"][index[:, None], level]                                   # (B, n, F, C, H, W)
+        chunk_of_frame = torch.arange(preset.clip_frames) // cfg.chunk_frames
+        x = noisy[:, chunk_of_frame, torch.arange(preset.clip_frames)].to(run.device)        # (B, F, C, H, W)
+        sigma = torch.tensor(self.sigmas)[level][:, chunk_of_frame].to(run.device)           # (B, F)
+        text = self.text_encoder([self.pairs["captions"][i] for i in index])
+        with run.autocast():
+            velocity = self.model(x, 1000 * sigma, text, clean_context=clean)
+        loss = (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
+        optimizer_step(run, self.optimizer, list(self.model.parameters()),
+                       learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss)
+        return {"loss": loss.item()}
+
+    def finish(self):
+        release(self.run.path("student_stage1.pt"), 1, self.preset_name, self.model, self.text_encoder, self.log)
+
+
+# ---- stage 2: long self-rollout with DMD (E11) ---------------------------------------------------
+
+
+def dmd_loss(x, x0_real, x0_fake):
+    """Distribution matching distillation (DMD, E11). Its gradient with respect to the generated
+    clip x is (x0_fake - x0_real) / mean|x - x0_real|: move x away from what the critic thinks
+    generated clips look like, towards what the teacher thinks real ones look like. A surrogate
+    MSE to a detached target carries exactly that gradient; real == fake gives zero."""
+    normaliser = (x - x0_real).abs().flatten(1).mean(1).clamp_min(1e-6)                # (B,)
+    direction = (x0_fake - x0_real) / normaliser.view(-1, *[1] * (x.dim() - 1))
+    target = (x - direction).detach()
+    return 0.5 * (x - target).square().flatten(1).sum(1).mean() / x[0].numel()
+
+
+class SelfRolloutDMD(Stage):
+    """The student streams a long video with its own cache (the sampler's code); a teacher-length
+    window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake score = a
+    critic trained on the student's samples. Some rollouts switch prompt before the window."""
+    name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
+
+    def __init__(self, run, preset, preset_name):
+        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+        self.steps = preset.dmd_steps
+        self.teacher, self.text_encoder = build(load_checkpoint(run.path("teacher.pt")))
+        self.teacher = self.teacher.to(run.device).requires_grad_(False)
+        self.text_encoder = self.text_encoder.to(run.device)
+        self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
+        self.model = build(load_checkpoint(run.path("student_stage1.pt")))[0].to(run.device).train().requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
+        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
+        self.modules = {"model": self.model, "optimizer": self.optimizer,
+                        "critic": self.critic, "critic_optimizer": self.critic_optimizer}
+        self.trained = self.model
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+
+    def rollout(self, step):
+        """A self-rollout ending at a random chunk; returns the last clip_frames frames, in the
+        graph, and the caption in force over them."""
+        run, preset, cfg = self.run, self.preset, self.model.cfg
+        gen = run.generator(2, step)
+        window = preset.clip_frames // cfg.chunk_frames
+        end = int(torch.randint(window, preset.rollout_frames // cfg.chunk_frames + 1, (1,), generator=gen))
+        first, exit_step = end - window, int(torch.randint(len(self.sigmas), (1,), generator=gen))
+        caption = random_caption(gen)
+        prompts = {0: caption}
+        if first > 0 and torch.rand(1, generator=gen).item() < preset.switch_probability:
+            caption = random_caption(gen)
+            prompts[int(torch.randint(1, first + 1, (1,), generator=gen))] = caption
+        # (D11) autograd on for the window's chunks and for the chunks they evict into memory
+        grad_chunks = set(range(max(0, first - cfg.window_chunks), end))
+        chunks = []
+        with run.autocast():
+            for c, chunk in enumerate(tv.generate(self.model, self.text_encoder, prompts, end, self.sigmas, gen,
+                                                  batch_size=preset.dmd_batch, exit_step=exit_step,
+                                                  grad_chunks=grad_chunks)):
+                if c >= first:
+                    chunks.append(chunk)
+        return torch.cat(chunks, 1).float(), caption
+
+    def scores(self, x, caption, gen):
+        """The teacher's (with CFG) and the critic's clean predictions for x noised to a random level."""
+        B = x.shape[0]
+        sigma = tv.shift_sigma(0.02 + 0.96 * torch.rand(B, generator=gen), self.preset.shift).to(x.device)
+        x_s = tv.add_noise(x, torch.randn(x.shape, generator=gen).to(x.device), sigma)
+        text, empty = self.text_encoder([caption] * B), self.text_encoder([""] * B)
+        with torch.no_grad(), self.run.autocast():
+            v_cond, v_uncond = self.teacher(torch.cat([x_s, x_s]), torch.cat([1000 * sigma] * 2),
+                                            torch.cat([text, empty])).float().chunk(2)
+            v_fake = self.critic(x_s, 1000 * sigma, text).float()
+        v_real = v_uncond + self.preset.cfg_scale * (v_cond - v_uncond)
+        return tv.x0_from_velocity(x_s, v_real, sigma), tv.x0_from_velocity(x_s, v_fake, sigma)
+
+    def train_step(self, step):
+        run, preset = self.run, self.preset
+        x, caption = self.rollout(step)
+        gen = run.generator(2, step, 1)
+        x0_real, x0_fake = self.scores(x.detach(), caption, gen)
+        loss = dmd_loss(x, x0_real, x0_fake)
+        lr = learning_rate(step, self.steps, preset.dmd_lr, preset.warmup)
+        optimizer_step(run, self.optimizer, list(self.model.parameters()), lr, loss)
+        # the critic follows the generator: flow matching on its latest samples
+        text = self.text_encoder([caption] * x.shape[0])
+        for _ in range(preset.critic_updates):
+            noise = torch.randn(x.shape, generator=gen).to(x.device)
+            sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), preset.shift).to(x.device)
+            with run.autocast():
+                velocity = self.critic(tv.add_noise(x.detach(), noise, sigma), 1000 * sigma, text)
+            critic_loss = (velocity.float() - tv.velocity_target(x.detach(), noise)).square().mean()
+            optimizer_step(run, self.critic_optimizer, list(self.critic.parameters()),
+                           learning_rate(step, self.steps, preset.critic_lr, preset.warmup), critic_loss)
+        return {"dmd": loss.item(), "critic": critic_loss.item()}
+
+    def finish(self):
+        release(self.run.path("student.pt"), 2, self.preset_name, self.model, self.text_encoder, self.log)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train tiny-videossm: stage 0 the bidirectional teacher, stage 1 the causal student by "
+                    "ODE distillation, stage 2 the student by long self-rollouts with DMD. Each stage resumes "
+                    "from its last checkpoint and skips itself when its released checkpoint exists.")
+    parser.add_argument("--preset", default="tiny", help=f"sizes and schedules: {', '.join(PRESETS)} (default tiny)")
+    parser.add_argument("--stage", default="all", choices=["0", "1", "2", "all"], help="which stage(s) to run")
+    parser.add_argument("--memory", default="hybrid", choices=["hybrid", "sink", "window"],
+                        help="the student's memory: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda trains in bf16 autocast")
+    parser.add_argument("--out", default="checkpoints", help="checkpoint folder (default checkpoints/)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop each stage at this step, leaving a checkpoint to resume from")
+    args = parser.parse_args(argv)
+    if args.preset not in PRESETS:
+        parser.error(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
+    preset, run = PRESETS[args.preset], Run(args.device, args.out, args.seed)
+    stages = {"0": ("teacher.pt", lambda: Teacher(run, preset, args.preset)),
+              "1": ("student_stage1.pt", lambda: ODEDistillation(run, preset, args.preset, args.memory)),
+              "2": ("student.pt", lambda: SelfRolloutDMD(run, preset, args.preset))}
+    for number in (["0", "1", "2"] if args.stage == "all" else [args.stage]):
+        released, make = stages[number]
+        if os.path.exists(run.path(released)):
+            if run.rank == 0:
+                print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
+            continue
+        if not make().run_loop(run, args.stop_at):
+            break
+    if run.distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
