@@ -95,7 +95,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
     overflows even at g = -50 (forming exp(G_i) * exp(-G_j) instead would give inf * 0 = nan).
 
     The intra-chunk part (N, T, W, U) does not depend on M, so it runs for all chunks at once;
-    the loop over chunks is three small matmuls each. Same arguments and returns as
+    the loop over chunks is two small matmuls each. Same arguments and returns as
     `naive_gated_delta_rule`, plus `chunk_size` (C). T need not be a multiple of C: the tail is
     padded with g = 0, beta = 0, k = 0, which leaves M untouched.
     """
@@ -118,35 +118,35 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
     G = to_chunks(g).cumsum(-1)                         # (B, H, N, C)  cumulative log decay
     beta = to_chunks(beta)                              # (B, H, N, C)
 
-    lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()      # (C, C)  i >= j
-    log_D = (G[..., :, None] - G[..., None, :]).masked_fill(~lower, -math.inf)
-    D = log_D.exp()                                     # (B, H, N, C, C)  masked before exp
+    upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)    # (C, C)  i < j
+    D = (G[..., :, None] - G[..., None, :]).masked_fill(upper, -math.inf).exp()  # (B, H, N, C, C) masked before exp
 
-    # the UT transform: solve (I + N) [W U] = diag(beta) [exp(G) K  V]. N's strict lower part is
-    # all the solver needs: with unitriangular=True it reads the diagonal as 1 and ignores the rest.
-    N_lower = beta[..., None] * D * (k @ k.transpose(-1, -2))               # (B, H, N, C, C)
-    rhs = beta[..., None] * torch.cat([G.exp()[..., None] * k, v], dim=-1)  # (B, H, N, C, K+V)
-    WU = torch.linalg.solve_triangular(N_lower, rhs, upper=False, unitriangular=True)
-    W, U = WU.split([K, Vd], dim=-1)                    # (B, H, N, C, K), (B, H, N, C, V)
+    # the UT transform: solve (I + N) W = diag(beta exp(G)) K and (I + N) U = diag(beta) V. Only N's
+    # strict lower part matters: with unitriangular=True the solver reads the diagonal as 1 and
+    # ignores what lies above it.
+    k_beta = beta[..., None] * k                                            # (B, H, N, C, K)
+    N_lower = (k_beta @ k.transpose(-1, -2)) * D                            # (B, H, N, C, C)
+    W = torch.linalg.solve_triangular(N_lower, k_beta * G.exp()[..., None], upper=False, unitriangular=True)
+    U = torch.linalg.solve_triangular(N_lower, beta[..., None] * v, upper=False, unitriangular=True)
+    # W: (B, H, N, C, K), U: (B, H, N, C, V)
 
-    G_last = G[..., -1:]                                # (B, H, N, 1)
-    k_to_end = k * (G_last - G).exp()[..., None]        # (B, H, N, C, K)  decay from t to chunk end
-    chunk_decay = G_last.exp()[..., None]               # (B, H, N, 1, 1)
+    q_decayed = q * G.exp()[..., None]                  # (B, H, N, C, K)  reads of the state at chunk start
+    attn = (q @ k.transpose(-1, -2)) * D                # (B, H, N, C, C)  reads of the chunk's own writes
+    k_to_end = k * (G[..., -1:] - G).exp()[..., None]   # (B, H, N, C, K)  decay from t to the chunk's end
+    chunk_decay = G[..., -1:].exp()[..., None]          # (B, H, N, 1, 1)
 
     # the only sequential part: carry M across chunks
     M = q.new_zeros(B, H, K, Vd) if initial_state is None else initial_state.to(q.dtype)  # (B, H, K, V)
     states, writes = [], []
     for n in range(N):
-        states.append(M)                                                # M at the chunk's start
-        v_new = U[:, :, n] - W[:, :, n] @ M                             # (B, H, C, V)  V' = U - W M
+        states.append(M)                                                    # M at the chunk's start
+        v_new = U[:, :, n] - W[:, :, n] @ M                                 # (B, H, C, V)  V' = U - W M
         writes.append(v_new)
         M = chunk_decay[:, :, n] * M + k_to_end[:, :, n].transpose(-1, -2) @ v_new  # (B, H, K, V)
-    states = torch.stack(states, dim=2)                 # (B, H, N, K, V)
-    writes = torch.stack(writes, dim=2)                 # (B, H, N, C, V)
 
-    # reads, for all chunks at once
-    attn = (q @ k.transpose(-1, -2)) * D                # (B, H, N, C, C)  D is 0 above the diagonal
-    o = (q * G.exp()[..., None]) @ states + attn @ writes                   # (B, H, N, C, V)
+    # reads, for all chunks at once (collected after the loop: in-place writes into o inside it
+    # would make autograd and torch.compile copy o at every chunk)
+    o = q_decayed @ torch.stack(states, dim=2) + attn @ torch.stack(writes, dim=2)   # (B, H, N, C, V)
     o = o.reshape(B, H, N * C, Vd)[:, :, :T].transpose(1, 2)                # (B, T, H, V)
     return o, M
 
@@ -195,45 +195,97 @@ def random_inputs(B, T, H, K, V, dtype=torch.float32, device="cpu", seed=0):
 
 
 # ----------------------------------------------------------------------------------------------
-# `python kernels.py`: a correctness line and a speed table
+# `python kernels.py [--cuda] [--peers]`: correctness lines and a speed table
 
 
-def _tokens_per_second(fn, args, T, min_seconds=0.5):
-    fn(*args)                                           # warm up (and compile)
-    sync = torch.cuda.synchronize if args[0].is_cuda else (lambda: None)
-    sync()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < min_seconds:
-        fn(*args)
-        calls += 1
-    sync()
-    return calls * T * args[0].shape[0] / (time.perf_counter() - start)
-
-
-def benchmark(device="cpu", lengths=(256, 1024, 4096), B=1, H=4, K=32, V=32):
-    """Prints a correctness line and a table of tokens/s for naive, chunked and compiled."""
-    q, k, v, g, beta = random_inputs(B, 700, H, K, V, torch.float64, device)
-    o_ref, s_ref = naive_gated_delta_rule(q, k, v, g, beta)
-    o, s = chunk_gated_delta_rule(q, k, v, g, beta)
-    err = max((o - o_ref).abs().max().item(), (s - s_ref).abs().max().item())
-    print(f"correctness: chunked vs naive, float64, T=700: max abs diff {err:.1e}")
-
-    paths = {
-        "naive": naive_gated_delta_rule,
-        "chunked": chunk_gated_delta_rule,
-        "compiled": compiled_chunk_gated_delta_rule,
+def load_peers():
+    """The two public pure-PyTorch chunked forms of the same rule, in our calling convention:
+    transformers' Qwen3-Next `torch_chunk_gated_delta_rule` and flash-linear-attention's
+    `naive_chunk_gated_delta_rule`. Not dependencies: `pip install transformers fla-core`."""
+    import importlib.util
+    import inspect
+    import pathlib
+    try:
+        from transformers.models.qwen3_next import modeling_qwen3_next
+        fla = importlib.util.find_spec("fla")
+        import einops  # noqa: F401  (fla's naive.py needs it)
+    except ImportError:
+        fla = None
+    if fla is None:
+        raise SystemExit("--peers needs transformers and fla-core: pip install transformers fla-core")
+    # transformers swaps in fla's GPU kernel when it can: unwrap to the PyTorch original
+    hf = inspect.unwrap(modeling_qwen3_next.torch_chunk_gated_delta_rule)
+    # fla's __init__ imports triton; load naive.py from its file instead
+    spec = importlib.util.spec_from_file_location(
+        "fla_naive", pathlib.Path(fla.submodule_search_locations[0]) / "ops" / "gated_delta_rule" / "naive.py")
+    fla_naive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fla_naive)
+    return {
+        "transformers": lambda q, k, v, g, beta, initial_state=None: hf(
+            q, k, v, g, beta, chunk_size=64, initial_state=initial_state, output_final_state=True),
+        "fla naive": lambda q, k, v, g, beta, initial_state=None: fla_naive.naive_chunk_gated_delta_rule(
+            q, k, v, g, beta, chunk_size=64, initial_state=initial_state, output_final_state=True),
     }
-    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"\ntokens/s on {name} (B={B}, H={H}, K={K}, V={V}, float32, forward)")
-    print(f"| {'T':>5} | " + " | ".join(f"{p:>10}" for p in paths) + " | chunked/naive | compiled/naive |")
-    print("|------:|" + "-----------:|" * len(paths) + "--------------:|---------------:|")
+
+
+def _race(paths, make_args, step, tokens, rounds=5, round_seconds=0.2):
+    """Median tokens/s of each path, timed in interleaved rounds (A B C A B C ...) so that a noisy,
+    shared machine slows all of them alike."""
+    rates = {name: [] for name in paths}
+    for fn in paths.values():                           # warm up (and compile)
+        step(fn, make_args())
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            args, calls, start = make_args(), 0, time.perf_counter()
+            while calls == 0 or time.perf_counter() - start < round_seconds:
+                step(fn, args)
+                calls += 1
+            if args[0].is_cuda:
+                torch.cuda.synchronize()
+            rates[name].append(calls * tokens / (time.perf_counter() - start))
+    return {name: sorted(r)[len(r) // 2] for name, r in rates.items()}
+
+
+def benchmark(device="cpu", peers=False, lengths=(256, 1024, 4096), B=1, H=4, K=32, V=32):
+    """Prints correctness against the naive scan and tables of tokens/s (float32)."""
+    others = load_peers() if peers else {}
+    inputs = random_inputs(B, 700, H, K, V, torch.float64, device)
+    state0 = torch.randn(B, H, K, V, dtype=torch.float64, device=device)
+    o_ref, s_ref = naive_gated_delta_rule(*inputs, initial_state=state0)
+    for name, fn in {"chunked": chunk_gated_delta_rule, **others}.items():
+        o, s = fn(*inputs, initial_state=state0)
+        err = max((o - o_ref).abs().max().item(), (s - s_ref).abs().max().item())
+        print(f"correctness: {name} vs naive, float64 in, T=700, initial state: max abs diff {err:.1e}")
+
+    ours = {"chunked": chunk_gated_delta_rule, "compiled": compiled_chunk_gated_delta_rule}
+    where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    columns = ["naive", *ours, *others]
+    ratios = [("chunked", "naive"), ("compiled", "naive")] + [(o, p) for o in ours for p in others]
+
+    def table(title, rows):
+        print(f"\n{title} on {where} (B={B}, H={H}, K={K}, V={V}, float32)")
+        print("| T | " + " | ".join(columns) + " | " + " | ".join(f"{a}/{b}" for a, b in ratios) + " |")
+        print("|--:|" + "--:|" * (len(columns) + len(ratios)))
+        for T, speed in rows:
+            print(f"| {T} | " + " | ".join(f"{speed[c]:,.0f}" if c in speed else "-" for c in columns) + " | "
+                  + " | ".join(f"{speed[a] / speed[b]:.1f}x" if a in speed and b in speed else "-"
+                               for a, b in ratios) + " |")
+
+    forward = lambda fn, args: fn(*args)
     with torch.no_grad():
-        for T in lengths:
-            args = random_inputs(B, T, H, K, V, torch.float32, device)
-            speed = {p: _tokens_per_second(fn, args, T) for p, fn in paths.items()}
-            print(f"| {T:>5} | " + " | ".join(f"{speed[p]:>10,.0f}" for p in paths)
-                  + f" | {speed['chunked'] / speed['naive']:>12.1f}x | {speed['compiled'] / speed['naive']:>13.1f}x |")
+        table("forward, tokens/s", [(T, _race({"naive": naive_gated_delta_rule, **ours, **others},
+                                              lambda: random_inputs(B, T, H, K, V, device=device), forward, B * T))
+                                    for T in lengths])
+
+    def make_args(T=lengths[-1]):
+        return tuple(x.requires_grad_() for x in random_inputs(B, T, H, K, V, device=device))
+
+    def forward_backward(fn, args):
+        o, state = fn(*args)
+        (o.sum() + state.sum()).backward()
+    table("forward + backward, tokens/s", [(lengths[-1], _race({**ours, **others}, make_args, forward_backward,
+                                                               B * lengths[-1]))])
 
 
 if __name__ == "__main__":
-    benchmark("cuda" if "--cuda" in sys.argv else "cpu")
+    benchmark("cuda" if "--cuda" in sys.argv else "cpu", peers="--peers" in sys.argv)

@@ -389,14 +389,15 @@ CHECKPOINT_FORMAT = "tiny-videossm/1"
 class Preset:
     model: dict = field(default_factory=dict)   # VideoSSMConfig fields
     clip_frames: int = 12         # the teacher's clip length; stage 2's DMD window too
-    shift: float = 3.0            # timestep shift (Wan): training and sampling lean to high noise
+    shift: float = 3.0            # timestep shift (Wan) of sampling and distillation: leans to high noise
     denoising_steps: int = 4      # the student's few steps
-    cfg_scale: float = 3.0        # classifier-free guidance of the teacher (ODE pairs, real score)
+    cfg_scale: float = 1.5        # classifier-free guidance of the teacher (ODE pairs, real score)
     save_every: int = 100         # steps between resumable checkpoints
     # stage 0: the teacher
     teacher_steps: int = 2000
     teacher_batch: int = 8
-    teacher_lr: float = 1e-3
+    teacher_lr: float = 2e-3
+    teacher_shift: float = 1.0    # the teacher trains on unshifted noise levels: more steps near the clean end
     warmup: int = 100             # steps of linear learning-rate warmup, then cosine to 10%
     text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
     ema_decay: float = 0.995
@@ -424,11 +425,13 @@ PRESETS = {
                    student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, rollout_frames=12, denoising_steps=2),
     # the shipped model: the whole pipeline in under an hour on a 2-core CPU
     "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
-                              freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48)),
+                              freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
+                   teacher_steps=1400, ode_clips=192, ode_steps=16, student_steps=300, student_batch=4,
+                   dmd_steps=100, dmd_batch=2),
     # a GPU run: wider, deeper, longer
     "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
                              freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),
-                  teacher_steps=20000, teacher_batch=32, teacher_lr=3e-4, ode_clips=4096, student_steps=6000,
+                  teacher_steps=20000, teacher_batch=32, teacher_lr=5e-4, ode_clips=4096, student_steps=6000,
                   student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96),
 }
 
@@ -640,7 +643,7 @@ class Teacher(Stage):
         captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(B, generator=gen))]
         x0 = clips.video.to(run.device)
         noise = torch.randn(x0.shape, generator=gen).to(run.device)
-        sigma = tv.shift_sigma(torch.rand(B, generator=gen), preset.shift).to(run.device)
+        sigma = tv.shift_sigma(torch.rand(B, generator=gen), preset.teacher_shift).to(run.device)
         with run.autocast():
             velocity = self.model(tv.add_noise(x0, noise, sigma), 1000 * sigma, self.text_encoder(captions))
         per_sample = (velocity.float() - tv.velocity_target(x0, noise)).square().flatten(1).mean(1)   # (B,)
@@ -851,6 +854,62 @@ class SelfRolloutDMD(Stage):
         release(self.run.path("student.pt"), 2, self.preset_name, self.model, self.text_encoder, self.log)
 
 
+# ---- a report: samples of every trained model next to ground truth ----------------------------
+
+
+def save_grid(path, clips, scale=3):
+    """Clips (B, F, C, H, W) in [-1, 1] -> a PNG, one clip per row, frames left to right."""
+    import imageio.v3 as iio
+    B, F_, C, H, W = clips.shape
+    grid = ((clips.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 3, 1, 4, 2).reshape(B * H, F_ * W, C)
+    grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    iio.imwrite(path, grid.numpy())
+
+
+def prompt_match(frames, backgrounds):
+    """Share of frames whose background, read from the pixels, is the one the caption names."""
+    read, _ = read_attributes(frames)
+    return (read == backgrounds).float().mean().item()
+
+
+@torch.no_grad()
+def report(out_dir, clips=16, seed=12345, grid=None):
+    """Teacher-length clips from each trained model for the same captions as ground-truth clips:
+    a markdown table of the metrics, and optionally a PNG grid (ground truth on top)."""
+    found = [(name, f) for name, f in [("teacher", "teacher.pt"), ("student after stage 1", "student_stage1.pt"),
+                                       ("student", "student.pt")] if os.path.exists(os.path.join(out_dir, f))]
+    if not found:
+        raise SystemExit(f"no trained model in {out_dir}: run `python train.py` first")
+    preset = PRESETS[load_checkpoint(os.path.join(out_dir, found[0][1]))["preset"]]
+    cfg = tv.VideoSSMConfig(**preset.model)
+    truth = World(cfg.frame_size).sample(clips, preset.clip_frames, seed=seed)
+    captions = [c[0] for c in truth.captions]
+    rows = {"ground truth": truth.video}
+    for name, file in found:
+        model, text_encoder = build(load_checkpoint(os.path.join(out_dir, file)))
+        gen = torch.Generator().manual_seed(seed)
+        if model.cfg.causal:
+            sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+            chunks = [torch.cat(list(tv.generate(model, text_encoder, {0: caption}, preset.clip_frames //
+                                                 cfg.chunk_frames, sigmas, gen)), 1) for caption in captions]
+            rows[name] = torch.cat(chunks)
+        else:
+            rows[name] = teacher_sample(model, text_encoder, captions, preset.clip_frames, preset.ode_steps,
+                                        preset.shift, preset.cfg_scale, gen)[0]
+    names = list(video_metrics(truth.video, cfg.chunk_frames))
+    print(f"{clips} clips of {preset.clip_frames} frames, the same captions for every row (seed {seed})\n")
+    print("| | prompt match | " + " | ".join(n.replace("_", " ") for n in names) + " |")
+    print("|---|--:|" + "--:|" * len(names))
+    for name, video in rows.items():
+        metrics = video_metrics(video, cfg.chunk_frames, sprites=truth.count)
+        print(f"| {name} | {prompt_match(video, truth.background):.3f} | "
+              + " | ".join(f"{metrics[n]:.3f}" for n in names) + " |")
+    if grid:
+        save_grid(grid, torch.cat([rows[name][:4] for name in rows]))
+        print(f"\nwrote {grid}: 4 clips per row group, in the order of the table")
+
+
 # ---- the command line ----------------------------------------------------------------------------
 
 
@@ -868,7 +927,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop each stage at this step, leaving a checkpoint to resume from")
+    parser.add_argument("--report", action="store_true",
+                        help="instead of training: sample every trained model in --out next to ground truth "
+                             "and print the metrics (writes --grid if given)")
+    parser.add_argument("--grid", default=None, help="with --report: PNG of sample clips to write")
     args = parser.parse_args(argv)
+    if args.report:
+        return report(args.out, grid=args.grid)
     if args.preset not in PRESETS:
         parser.error(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     preset, run = PRESETS[args.preset], Run(args.device, args.out, args.seed)
@@ -881,8 +946,11 @@ def main(argv=None):
             if run.rank == 0:
                 print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
             continue
+        started = time.time()
         if not make().run_loop(run, args.stop_at):
             break
+        if run.rank == 0:
+            print(f"stage {number}: finished in {(time.time() - started) / 60:.1f} min (setup included)")
     if run.distributed:
         dist.destroy_process_group()
 
