@@ -1,10 +1,22 @@
 """Tests that define done (SPEC.md section 9), in the order of the modules: kernels, model,
 world, training, sampling, notebooks. Run: python -m pytest"""
 
+import os
+import subprocess
+import sys
+
+import imageio.v3
+import numpy as np
 import pytest
 import torch
 
 import kernels
+import sample
+import tiny_videossm as tv
+import train
+from train import (BACKGROUNDS, MAX_SPRITES, SHAPES, VOCAB, World, drift, dynamic_degree,
+                   fidelity, flicker, frozen_fraction, parse_caption, random_caption,
+                   read_attributes, video_metrics)
 
 
 def relative_error(actual, expected):
@@ -102,8 +114,6 @@ def test_backend_choice():
 
 # ----------------------------------------------------------------------------------------------
 # tiny_videossm.py: the network
-
-import tiny_videossm as tv  # noqa: E402
 
 
 def small_config(**overrides):
@@ -339,10 +349,6 @@ def test_bad_inputs_give_clear_errors():
 # ----------------------------------------------------------------------------------------------
 # train.py, first part: the world and its metrics
 
-from train import (BACKGROUNDS, MAX_SPRITES, SHAPES, VOCAB, World, drift, dynamic_degree,  # noqa: E402
-                   fidelity, flicker, frozen_fraction, parse_caption, random_caption,
-                   read_attributes, video_metrics)
-
 
 @pytest.fixture(scope="module")
 def long_clips():
@@ -471,12 +477,6 @@ def test_metrics_calibration(long_clips):
 
 # ----------------------------------------------------------------------------------------------
 # train.py, second part: the three stages on the `test` preset
-
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -626,3 +626,63 @@ def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
         train.optimizer_step(run, stage.critic_optimizer, list(stage.critic.parameters()), 3e-3, loss)
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# sample.py: streaming to a file, prompt switches, the benchmark, bad input
+
+
+@pytest.fixture(scope="module")
+def student(trained):
+    return os.path.join(trained, "student_stage1.pt")
+
+
+def read_video(path):
+    return imageio.v3.imread(path, plugin="FFMPEG" if str(path).endswith(".mp4") else None)
+
+
+def test_sample_writes_a_video_and_the_same_seed_gives_the_same_video(student, tmp_path, capsys):
+    for name in ["a.mp4", "b.mp4", "c.gif"]:
+        sample.main(["--checkpoint", student, "--frames", "11", "--fps", "4", "--scale", "2",
+                     "--out", str(tmp_path / name), "--prompt", "two squares on red"])
+    assert "wrote" in capsys.readouterr().out
+    a, b, c = (read_video(tmp_path / n) for n in ["a.mp4", "b.mp4", "c.gif"])
+    assert a.shape == (11, 32, 32, 3) and c.shape[0] == 11
+    assert np.array_equal(a, b)
+    assert sorted(os.listdir(tmp_path)) == ["a.mp4", "b.mp4", "c.gif"]      # no temporary files left
+
+
+def test_a_switch_leaves_the_frames_before_it_unchanged(student):
+    model, text_encoder, preset = sample.load(student)
+    chunks = lambda schedule: torch.cat(list(sample.stream(model, text_encoder, schedule, 16, 2, 3.0, 5,
+                                                           "hybrid", "cpu")), 1)
+    base = chunks({0: "a circle on red"})
+    schedule = sample.prompt_schedule("a circle on red", [(7, "two squares on green")], 16, 2)
+    assert schedule == {0: "a circle on red", 4: "two squares on green"}      # frame 7 -> chunk 4 (frame 8)
+    switched = chunks(schedule)
+    assert torch.equal(switched[:, :8], base[:, :8]) and not torch.equal(switched[:, 8:], base[:, 8:])
+
+
+def test_sample_bad_input_gives_one_clear_message(student, tmp_path, capsys):
+    out = str(tmp_path / "v.mp4")
+    cases = [(["--prompt", "a triangle on red"], "unknown word 'triangle'"),
+             (["--frames", "10", "--switch", "30:a circle on red"], "outside the video"),
+             (["--switch", "soon:a circle on red"], "expected FRAME:PROMPT"),
+             (["--switch", "5:"], "expected FRAME:PROMPT"),
+             (["--out", str(tmp_path / "v.avi")], "use a .gif or .mp4"),
+             (["--out", "/proc/no/such/dir/v.mp4"], "cannot write"),
+             (["--checkpoint", str(tmp_path / "missing.pt")], "no checkpoint at")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            sample.main(["--checkpoint", student, "--out", out, *flags])
+    with pytest.raises(SystemExit):
+        sample.main(["--mode", "sliding"])
+    assert "invalid choice: 'sliding'" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []                                         # nothing half-written
+
+
+def test_benchmark_prints_every_mode(student, capsys):
+    sample.main(["--checkpoint", student, "--benchmark", "--frames", "12", "--videos", "1", "--steps", "1"])
+    table = capsys.readouterr().out
+    for row in ["ground truth", *tv.MODES]:
+        assert f"| {row} |" in table

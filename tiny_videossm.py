@@ -31,6 +31,8 @@ WanTransformer3DModel) and Self-Forcing's CausalWanModel for the causal variant.
 """
 
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -174,6 +176,12 @@ def rope_angles(frame_positions, h, w, head_dim, theta=10000.0):
     return torch.cat([t[:, None, None].expand(F_, h, w, -1),
                       y[None, :, None].expand(F_, h, w, -1),
                       x[None, None, :].expand(F_, h, w, -1)], dim=-1).reshape(F_ * h * w, -1)  # (L, hd/2)
+
+
+def frame_angles(cfg, frame_positions):
+    """RoPE angles for every token of frames at `frame_positions` (F,) -> (F * h * w, hd / 2)."""
+    side = cfg.frame_size // cfg.patch_size
+    return rope_angles(frame_positions, side, side, cfg.head_dim)
 
 
 def rope(x, angles):
@@ -489,14 +497,12 @@ class VideoDiT(nn.Module):
         """Build the Pattern for `frames` frames to predict, after `clean_frames` context frames
         (0, or the same clip clean: teacher forcing with a clean copy, see forward)."""
         cfg, hw = self.cfg, self.cfg.tokens_per_frame
-        angles_of = lambda frame_pos: rope_angles(frame_pos, cfg.frame_size // cfg.patch_size,
-                                                  cfg.frame_size // cfg.patch_size, cfg.head_dim)
         frame_pos = torch.arange(frames, device=device)
         if clean_frames:
             frame_pos = torch.cat([frame_pos, frame_pos])                               # clean copy, then noisy
         frame_index = frame_pos.repeat_interleave(hw)                                   # (L,)
         if not cfg.causal:
-            return Pattern(angles_of(frame_pos), frame_index, torch.zeros_like(frame_index))
+            return Pattern(frame_angles(cfg, frame_pos), frame_index, torch.zeros_like(frame_index))
         n = frames // cfg.chunk_frames
         chunk_of_frame = frame_pos // cfg.chunk_frames
         token_chunk = chunk_of_frame.repeat_interleave(hw)                              # (L,)
@@ -518,13 +524,13 @@ class VideoDiT(nn.Module):
         if clean_frames:
             mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
         shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
-        pattern = Pattern(angles_of(frame_pos), frame_index, token_chunk, mask,
+        pattern = Pattern(frame_angles(cfg, frame_pos), frame_index, token_chunk, mask,
                           evicted_before=evicted_before, memory_on=(mode == "hybrid"))
         if mode in ("sink", "hybrid") and cfg.sink_chunks:
             sink = cfg.sink_chunks * cfg.chunk_frames * hw
             pattern.sink_columns = torch.arange(sink, device=device)                   # clean copy's sink if any
             shifted = frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames
-            pattern.sink_query_angles = angles_of(shifted)
+            pattern.sink_query_angles = frame_angles(cfg, shifted)
         return pattern
 
     def forward(self, x, timestep, text, clean_context=None, mode=None):
@@ -666,9 +672,8 @@ class StreamCache:
         sink = cfg.sink_chunks if self.mode in ("sink", "hybrid") else 0
         slot = lambda j: j if j < sink else j - shift                   # chunk index -> slot position
         frames_at = lambda j: slot(j) * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)
-        angles = lambda pos: rope_angles(pos, cfg.frame_size // cfg.patch_size, cfg.frame_size // cfg.patch_size, cfg.head_dim)
-        query = angles(frames_at(c))
-        keys = torch.cat([angles(frames_at(j)) for j in self.chunks] + [query])
+        query = frame_angles(cfg, frames_at(c))
+        keys = torch.cat([frame_angles(cfg, frames_at(j)) for j in self.chunks] + [query])
         frame_index = (c * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)).repeat_interleave(hw)
         return StreamStep(query, keys, frame_index, self.mode == "hybrid")
 
@@ -714,7 +719,7 @@ def recache(model, cache, text):
 
 
 def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1,
-             exit_step=None, grad_chunks=()):
+             exit_step=None, grad_chunks=(), cache=None):
     """Stream a video chunk by chunk (SPEC section 6). Yields each chunk, (B, chunk_frames, C, H, W).
 
     Args:
@@ -722,6 +727,7 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         sigmas: the few denoising noise levels, high to low (denoising_sigmas)
         generator: torch.Generator for the noise (same seed, same video)
         mode: memory mode override (hybrid | sink | window | full)
+        cache: a fresh StreamCache to stream with, to look inside it while streaming (default: a new one)
         exit_step, grad_chunks: for stage 2's self-rollout (Self-Forcing). Every chunk stops at
             denoising step `exit_step` (default: the last) and that prediction is the chunk; chunks
             listed in `grad_chunks` run that step and their clean pass with autograd on. Everything
@@ -734,7 +740,7 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         raise ValueError("prompts must say what to generate from chunk 0")
     param = next(model.parameters())
     last = len(sigmas) - 1 if exit_step is None else exit_step
-    cache = StreamCache(model, batch_size, mode, param.dtype, param.device)
+    cache = cache or StreamCache(model, batch_size, mode, param.dtype, param.device)
     shape = (batch_size, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
     noise = lambda: torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
     for c in range(num_chunks):
@@ -753,3 +759,37 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         with torch.set_grad_enabled(track):
             model.forward_chunk(x0.detach(), 0.0, cache, write=True)   # (D8) the clean context pass
         yield x0
+
+
+# ----------------------------------------------------------------------------------------------
+# `python tiny_videossm.py`: per-chunk streaming latency, early and late in a long video
+
+
+@torch.no_grad()
+def latency_benchmark(chunks=(10, 200), steps=4, device="cpu"):
+    """Seconds per chunk (steps denoising passes + the clean pass) at chunk 10 and chunk 200, for a
+    random-weight model of the default size: constant in `hybrid`, growing in `full`."""
+    cfg = VideoSSMConfig(causal=True)
+    model = VideoDiT(cfg).to(device).eval()
+    print(f"seconds per chunk ({cfg.chunk_frames} frames, {steps} denoising steps + the clean pass), "
+          f"{cfg.frame_size}x{cfg.frame_size} frames, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{device}, {torch.get_num_threads()} threads")
+    print("| mode | " + " | ".join(f"chunk {c}" for c in chunks) + " | ratio | cached tokens at the end |")
+    print("|---|" + "--:|" * (len(chunks) + 2))
+    shape = (1, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
+    for mode in ("hybrid", "full"):
+        cache = StreamCache(model, 1, mode, device=device)
+        cache.set_prompt(model, torch.randn(1, 8, cfg.text_dim, device=device))
+        seconds = {}
+        for c in range(max(chunks) + 1):
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.forward_chunk(torch.randn(shape, device=device), 500.0, cache)
+            model.forward_chunk(torch.randn(shape, device=device), 0.0, cache, write=True)
+            seconds[c] = time.perf_counter() - start
+        at = [sorted(seconds[i] for i in range(c - 2, c + 1))[1] for c in chunks]     # median of 3
+        print(f"| {mode} | " + " | ".join(f"{s:.3f}" for s in at) + f" | {at[-1] / at[0]:.2f}x | {cache.length():,} |")
+
+
+if __name__ == "__main__":
+    latency_benchmark(device="cuda" if "--cuda" in sys.argv else "cpu")

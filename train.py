@@ -426,8 +426,8 @@ PRESETS = {
     # the shipped model: the whole pipeline in under an hour on a 2-core CPU
     "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                               freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-                   teacher_steps=1400, ode_clips=192, ode_steps=16, student_steps=300, student_batch=4,
-                   dmd_steps=100, dmd_batch=2),
+                   teacher_steps=1400, ode_clips=192, ode_steps=16, student_steps=100, student_batch=4,
+                   dmd_steps=30, dmd_batch=2, save_every=25),
     # a GPU run: wider, deeper, longer
     "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
                              freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),

@@ -1,0 +1,209 @@
+"""
+Stream a long video from the trained student, chunk by chunk, with optional prompt switches.
+
+    python sample.py                                       a minute of "a circle on blue" -> out/video.mp4
+    python sample.py --prompt "two squares on red" --switch 240:"two squares on green" --out out/switch.mp4
+    python sample.py --mode sink                           the same without the global memory (LongLive)
+    python sample.py --benchmark                           the four memory modes side by side, one table
+
+Frames are written to an MP4 as they are made (imageio's ffmpeg plugin), so memory stays flat
+however long the video: the model keeps only its sink, its window and the memory state M
+(tiny_videossm.StreamCache). A GIF is convenient for short clips but is assembled in memory.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import imageio
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import tiny_videossm as tv
+import train
+
+
+def parse_switch(text, fps):
+    """'FRAME:PROMPT' or 'SECONDSs:PROMPT' -> (frame, prompt)."""
+    where, sep, prompt = text.partition(":")
+    try:
+        if not sep or not prompt.strip():
+            raise ValueError
+        frame = round(float(where[:-1]) * fps) if where.endswith("s") else int(where)
+    except ValueError:
+        raise SystemExit(f"--switch {text!r}: expected FRAME:PROMPT or SECONDSs:PROMPT, "
+                         f'e.g. --switch 120:"a square on red" or --switch 15s:"a square on red"') from None
+    return frame, prompt.strip()
+
+
+def prompt_schedule(prompt, switches, frames, chunk_frames):
+    """{chunk: prompt}. A switch takes effect at the first chunk that starts at or after its frame."""
+    schedule = {0: prompt}
+    for frame, new_prompt in sorted(switches):
+        if not 0 < frame < frames:
+            raise SystemExit(f"a switch at frame {frame} is outside the video (frames 1 to {frames - 1})")
+        schedule[math.ceil(frame / chunk_frames)] = new_prompt
+    return schedule
+
+
+def to_pixels(chunk, scale):
+    """(B, F, C, H, W) in [-1, 1] -> list of (H*scale, W*scale, C) uint8 frames of the first clip."""
+    frames = ((chunk[0].clamp(-1, 1) + 1) * 127.5).round().byte()                # (F, C, H, W)
+    frames = frames.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    return list(frames.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def open_writer(path, fps):
+    """A streaming GIF or MP4 writer on a temporary file next to `path` (renamed when complete)."""
+    if not path.endswith((".gif", ".mp4")):
+        raise SystemExit(f"--out {path}: use a .gif or .mp4 file name")
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp{os.path.splitext(path)[1]}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        open(tmp, "wb").close()                        # fail now, not after minutes of sampling
+        if path.endswith(".gif"):   # GIF frames are kept until close; MP4 streams to disk
+            writer = imageio.get_writer(tmp, mode="I", duration=1000 / fps, loop=0)
+        else:
+            writer = imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    except OSError as error:
+        raise SystemExit(f"cannot write {path}: {error.strerror or error}") from None
+    return writer, tmp
+
+
+def stream(model, text_encoder, schedule, frames, steps, shift, seed, mode, device):
+    """Yields chunks (1, chunk_frames, C, H, W) for `frames` frames (rounded up to whole chunks)."""
+    chunks = math.ceil(frames / model.cfg.chunk_frames)
+    generator = torch.Generator().manual_seed(seed)
+    sigmas = tv.denoising_sigmas(steps, shift)
+    yield from tv.generate(model.to(device), text_encoder.to(device), schedule, chunks, sigmas, generator, mode)
+
+
+def load(path):
+    checkpoint = train.load_checkpoint(path)
+    model, text_encoder = train.build(checkpoint)
+    if not model.cfg.causal:
+        raise SystemExit(f"{path} holds the bidirectional teacher; sample.py streams a causal student "
+                         f"(checkpoints/student.pt)")
+    return model, text_encoder, train.PRESETS.get(checkpoint["preset"], train.Preset())
+
+
+def check_prompts(text_encoder, prompts):
+    for prompt in prompts:
+        try:
+            text_encoder.tokenize(prompt)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+
+
+def make_video(args):
+    model, text_encoder, preset = load(args.checkpoint)
+    cfg = model.cfg
+    frames = args.frames or round(args.seconds * args.fps)
+    if frames < 1:
+        raise SystemExit("the video needs at least one frame (--frames or --seconds)")
+    switches = [parse_switch(s, args.fps) for s in args.switch]
+    schedule = prompt_schedule(args.prompt, switches, frames, cfg.chunk_frames)
+    check_prompts(text_encoder, schedule.values())
+    writer, tmp = open_writer(args.out, args.fps)
+    started, written = time.time(), 0
+    try:
+        with tqdm(total=frames, unit="frame", desc=f"{args.mode} memory") as bar:
+            for chunk in stream(model, text_encoder, schedule, frames, args.steps, preset.shift, args.seed,
+                                args.mode, args.device):
+                for frame in to_pixels(chunk, args.scale)[: frames - written]:
+                    writer.append_data(frame)
+                    written += 1
+                bar.update(min(cfg.chunk_frames, frames - bar.n))
+        writer.close()
+        os.replace(tmp, args.out)
+    except BaseException:                              # nothing half-written is left behind
+        writer.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    seconds = time.time() - started
+    print(f"wrote {args.out}: {frames} frames ({frames / args.fps:.1f} s at {args.fps} fps), "
+          f"{cfg.frame_size * args.scale}x{cfg.frame_size * args.scale} pixels, made in {seconds:.1f} s "
+          f"({frames / seconds:.1f} frames/s, {'faster' if frames / seconds >= args.fps else 'slower'} than real time)")
+    for chunk, prompt in sorted(schedule.items()):
+        print(f"  from frame {chunk * cfg.chunk_frames}: {prompt!r}")
+
+
+# ---- the benchmark: the four memory modes side by side -------------------------------------------
+
+
+def cache_bytes(cache):
+    tensors = [t for layer in cache.layers for t in (layer.k, layer.v, layer.g, layer.beta, layer.state)
+               if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@torch.no_grad()
+def benchmark(args):
+    """Each mode streams the same prompts and seeds for `--frames` frames (default 20 teacher clips);
+    metrics from the world (train.py), frames/s and the cache's peak size; ground truth on top."""
+    model, text_encoder, preset = load(args.checkpoint)
+    cfg = model.cfg
+    frames = args.frames or 20 * preset.clip_frames
+    frames -= frames % cfg.chunk_frames
+    truth = train.World(cfg.frame_size).sample(args.videos, frames, seed=args.seed)
+    prompts = [c[0] for c in truth.captions]
+    rows = {"ground truth": (truth.video, None, None)}
+    for mode in tv.MODES:
+        videos, started, peak = [], time.time(), 0
+        for i, prompt in enumerate(tqdm(prompts, desc=f"{mode}", leave=False)):
+            generator = torch.Generator().manual_seed(args.seed + i)
+            cache, chunks = tv.StreamCache(model, 1, mode), []
+            for chunk in tv.generate(model, text_encoder, {0: prompt}, frames // cfg.chunk_frames,
+                                     tv.denoising_sigmas(args.steps, preset.shift), generator, cache=cache):
+                chunks.append(chunk)
+                peak = max(peak, cache_bytes(cache))
+            videos.append(torch.cat(chunks, 1))
+        rows[mode] = (torch.cat(videos), len(prompts) * frames / (time.time() - started), peak)
+    names = list(train.video_metrics(truth.video, cfg.chunk_frames))
+    print(f"\n{args.videos} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), "
+          f"{args.steps} steps, the same prompts and seeds in every row\n")
+    print("| | prompt match | " + " | ".join(n.replace("_", " ") for n in names) + " | frames/s | peak cache |")
+    print("|---|--:|" + "--:|" * len(names) + "--:|--:|")
+    for name, (video, speed, peak) in rows.items():
+        metrics = train.video_metrics(video, cfg.chunk_frames, sprites=truth.count)
+        print(f"| {name} | {train.prompt_match(video, truth.background):.3f} | "
+              + " | ".join(f"{metrics[n]:.3f}" for n in names)
+              + (f" | {speed:.1f} | {peak / 2 ** 20:.2f} MB |" if speed else " | | |"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Stream a long video from the trained VideoSSM student.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--prompt", default="a circle on blue", help=f"what to show; grammar: {train.GRAMMAR}")
+    parser.add_argument("--switch", action="append", default=[], metavar="FRAME:PROMPT",
+                        help="switch the prompt at a frame (or at SECONDSs), repeatable; takes effect at "
+                             "the next chunk boundary")
+    parser.add_argument("--frames", type=int, default=None, help="length in frames (overrides --seconds)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length in seconds of output")
+    parser.add_argument("--fps", type=int, default=8, help="frames per second of the output file")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same video")
+    parser.add_argument("--mode", default="hybrid", choices=tv.MODES,
+                        help="memory: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing), full (quadratic)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
+    parser.add_argument("--out", default="out/video.mp4",
+                        help="output file: .mp4 streams to disk; .gif keeps its frames in memory until the end")
+    parser.add_argument("--scale", type=int, default=4, help="pixel upscaling of the output")
+    parser.add_argument("--checkpoint", default="checkpoints/student.pt", help="student checkpoint")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--benchmark", action="store_true",
+                        help="print the four memory modes side by side (--frames defaults to 20 teacher clips)")
+    parser.add_argument("--videos", type=int, default=4, help="with --benchmark: videos per mode")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.fps < 1 or args.scale < 1:
+        parser.error("--steps, --fps and --scale must be positive")
+    torch.set_grad_enabled(False)
+    benchmark(args) if args.benchmark else make_video(args)
+
+
+if __name__ == "__main__":
+    main()
