@@ -686,3 +686,17 @@ def test_benchmark_prints_every_mode(student, capsys):
     table = capsys.readouterr().out
     for row in ["ground truth", *tv.MODES]:
         assert f"| {row} |" in table
+
+
+def test_the_shipped_student_shows_a_switched_prompt():
+    """With the bundled checkpoint: a switch from blue to red shows in the pixels within two chunks."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "student.pt")
+    if not os.path.exists(path):
+        pytest.skip("no bundled checkpoints/student.pt")
+    model, text_encoder, preset = sample.load(path)
+    schedule = sample.prompt_schedule("a circle on blue", [(24, "a circle on red")], 48, model.cfg.chunk_frames)
+    video = torch.cat(list(sample.stream(model, text_encoder, schedule, 48, 4, preset.shift, 0, "hybrid", "cpu")), 1)
+    background, _ = read_attributes(video)                                   # (1, 48) indices
+    blue, red = train.BACKGROUND_NAMES.index("blue"), train.BACKGROUND_NAMES.index("red")
+    assert (background[0, :24] == blue).float().mean() > 0.9
+    assert (background[0, 24 + 2 * model.cfg.chunk_frames:] == red).float().mean() > 0.9
