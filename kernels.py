@@ -135,18 +135,23 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
     k_to_end = k * (G[..., -1:] - G).exp()[..., None]   # (B, H, N, C, K)  decay from t to the chunk's end
     chunk_decay = G[..., -1:].exp()[..., None]          # (B, H, N, 1, 1)
 
-    # the only sequential part: carry M across chunks
-    M = q.new_zeros(B, H, K, Vd) if initial_state is None else initial_state.to(q.dtype)  # (B, H, K, V)
+    # the only sequential part: carry M across chunks (batch and heads flattened for baddbmm)
+    M = q.new_zeros(B * H, K, Vd) if initial_state is None else initial_state.to(q.dtype).reshape(B * H, K, Vd)
+    U_, W_, decay_ = U.flatten(0, 1), W.flatten(0, 1), chunk_decay.flatten(0, 1)
+    k_to_end_T = k_to_end.flatten(0, 1).transpose(-1, -2)                  # (BH, N, K, C)
     states, writes = [], []
     for n in range(N):
         states.append(M)                                                    # M at the chunk's start
-        v_new = U[:, :, n] - W[:, :, n] @ M                                 # (B, H, C, V)  V' = U - W M
+        v_new = torch.baddbmm(U_[:, n], W_[:, n], M, alpha=-1)              # (BH, C, V)  V' = U - W M
         writes.append(v_new)
-        M = chunk_decay[:, :, n] * M + k_to_end[:, :, n].transpose(-1, -2) @ v_new  # (B, H, K, V)
+        M = torch.baddbmm(decay_[:, n] * M, k_to_end_T[:, n], v_new)        # (BH, K, V)
+    M = M.view(B, H, K, Vd)
+    states = torch.stack(states, dim=1).view(B, H, N, K, Vd)
+    writes = torch.stack(writes, dim=1).view(B, H, N, C, Vd)
 
     # reads, for all chunks at once (collected after the loop: in-place writes into o inside it
     # would make autograd and torch.compile copy o at every chunk)
-    o = q_decayed @ torch.stack(states, dim=2) + attn @ torch.stack(writes, dim=2)   # (B, H, N, C, V)
+    o = q_decayed @ states + attn @ writes                                  # (B, H, N, C, V)
     o = o.reshape(B, H, N * C, Vd)[:, :, :T].transpose(1, 2)                # (B, T, H, V)
     return o, M
 

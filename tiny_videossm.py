@@ -787,7 +787,7 @@ def latency_benchmark(chunks=(10, 200), steps=4, device="cpu"):
                 model.forward_chunk(torch.randn(shape, device=device), 500.0, cache)
             model.forward_chunk(torch.randn(shape, device=device), 0.0, cache, write=True)
             seconds[c] = time.perf_counter() - start
-        at = [sorted(seconds[i] for i in range(c - 2, c + 1))[1] for c in chunks]     # median of 3
+        at = [sorted(seconds[i] for i in range(c - 4, c + 1))[2] for c in chunks]     # median of 5
         print(f"| {mode} | " + " | ".join(f"{s:.3f}" for s in at) + f" | {at[-1] / at[0]:.2f}x | {cache.length():,} |")
 
 
