@@ -1,5 +1,6 @@
 """
-Training for tiny-videossm. This first part is the data and the yardstick.
+Training for tiny-videossm, read top to bottom: the world (the only data) and its metrics (the
+yardstick), then the three training stages and the command line. Imports tiny_videossm.py.
 
 The world. Every clip is a coloured background with one or two sprites gliding across it.
 The sprites live in an arena twice as wide and tall as the camera's view and bounce off its
@@ -30,12 +31,20 @@ Glossary of dimension letters used in the shape comments:
 Frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W).
 """
 
+import argparse
+import copy
 import math
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as nnf
+from tqdm import tqdm
+
+import tiny_videossm as tv
 
 # ---- the world --------------------------------------------------------------------------------
 
@@ -361,7 +370,7 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
     }
 
 
-# ---- training stages follow ----
+# ---- the training stages ------------------------------------------------------------------------
 # The stages: 0 trains the bidirectional teacher ("our Wan 2.1") on the world; 1 distils it into
 # the causal few-step student by regressing the teacher's ODE solutions (CausVid / Self-Forcing
 # "ODE initialisation"); 2 lets the student roll out long videos with its own streaming cache and
@@ -370,17 +379,6 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
 #     python train.py --preset tiny                 all three stages, about an hour on a 2-core CPU
 #     python train.py --preset tiny --stage 0       one stage (resumes if interrupted)
 #     torchrun --nproc_per_node 2 train.py ...      data parallel (gloo on CPU, nccl on CUDA)
-
-import argparse
-import copy
-import os
-import time
-from dataclasses import asdict, field
-
-import torch.distributed as dist
-from tqdm import tqdm
-
-import tiny_videossm as tv
 
 CHECKPOINT_FORMAT = "tiny-videossm/1"
 
