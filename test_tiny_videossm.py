@@ -700,3 +700,20 @@ def test_the_shipped_student_shows_a_switched_prompt():
     blue, red = train.BACKGROUND_NAMES.index("blue"), train.BACKGROUND_NAMES.index("red")
     assert (background[0, :24] == blue).float().mean() > 0.9
     assert (background[0, 24 + 2 * model.cfg.chunk_frames:] == red).float().mean() > 0.9
+
+
+# ----------------------------------------------------------------------------------------------
+# notebooks/: each walkthrough runs top to bottom
+
+NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks"))
+                   if f.endswith(".ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_top_to_bottom(name):
+    nbformat = pytest.importorskip("nbformat", reason="notebooks need: pip install -r requirements-dev.txt")
+    nbclient = pytest.importorskip("nbclient", reason="notebooks need: pip install -r requirements-dev.txt")
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks")
+    notebook = nbformat.read(os.path.join(folder, name), as_version=4)
+    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": folder}}).execute()
