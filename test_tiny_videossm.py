@@ -519,9 +519,11 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
 
 
 def test_two_processes_under_torchrun_stay_in_sync(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    # --standalone picks a free port; gloo on the loopback interface needs no hostname lookup
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "train.py", "--preset", "test", "--stage", "0", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300, cwd=os.path.dirname(__file__) or ".")
+                            capture_output=True, text=True, timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)),
+                            env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rank 0 in sync with rank 0: True" in result.stdout
     assert "rank 1 in sync with rank 0: True" in result.stdout
