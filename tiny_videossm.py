@@ -506,9 +506,6 @@ class VideoDiT(nn.Module):
         n = frames // cfg.chunk_frames
         chunk_of_frame = frame_pos // cfg.chunk_frames
         token_chunk = chunk_of_frame.repeat_interleave(hw)                              # (L,)
-        is_clean = torch.zeros_like(token_chunk, dtype=torch.bool)
-        if clean_frames:
-            is_clean[: frames * hw] = True                                              # the clean copy comes first
         # key chunk j is visible to a query in chunk c if j is in c's visible set; a query
         # sees other chunks through the clean copy (when there is one) and its own chunk as itself
         visible = torch.zeros(n, n, dtype=torch.bool, device=device)
@@ -519,9 +516,10 @@ class VideoDiT(nn.Module):
             chunk_tokens = cfg.chunk_frames * hw              # context tokens come first either way
             evicted_before.append(slice(evicted * chunk_tokens, (evicted + 1) * chunk_tokens)
                                   if evicted is not None else None)
-        same_chunk = token_chunk[:, None] == token_chunk[None, :]
         mask = visible[token_chunk][:, token_chunk]                                     # (L, L)
         if clean_frames:
+            is_clean = torch.arange(len(token_chunk), device=device) < frames * hw      # the clean copy comes first
+            same_chunk = token_chunk[:, None] == token_chunk[None, :]
             mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
         shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
         pattern = Pattern(frame_angles(cfg, frame_pos), frame_index, token_chunk, mask,
@@ -748,7 +746,10 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         with torch.no_grad():
             if c in prompts:
                 text = text_encoder([prompts[c]] * batch_size).to(param.dtype)
-                cache.set_prompt(model, text) if c == 0 else recache(model, cache, text)
+                if c == 0:
+                    cache.set_prompt(model, text)
+                else:
+                    recache(model, cache, text)
         x = noise()
         for i in range(last + 1):
             s = torch.full((batch_size,), sigmas[i], dtype=param.dtype, device=param.device)
