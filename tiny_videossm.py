@@ -253,20 +253,22 @@ class SelfAttention(nn.Module):
                                     chunk_size=self.cfg.kernel_chunk_size, backend=self.cfg.kernel_backend)
         return state                                                    # (B, nh, hd, hd)
 
-    def fuse(self, x, q, local, states, frame_index):
+    def fuse(self, x, q, local, states, state_of_token, frame_index):
         """(E8)-(E10): read the memory with the pre-RoPE queries, route by position, add, project.
 
         Args:
             x: (B, L, d) the block's input H_in;  q: (B, L, nh, hd) pre-RoPE queries
             local: (B, L, nh, hd) the attention output H_local
-            states: (B, L, nh, hd, hd) the memory state each token reads, or None (memory off)
+            states: (B, S, nh, hd, hd) the memory states the tokens read, or None (memory off)
+            state_of_token: (L,) which of the S states each token reads
             frame_index: (L,) absolute frame index of each token, for the router (D6)
         """
         B, L, _ = x.shape
         out = local.reshape(B, L, -1)                                   # (B, L, d)
         if states is not None:
             q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5           # (D2) (B, L, nh, hd)
-            read = torch.einsum("blhk,blhkv->blhv", q_mem, states)     # (E8) Q M, (B, L, nh, hd)
+            read = torch.einsum("blhk,bshkv->bslhv", q_mem, states)    # (E8) Q M, (B, S, L, nh, hd)
+            read = read[:, state_of_token, torch.arange(L, device=x.device)]   # each token its own, (B, L, nh, hd)
             h_global = self.memory_norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))  # (E8) (D4)
             rho = ((frame_index + 1) / self.cfg.router_horizon).clamp(max=1.0)           # (D6) (L,)
             gamma = torch.sigmoid(self.router_w * rho.log()[:, None] + self.router_b)    # (E9) (L, d)
@@ -281,15 +283,20 @@ class SelfAttention(nn.Module):
             local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2),
                                                    attn_mask=pattern.mask).transpose(1, 2)  # (B, L, nh, hd)
         else:
-            logits = torch.einsum("bqhd,bkhd->bhqk", q_rot, k_rot) * self.hd ** -0.5     # (B, nh, L, L)
-            # the sink is seen as if it sat just before the window: its logits use queries at
-            # their window-relative positions (see Pattern)
-            q_sink = rope(q, pattern.sink_query_angles)
-            k_sink = k_rot[:, pattern.sink_columns]
-            logits[..., pattern.sink_columns] = torch.einsum("bqhd,bkhd->bhqk", q_sink, k_sink) * self.hd ** -0.5
-            logits = logits.masked_fill(~pattern.mask, -math.inf)
-            local = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v)              # (E4) (B, L, nh, hd)
-
+            # the sink is seen as if it sat just before the window: its columns take the queries
+            # at their window-relative positions (see Pattern). Both dot products in one fused
+            # call: q' = [q, q_sink] and k' = [k, 0] for window keys, [0, k] for sink keys, so
+            # q'.k' is q.k or q_sink.k as each column needs.
+            q_sink = rope(q, pattern.sink_query_angles)                                   # (B, L, nh, hd)
+            is_sink = torch.zeros(k.shape[1], 1, 1, dtype=torch.bool, device=k.device)
+            is_sink[pattern.sink_columns] = True                                          # (L, 1, 1)
+            zero = torch.zeros_like(k_rot)
+            q_both = torch.cat([q_rot, q_sink], -1)                                       # (B, L, nh, 2 hd)
+            k_both = torch.cat([torch.where(is_sink, zero, k_rot), torch.where(is_sink, k_rot, zero)], -1)
+            v_both = torch.cat([v, torch.zeros_like(v)], -1)        # fused kernels want one head size
+            local = F.scaled_dot_product_attention(q_both.transpose(1, 2), k_both.transpose(1, 2),
+                                                   v_both.transpose(1, 2), attn_mask=pattern.mask,
+                                                   scale=self.hd ** -0.5).transpose(1, 2)[..., :self.hd]
         states = None
         if self.memory and pattern.memory_on:
             # (D11) for each chunk, the state built from the context chunks evicted before it,
@@ -300,8 +307,8 @@ class SelfAttention(nn.Module):
                 if evicted is not None:
                     state = self.write_memory(state, k[:, evicted], v[:, evicted], [t[:, evicted] for t in gates])
                 per_chunk.append(state)
-            states = torch.stack(per_chunk, dim=1)[:, pattern.token_chunk]                # (B, L, nh, hd, hd)
-        return self.fuse(x, q, local, states, pattern.frame_index)
+            states = torch.stack(per_chunk, dim=1)                                        # (B, n, nh, hd, hd)
+        return self.fuse(x, q, local, states, pattern.token_chunk, pattern.frame_index)
 
     def forward_cached(self, x, cache, step):
         """One chunk against the cache. x: (B, L, d) the chunk's tokens; cache: LayerCache;
@@ -314,8 +321,9 @@ class SelfAttention(nn.Module):
                                                v_all.transpose(1, 2)).transpose(1, 2)     # (E4) (B, L, nh, hd)
         states = None
         if self.memory and step.memory_on:
-            states = cache.state[:, None].expand(-1, x.shape[1], -1, -1, -1)             # (B, L, nh, hd, hd)
-        return self.fuse(x, q, local, states, step.frame_index), (k, v, gates)
+            states = cache.state[:, None]                                                 # (B, 1, nh, hd, hd)
+        state_of_token = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)     # all read the one state
+        return self.fuse(x, q, local, states, state_of_token, step.frame_index), (k, v, gates)
 
 
 class CrossAttention(nn.Module):
