@@ -74,12 +74,14 @@ def open_writer(path, fps):
     return writer, tmp
 
 
-def stream(model, text_encoder, schedule, frames, steps, shift, seed, mode, device):
-    """Yields chunks (1, chunk_frames, C, H, W) for `frames` frames (rounded up to whole chunks)."""
+def stream(model, text_encoder, schedule, frames, steps, shift, seed, mode, device, cache=None):
+    """Yields chunks (1, chunk_frames, C, H, W) for `frames` frames (rounded up to whole chunks);
+    pass a tv.StreamCache to watch it."""
     chunks = math.ceil(frames / model.cfg.chunk_frames)
     generator = torch.Generator().manual_seed(seed)
     sigmas = tv.denoising_sigmas(steps, shift)
-    yield from tv.generate(model.to(device), text_encoder.to(device), schedule, chunks, sigmas, generator, mode)
+    yield from tv.generate(model.to(device), text_encoder.to(device), schedule, chunks, sigmas, generator, mode,
+                           cache=cache)
 
 
 def load(path):
@@ -99,15 +101,20 @@ def check_prompts(text_encoder, prompts):
             raise SystemExit(str(error)) from None
 
 
+def schedule_from_args(args, text_encoder, frames, chunk_frames):
+    if frames < 1:
+        raise SystemExit("the video needs at least one frame (--frames or --seconds)")
+    switches = [parse_switch(s, args.fps) for s in args.switch]
+    schedule = prompt_schedule(args.prompt, switches, frames, chunk_frames)
+    check_prompts(text_encoder, schedule.values())
+    return schedule
+
+
 def make_video(args):
     model, text_encoder, preset = load(args.checkpoint)
     cfg = model.cfg
     frames = args.frames or round(args.seconds * args.fps)
-    if frames < 1:
-        raise SystemExit("the video needs at least one frame (--frames or --seconds)")
-    switches = [parse_switch(s, args.fps) for s in args.switch]
-    schedule = prompt_schedule(args.prompt, switches, frames, cfg.chunk_frames)
-    check_prompts(text_encoder, schedule.values())
+    schedule = schedule_from_args(args, text_encoder, frames, cfg.chunk_frames)
     writer, tmp = open_writer(args.out, args.fps)
     started, written = time.time(), 0
     try:
@@ -176,6 +183,38 @@ def benchmark(args):
               + (f" | {speed:.1f} | {peak / 2 ** 20:.2f} MB |" if speed else " | | |"))
 
 
+def peak_memory_mb():
+    """The process's peak resident memory so far, in MB (Linux and macOS; None elsewhere)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss            # KB on Linux, bytes on macOS
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
+
+
+@torch.no_grad()
+def memory_trace(args):
+    """Stream --frames frames (default 10,000) in --mode without keeping them, and print, ten times
+    along the way, the cache's size and the process's peak memory: both flat unless --mode full."""
+    model, text_encoder, preset = load(args.checkpoint)
+    frames = args.frames or 10_000
+    schedule = schedule_from_args(args, text_encoder, frames, model.cfg.chunk_frames)
+    cache = tv.StreamCache(model, 1, args.mode)
+    print(f"{args.mode} memory, {frames} frames of {args.prompt!r}\n")
+    print("| frames | cache | peak process memory | frames/s |\n|--:|--:|--:|--:|")
+    every, made, started = max(1, frames // 10), 0, time.time()
+    with tqdm(total=frames, unit="frame", desc=f"{args.mode} memory", leave=False) as bar:
+        for chunk in stream(model, text_encoder, schedule, frames, args.steps, preset.shift, args.seed, args.mode,
+                            args.device, cache):
+            made += chunk.shape[1]
+            bar.update(chunk.shape[1])
+            if made // every > (made - chunk.shape[1]) // every or made >= frames:
+                peak = peak_memory_mb()
+                tqdm.write(f"| {made} | {cache_bytes(cache) / 2 ** 20:.2f} MB | "
+                           f"{f'{peak:.0f} MB' if peak else 'n/a'} | {made / (time.time() - started):.1f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Stream a long video from the trained VideoSSM student.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -198,11 +237,19 @@ def main(argv=None):
     parser.add_argument("--benchmark", action="store_true",
                         help="print the four memory modes side by side (--frames defaults to 20 teacher clips)")
     parser.add_argument("--videos", type=int, default=4, help="with --benchmark: videos per mode")
+    parser.add_argument("--memory-trace", action="store_true",
+                        help="stream --frames frames (default 10000) in --mode without writing them and print "
+                             "the cache size and the peak process memory ten times along the way")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.fps < 1 or args.scale < 1:
         parser.error("--steps, --fps and --scale must be positive")
     torch.set_grad_enabled(False)
-    benchmark(args) if args.benchmark else make_video(args)
+    if args.benchmark:
+        benchmark(args)
+    elif args.memory_trace:
+        memory_trace(args)
+    else:
+        make_video(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Tests that define done (SPEC.md section 9), in the order of the modules: kernels, model,
 world, training, sampling, notebooks. Run: python -m pytest"""
 
+import copy
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import tiny_videossm as tv
 import train
 from train import (BACKGROUNDS, MAX_SPRITES, SHAPES, VOCAB, World, drift, dynamic_degree,
                    fidelity, flicker, frozen_fraction, parse_caption, random_caption,
-                   read_attributes, video_metrics)
+                   read_attributes, sprite_presence, video_metrics)
 
 
 def relative_error(actual, expected):
@@ -462,6 +463,10 @@ def test_metrics_calibration(long_clips):
     assert truth["subject_consistency"] > 0.9 and truth["background_consistency"] > 0.9
     assert truth["dynamic_degree"] > 0.005 and truth["frozen_fraction"] < 0.5
 
+    assert truth["sprite_presence"] > 0.5
+    empty = train.BACKGROUND_RGB[long_clips.background][..., None, None].expand_as(video)   # sprites removed
+    assert sprite_presence(empty) == 0 and fidelity(empty) > truth["fidelity"]             # why presence exists
+
     frozen = video[:, :1].expand_as(video)
     assert dynamic_degree(frozen) == 0 and frozen_fraction(frozen) == 1
 
@@ -582,6 +587,16 @@ def test_stage1_student_learns_and_trains_the_write_path(trained):
     assert all(total > 0 for total in memory_gradients(stage.model).values())
 
 
+def test_ode_pairs_of_another_teacher_are_made_again(trained, capsys):
+    path = os.path.join(trained, "ode_pairs.pt")
+    stale = torch.load(path, weights_only=True)
+    stale["made_by"][-1] += 1.0                                  # as if the teacher had been retrained since
+    torch.save(stale, path)
+    stage = train.ODEDistillation(train.Run("cpu", trained, seed=0), train.PRESETS["test"], "test", "hybrid")
+    assert "made by another teacher" in capsys.readouterr().out
+    assert stage.pairs["made_by"] == torch.load(path, weights_only=True)["made_by"] != stale["made_by"]
+
+
 def test_student_starts_as_the_teacher(trained):
     teacher, text_encoder = train.build(train.load_checkpoint(os.path.join(trained, "teacher.pt")))
     student = train.student_from_teacher(teacher, "hybrid")
@@ -611,6 +626,10 @@ def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
     assert os.path.exists(os.path.join(trained, "student.pt"))
     os.remove(os.path.join(trained, "student.pt"))
     stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    generator, critic = copy.deepcopy(stage.model.state_dict()), copy.deepcopy(stage.critic.state_dict())
+    stage.train_step(0)                      # a critic warm-up step (critic_warmup=1): only the critic moves
+    assert all(torch.equal(generator[k], v) for k, v in stage.model.state_dict().items())
+    assert not all(torch.equal(critic[k], v) for k, v in stage.critic.state_dict().items())
     wake_memory(stage.model)
     stage.preset = train.Preset(**{**vars(stage.preset), "switch_probability": 1.0})
     x, caption = stage.rollout(step=3)
@@ -689,6 +708,17 @@ def test_benchmark_prints_every_mode(student, capsys):
     table = capsys.readouterr().out
     for row in ["ground truth", *tv.MODES]:
         assert f"| {row} |" in table
+
+
+def test_memory_trace_is_flat_in_hybrid_and_grows_in_full(student, capsys):
+    cache_mb = {}
+    for mode in ["hybrid", "full"]:
+        sample.main(["--checkpoint", student, "--memory-trace", "--frames", "40", "--steps", "1", "--mode", mode])
+        rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "MB" in line]
+        assert [int(row[1]) for row in rows] == list(range(4, 41, 4))            # ten rows, every tenth of the way
+        cache_mb[mode] = [float(row[2].split()[0]) for row in rows]
+    assert len(set(cache_mb["hybrid"][1:])) == 1                                   # full after 2 chunks, then flat
+    assert all(a < b for a, b in zip(cache_mb["full"], cache_mb["full"][1:]))
 
 
 def test_the_shipped_student_shows_a_switched_prompt():

@@ -20,9 +20,9 @@ so a clip of any length from any seed costs a few tensor operations.
     read_attributes(frames) -> per frame background and sprite colour, read from pixels
 
 The metrics. Model-free analogues of VBench's long-video dimensions, read from the pixels with
-the world's palette: fidelity, subject and background consistency, dynamic degree and frozen
-chunks, flicker, drift; `video_metrics` returns them all. Report consistency next to dynamics
-always: a frozen video is perfectly consistent.
+the world's palette: fidelity, sprite presence, subject and background consistency, dynamic
+degree and frozen chunks, flicker, drift; `video_metrics` returns them all. Read them together:
+a frozen video is perfectly consistent, and an empty background is faithful and consistent.
 
 Glossary of dimension letters used in the shape comments:
     B   clips in the batch            F   frames            S   sprite slots (MAX_SPRITES)
@@ -292,6 +292,15 @@ def fidelity(frames: torch.Tensor, sigma: float = 0.2) -> float:
     return (-(distance / sigma) ** 2).exp().mean().item()
 
 
+def sprite_presence(frames: torch.Tensor, min_sprite_pixels: int = 4) -> float:
+    """Are there sprites at all? The share of frames in which some sprite colour covers at least
+    `min_sprite_pixels` pixels. Ground truth is below 1 only while every sprite is out of view. A
+    model that paints empty backgrounds scores 0 here, while its fidelity and consistency look
+    perfect: read the other metrics next to this one."""
+    _, sprite = read_attributes(frames, min_sprite_pixels)  # (B, F), -1 = no sprite
+    return (sprite >= 0).float().mean().item()
+
+
 def subject_consistency(frames: torch.Tensor, chunk_frames: int = 3,
                         sprites: int | torch.Tensor = 1) -> float:
     """Do the sprites keep their colours? Each chunk showing a sprite is read for its dominant
@@ -361,6 +370,7 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
     """All the metrics above for frames (B, F, 3, H, W), each averaged over the batch."""
     return {
         "fidelity": fidelity(frames),
+        "sprite_presence": sprite_presence(frames),
         "subject_consistency": subject_consistency(frames, chunk_frames, sprites),
         "background_consistency": background_consistency(frames, chunk_frames),
         "dynamic_degree": dynamic_degree(frames),
@@ -396,7 +406,8 @@ class Preset:
     teacher_batch: int = 8
     teacher_lr: float = 2e-3
     teacher_shift: float = 1.0    # the teacher trains on unshifted noise levels: more steps near the clean end
-    warmup: int = 100             # steps of linear learning-rate warmup, then cosine to 10%
+    warmup: int = 100             # steps of linear learning-rate warmup (at most a tenth of a stage), then cosine to 10%
+    compile: bool = False         # torch.compile the teacher's training forward (~1.4x on a CPU after ~1 min compiling)
     text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
     ema_decay: float = 0.995
     # stage 1: causal ODE distillation
@@ -410,6 +421,7 @@ class Preset:
     dmd_batch: int = 4
     rollout_frames: int = 48      # longest self-rollout (4x the teacher's clip)
     critic_updates: int = 2       # critic steps per generator step
+    critic_warmup: int = 20       # first steps train only the critic, so it knows the student's samples before DMD uses it
     dmd_lr: float = 1e-4
     critic_lr: float = 2e-4
     switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
@@ -420,12 +432,13 @@ PRESETS = {
     "test": Preset(model=dict(frame_size=16, patch_size=4, dim=32, n_heads=2, n_layers=2, ffn_dim=64, text_dim=16,
                               freq_dim=16, chunk_frames=2, sink_chunks=1, window_chunks=2, router_horizon=12),
                    clip_frames=8, teacher_steps=6, teacher_batch=2, warmup=2, save_every=3, ode_clips=4, ode_steps=4,
-                   student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, rollout_frames=12, denoising_steps=2),
+                   student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, critic_warmup=1, rollout_frames=12,
+                   denoising_steps=2),
     # the shipped model: the whole pipeline in under an hour on a 2-core CPU
     "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                               freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-                   teacher_steps=1400, ode_clips=192, ode_steps=16, student_steps=100, student_batch=4,
-                   dmd_steps=30, dmd_batch=2, save_every=25),
+                   compile=True, teacher_steps=1700, ode_clips=192, ode_steps=16, student_steps=300, student_batch=4,
+                   dmd_steps=160, dmd_batch=2, save_every=25),
     # a GPU run: wider, deeper, longer
     "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
                              freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),
@@ -546,6 +559,7 @@ class EMA:
 
 
 def learning_rate(step, total, peak, warmup):
+    warmup = min(warmup, total // 10)
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -608,7 +622,8 @@ class Stage:
 
 
 def bin_losses(sigma, per_sample_loss, bins=4):
-    """Loss per noise-level bin: flow matching is easy near s = 1 and hard in the middle."""
+    """Loss per noise-level bin. Near s = 0 it stays highest: the target's noise can hardly be
+    read from an almost clean input, so that bin's loss has a floor."""
     index = (sigma * bins).long().clamp(max=bins - 1)
     return {f"s{b}": per_sample_loss[index == b].mean().item() for b in range(bins) if (index == b).any()}
 
@@ -628,6 +643,7 @@ class Teacher(Stage):
         self.optimizer = torch.optim.AdamW(self.parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = EMA(self.model, preset.ema_decay)
         self.ema_text = EMA(self.text_encoder, preset.ema_decay)
+        self.forward = torch.compile(self.model) if preset.compile else self.model    # same weights either way
         self.world = World(cfg.frame_size)
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
@@ -643,7 +659,7 @@ class Teacher(Stage):
         noise = torch.randn(x0.shape, generator=gen).to(run.device)
         sigma = tv.shift_sigma(torch.rand(B, generator=gen), preset.teacher_shift).to(run.device)
         with run.autocast():
-            velocity = self.model(tv.add_noise(x0, noise, sigma), 1000 * sigma, self.text_encoder(captions))
+            velocity = self.forward(tv.add_noise(x0, noise, sigma), 1000 * sigma, self.text_encoder(captions))
         per_sample = (velocity.float() - tv.velocity_target(x0, noise)).square().flatten(1).mean(1)   # (B,)
         loss = per_sample.mean()
         optimizer_step(run, self.optimizer, self.parameters,
@@ -714,8 +730,13 @@ class ODEDistillation(Stage):
     def ode_pairs(self, teacher):
         """Teacher trajectories for random captions, made once and cached in the checkpoint folder."""
         path = self.run.path("ode_pairs.pt")
+        made_by = [self.preset_name, self.preset.ode_clips, self.preset.ode_steps, self.run.seed,
+                   float(sum(p.detach().double().sum() for p in teacher.parameters()))]  # a retrained teacher differs
         if os.path.exists(path):
-            return torch.load(path, weights_only=True)
+            pairs = torch.load(path, weights_only=True)
+            if pairs.get("made_by") == made_by:
+                return pairs
+            print(f"stage 1: {path} was made by another teacher or preset; making new pairs")
         preset, batch = self.preset, 16
         noisy, clean, captions = [], [], []
         for start in tqdm(range(0, preset.ode_clips, batch), desc="stage 1: teacher ODE pairs",
@@ -728,7 +749,8 @@ class ODEDistillation(Stage):
             noisy.append(torch.stack(kept, 1).float().cpu())
             clean.append(x0.float().cpu())
             captions += names
-        pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions}  # (N, K, F, ...)
+        pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions,   # (N, K, F, ...)
+                 "made_by": made_by}
         if self.run.rank == 0:
             save_checkpoint(path, pairs)
         return pairs
@@ -791,9 +813,9 @@ class SelfRolloutDMD(Stage):
         self.trained = self.model
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
 
-    def rollout(self, step):
-        """A self-rollout ending at a random chunk; returns the last clip_frames frames, in the
-        graph, and the caption in force over them."""
+    def rollout(self, step, grad=True):
+        """A self-rollout ending at a random chunk; returns the last clip_frames frames (in the
+        graph if `grad`) and the caption in force over them."""
         run, preset, cfg = self.run, self.preset, self.model.cfg
         gen = run.generator(2, step)
         window = preset.clip_frames // cfg.chunk_frames
@@ -805,7 +827,7 @@ class SelfRolloutDMD(Stage):
             caption = random_caption(gen)
             prompts[int(torch.randint(1, first + 1, (1,), generator=gen))] = caption
         # (D11) autograd on for the window's chunks and for the chunks they evict into memory
-        grad_chunks = set(range(max(0, first - cfg.window_chunks), end))
+        grad_chunks = set(range(max(0, first - cfg.window_chunks), end)) if grad else set()
         chunks = []
         with run.autocast():
             for c, chunk in enumerate(tv.generate(self.model, self.text_encoder, prompts, end, self.sigmas, gen,
@@ -830,12 +852,15 @@ class SelfRolloutDMD(Stage):
 
     def train_step(self, step):
         run, preset = self.run, self.preset
-        x, caption = self.rollout(step)
+        warming_up = step < preset.critic_warmup           # the critic first learns what the student makes
+        x, caption = self.rollout(step, grad=not warming_up)
         gen = run.generator(2, step, 1)
         x0_real, x0_fake = self.scores(x.detach(), caption, gen)
         loss = dmd_loss(x, x0_real, x0_fake)
-        lr = learning_rate(step, self.steps, preset.dmd_lr, preset.warmup)
-        optimizer_step(run, self.optimizer, list(self.model.parameters()), lr, loss)
+        if not warming_up:
+            lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
+                               preset.warmup)
+            optimizer_step(run, self.optimizer, list(self.model.parameters()), lr, loss)
         # the critic follows the generator: flow matching on its latest samples
         text = self.text_encoder([caption] * x.shape[0])
         for _ in range(preset.critic_updates):
