@@ -512,6 +512,17 @@ def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5])
 
 
+def test_teacher_compiles_only_where_it_can(tmp_path, monkeypatch, capsys):
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "compile": True})
+    run = train.Run("cpu", str(tmp_path), seed=0)
+    monkeypatch.setattr(train.shutil, "which", lambda name: "/usr/bin/" + name)   # a compiler: compiled (lazily)
+    stage = train.Teacher(run, preset, "test")
+    assert stage.forward is not stage.model
+    monkeypatch.setattr(train.shutil, "which", lambda name: None)                # none: eager, and says so
+    stage = train.Teacher(run, preset, "test")
+    assert stage.forward is stage.model and "no C++ compiler" in capsys.readouterr().out
+
+
 def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
     train.main(["--preset", "test", "--stage", "0", "--out", straight])

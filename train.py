@@ -35,6 +35,7 @@ import argparse
 import copy
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -643,7 +644,13 @@ class Teacher(Stage):
         self.optimizer = torch.optim.AdamW(self.parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = EMA(self.model, preset.ema_decay)
         self.ema_text = EMA(self.text_encoder, preset.ema_decay)
-        self.forward = torch.compile(self.model) if preset.compile else self.model    # same weights either way
+        self.forward = self.model
+        if preset.compile:                      # same weights either way; on a CPU inductor needs a C++ compiler
+            if run.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+                print("stage 0: no C++ compiler found (g++, c++ or clang++), so the teacher trains without "
+                      "torch.compile (slower)")
+            else:
+                self.forward = torch.compile(self.model)
         self.world = World(cfg.frame_size)
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
