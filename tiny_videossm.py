@@ -319,10 +319,10 @@ class SelfAttention(nn.Module):
         q_rot, k_rot = rope(q, step.query_angles), rope(k_all, step.key_angles)
         local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2),
                                                v_all.transpose(1, 2)).transpose(1, 2)     # (E4) (B, L, nh, hd)
-        states = None
+        states = state_of_token = None
         if self.memory and step.memory_on:
             states = cache.state[:, None]                                                 # (B, 1, nh, hd, hd)
-        state_of_token = torch.zeros(x.shape[1], dtype=torch.long, device=x.device)     # all read the one state
+            state_of_token = torch.zeros(x.shape[1], dtype=torch.long, device=x.device) # all read the one state
         return self.fuse(x, q, local, states, state_of_token, step.frame_index), (k, v, gates)
 
 
