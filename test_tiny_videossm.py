@@ -2,6 +2,7 @@
 world, training, sampling, notebooks. Run: python -m pytest"""
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -510,6 +511,18 @@ def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
     stage.steps = 400                                    # a long schedule: the learning rate stays up
     losses = [stage.train_step(step)["loss"] for step in range(25)]
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5])
+
+
+def test_teacher_alternates_clips_and_single_frames(tmp_path):
+    """Joint image-video training: with image_batch set, odd steps draw that many 1-frame clips."""
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "image_batch": 6})
+    stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0), preset, "test")
+    drawn, sample = [], stage.world.sample
+    stage.world.sample = lambda batch_size, frames, seed: drawn.append((batch_size, frames)) or sample(
+        batch_size, frames, seed)
+    for step in range(4):
+        assert math.isfinite(stage.train_step(step)["loss"])
+    assert drawn == [(2, 8), (6, 1), (2, 8), (6, 1)]
 
 
 def test_teacher_compiles_only_where_it_can(tmp_path, monkeypatch, capsys):

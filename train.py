@@ -407,6 +407,7 @@ class Preset:
     teacher_batch: int = 8
     teacher_lr: float = 2e-3
     teacher_shift: float = 1.0    # the teacher trains on unshifted noise levels: more steps near the clean end
+    image_batch: int = 0          # >0: every other teacher step is this many single frames (joint image-video, as Wan)
     warmup: int = 100             # steps of linear learning-rate warmup (at most a tenth of a stage), then cosine to 10%
     compile: bool = False         # torch.compile the teacher's training forward (~1.4x on a CPU after ~1 min compiling)
     text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
@@ -438,8 +439,8 @@ PRESETS = {
     # the shipped model: the whole pipeline in under an hour on a 2-core CPU
     "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                               freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-                   compile=True, teacher_steps=1700, ode_clips=192, ode_steps=16, student_steps=300, student_batch=4,
-                   dmd_steps=160, dmd_batch=2, save_every=25),
+                   compile=True, teacher_steps=1800, image_batch=96, ode_clips=192, ode_steps=16, student_steps=300,
+                   student_batch=4, dmd_steps=160, dmd_batch=2, save_every=25),
     # a GPU run: wider, deeper, longer
     "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
                              freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),
@@ -630,7 +631,8 @@ def bin_losses(sigma, per_sample_loss, bins=4):
 
 
 class Teacher(Stage):
-    """Bidirectional DiT + text encoder, flow matching on world clips, text dropout for CFG, EMA."""
+    """Bidirectional DiT + text encoder, flow matching on world clips (every other step on single
+    frames when the preset says so), text dropout for CFG, EMA."""
     name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
 
     def __init__(self, run, preset, preset_name):
@@ -650,7 +652,7 @@ class Teacher(Stage):
                 print("stage 0: no C++ compiler found (g++, c++ or clang++), so the teacher trains without "
                       "torch.compile (slower)")
             else:
-                self.forward = torch.compile(self.model)
+                self.forward = torch.compile(self.model, dynamic=False)   # one graph per shape (clips, images)
         self.world = World(cfg.frame_size)
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
@@ -658,8 +660,11 @@ class Teacher(Stage):
 
     def train_step(self, step):
         run, preset = self.run, self.preset
-        B = preset.teacher_batch
-        clips = self.world.sample(B, preset.clip_frames, seed=run.generator(0, step).initial_seed())
+        # Joint image-video training: single frames teach what a frame looks like (sprites, colours)
+        # many times faster than clips, whose frames repeat one another; clips teach the motion.
+        images = preset.image_batch > 0 and step % 2 == 1
+        B, frames = (preset.image_batch, 1) if images else (preset.teacher_batch, preset.clip_frames)
+        clips = self.world.sample(B, frames, seed=run.generator(0, step).initial_seed())
         gen = run.generator(0, step, 1)
         captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(B, generator=gen))]
         x0 = clips.video.to(run.device)
