@@ -518,8 +518,12 @@ def test_teacher_alternates_clips_and_single_frames(tmp_path):
     preset = train.Preset(**{**vars(train.PRESETS["test"]), "image_batch": 6})
     stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0), preset, "test")
     drawn, sample = [], stage.world.sample
-    stage.world.sample = lambda batch_size, frames, seed: drawn.append((batch_size, frames)) or sample(
-        batch_size, frames, seed)
+
+    def recording_sample(batch_size, frames, seed):
+        drawn.append((batch_size, frames))
+        return sample(batch_size, frames, seed)
+
+    stage.world.sample = recording_sample
     for step in range(4):
         assert math.isfinite(stage.train_step(step)["loss"])
     assert drawn == [(2, 8), (6, 1), (2, 8), (6, 1)]
