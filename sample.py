@@ -154,7 +154,7 @@ def benchmark(args):
     """Each mode streams the same prompts and seeds for `--frames` frames (default 20 teacher clips);
     metrics from the world (train.py), frames/s and the cache's peak size; ground truth on top."""
     model, text_encoder, preset = load(args.checkpoint)
-    cfg = model.cfg
+    model, text_encoder, cfg = model.to(args.device), text_encoder.to(args.device), model.cfg
     frames = args.frames or 20 * preset.clip_frames
     frames -= frames % cfg.chunk_frames
     truth = train.World(cfg.frame_size).sample(args.videos, frames, seed=args.seed)
@@ -164,10 +164,10 @@ def benchmark(args):
         videos, started, peak = [], time.time(), 0
         for i, prompt in enumerate(tqdm(prompts, desc=f"{mode}", leave=False)):
             generator = torch.Generator().manual_seed(args.seed + i)
-            cache, chunks = tv.StreamCache(model, 1, mode), []
+            cache, chunks = tv.StreamCache(model, 1, mode, device=args.device), []
             for chunk in tv.generate(model, text_encoder, {0: prompt}, frames // cfg.chunk_frames,
                                      tv.denoising_sigmas(args.steps, preset.shift), generator, cache=cache):
-                chunks.append(chunk)
+                chunks.append(chunk.cpu())
                 peak = max(peak, cache_bytes(cache))
             videos.append(torch.cat(chunks, 1))
         rows[mode] = (torch.cat(videos), len(prompts) * frames / (time.time() - started), peak)
@@ -200,7 +200,7 @@ def memory_trace(args):
     model, text_encoder, preset = load(args.checkpoint)
     frames = args.frames or 10_000
     schedule = schedule_from_args(args, text_encoder, frames, model.cfg.chunk_frames)
-    cache = tv.StreamCache(model, 1, args.mode)
+    cache = tv.StreamCache(model, 1, args.mode, device=args.device)   # where stream() puts the model
     print(f"{args.mode} memory, {frames} frames of {args.prompt!r}\n")
     print("| frames | cache | peak process memory | frames/s |\n|--:|--:|--:|--:|")
     every, made, started = max(1, frames // 10), 0, time.time()
@@ -243,6 +243,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.steps < 1 or args.fps < 1 or args.scale < 1:
         parser.error("--steps, --fps and --scale must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible; use --device cpu")
     torch.set_grad_enabled(False)
     if args.benchmark:
         benchmark(args)

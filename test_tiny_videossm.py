@@ -728,6 +728,10 @@ def test_sample_bad_input_gives_one_clear_message(student, tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample.main(["--mode", "sliding"])
     assert "invalid choice: 'sliding'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            sample.main(["--checkpoint", student, "--out", out, "--device", "cuda"])
+        assert "no CUDA device is visible" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []                                         # nothing half-written
 
 
