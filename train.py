@@ -879,6 +879,8 @@ class SelfRolloutDMD(Stage):
         text = self.text_encoder([caption] * x.shape[0])
         for _ in range(preset.critic_updates):
             noise = torch.randn(x.shape, generator=gen).to(x.device)
+            # the sampler's shifted levels: training the critic at DMD's uniform ones instead measured
+            # worse in the tiny run (fidelity 0.907 and sprite presence 0.000 against 0.928 and 0.016)
             sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), preset.shift).to(x.device)
             with run.autocast():
                 velocity = self.critic(tv.add_noise(x.detach(), noise, sigma), 1000 * sigma, text)
