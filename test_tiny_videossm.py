@@ -514,8 +514,9 @@ def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
 
 
 def test_teacher_alternates_clips_and_single_frames(tmp_path):
-    """Joint image-video training: with image_batch set, odd steps draw that many 1-frame clips."""
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "image_batch": 6})
+    """Joint image-video training: with image_batch set, one step in clip_every draws clips and
+    the others draw that many 1-frame clips."""
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "image_batch": 6, "clip_every": 3})
     stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0), preset, "test")
     drawn, sample = [], stage.world.sample
 
@@ -526,7 +527,7 @@ def test_teacher_alternates_clips_and_single_frames(tmp_path):
     stage.world.sample = recording_sample
     for step in range(4):
         assert math.isfinite(stage.train_step(step)["loss"])
-    assert drawn == [(2, 8), (6, 1), (2, 8), (6, 1)]
+    assert drawn == [(2, 8), (6, 1), (6, 1), (2, 8)]
 
 
 def test_teacher_compiles_only_where_it_can(tmp_path, monkeypatch, capsys):
@@ -676,6 +677,25 @@ def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
         train.optimizer_step(run, stage.critic_optimizer, list(stage.critic.parameters()), 3e-3, loss)
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(trained):
+    """With DMD's gradient zero (real == fake), a generator step still moves the student: stage 1's
+    regression, kept in stage 2 as DMD's anchor, reaches the optimizer and lowers its own loss."""
+    run = train.Run("cpu", trained, seed=0)
+    same_every_step(run)
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "critic_warmup": 0, "dmd_lr": 1e-3, "warmup": 0})
+    stage = train.SelfRolloutDMD(run, preset, "test")
+    stage.steps = 400
+    stage.scores = lambda x, caption, gen: (x, x.clone())          # DMD alone gives zero gradient
+    with torch.no_grad():                                            # knock the student off the pairs it fits
+        for p in stage.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    losses = [stage.train_step(step) for step in range(8)]
+    assert all(step["dmd"] == 0 for step in losses)
+    assert losses[-1]["regression"] < 0.9 * losses[0]["regression"]
+    off = train.SelfRolloutDMD(run, train.Preset(**{**vars(preset), "dmd_regression": 0.0}), "test")
+    assert not hasattr(off, "pairs") and off.train_step(0)["regression"] == 0
 
 
 # ----------------------------------------------------------------------------------------------

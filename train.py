@@ -407,7 +407,8 @@ class Preset:
     teacher_batch: int = 8
     teacher_lr: float = 2e-3
     teacher_shift: float = 1.0    # the teacher trains on unshifted noise levels: more steps near the clean end
-    image_batch: int = 0          # >0: every other teacher step is this many single frames (joint image-video, as Wan)
+    image_batch: int = 0          # >0: teacher steps that are not clip steps are this many single frames (as Wan)
+    clip_every: int = 2           # with image_batch: one teacher step in clip_every is clips, the others images
     warmup: int = 100             # steps of linear learning-rate warmup (at most a tenth of a stage), then cosine to 10%
     compile: bool = False         # torch.compile the teacher's training forward (~1.4x on a CPU after ~1 min compiling)
     text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
@@ -427,6 +428,7 @@ class Preset:
     dmd_lr: float = 1e-4
     critic_lr: float = 2e-4
     switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
+    dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2 (DMD's anchor against collapse)
 
 
 PRESETS = {
@@ -439,8 +441,8 @@ PRESETS = {
     # the shipped model: the whole pipeline in under an hour on a 2-core CPU
     "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                               freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-                   compile=True, teacher_steps=1800, image_batch=96, ode_clips=192, ode_steps=16, student_steps=300,
-                   student_batch=4, dmd_steps=160, dmd_batch=2, save_every=25),
+                   compile=True, teacher_steps=2000, image_batch=96, clip_every=4, ode_clips=192, ode_steps=16,
+                   student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2, save_every=25),
     # a GPU run: wider, deeper, longer
     "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
                              freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),
@@ -631,8 +633,8 @@ def bin_losses(sigma, per_sample_loss, bins=4):
 
 
 class Teacher(Stage):
-    """Bidirectional DiT + text encoder, flow matching on world clips (every other step on single
-    frames when the preset says so), text dropout for CFG, EMA."""
+    """Bidirectional DiT + text encoder, flow matching on world clips (and on batches of single
+    frames between clip steps when the preset says so), text dropout for CFG, EMA."""
     name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
 
     def __init__(self, run, preset, preset_name):
@@ -662,7 +664,7 @@ class Teacher(Stage):
         run, preset = self.run, self.preset
         # Joint image-video training: single frames teach what a frame looks like (sprites, colours)
         # many times faster than clips, whose frames repeat one another; clips teach the motion.
-        images = preset.image_batch > 0 and step % 2 == 1
+        images = preset.image_batch > 0 and step % preset.clip_every != 0
         B, frames = (preset.image_batch, 1) if images else (preset.teacher_batch, preset.clip_frames)
         clips = self.world.sample(B, frames, seed=run.generator(0, step).initial_seed())
         gen = run.generator(0, step, 1)
@@ -720,6 +722,54 @@ def student_from_teacher(teacher, mode):
     return student
 
 
+def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
+    """Teacher trajectories for random captions: each clip at the student's denoising levels
+    `sigmas` and its clean end. Made once and cached in the checkpoint folder (stages 1 and 2)."""
+    path = run.path("ode_pairs.pt")
+    made_by = [preset_name, preset.ode_clips, preset.ode_steps, run.seed,
+               float(sum(p.detach().double().sum() for p in teacher.parameters()))]  # a retrained teacher differs
+    if os.path.exists(path):
+        pairs = torch.load(path, weights_only=True)
+        if pairs.get("made_by") == made_by:
+            return pairs
+        print(f"{path} was made by another teacher or preset; making new pairs")
+    batch = 16
+    noisy, clean, captions = [], [], []
+    for start in tqdm(range(0, preset.ode_clips, batch), desc="teacher ODE pairs", disable=run.rank != 0):
+        gen = torch.Generator().manual_seed(run.seed * 7919 + start)
+        names = [random_caption(gen) for _ in range(min(batch, preset.ode_clips - start))]
+        with run.autocast():
+            x0, kept = teacher_sample(teacher, text_encoder, names, preset.clip_frames, preset.ode_steps,
+                                      preset.shift, preset.cfg_scale, gen, keep_sigmas=sigmas)
+        noisy.append(torch.stack(kept, 1).float().cpu())
+        clean.append(x0.float().cpu())
+        captions += names
+    pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions,   # (N, K, F, ...)
+             "made_by": made_by}
+    if run.rank == 0:
+        save_checkpoint(path, pairs)
+    return pairs
+
+
+def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
+    """Stage 1's loss on a batch of pairs: each chunk at one of the student's levels (its own),
+    one parallel block-causal forward with the clean clip as context, MSE of the predicted clean
+    clip to the teacher's."""
+    cfg = model.cfg
+    index = torch.randint(len(pairs["captions"]), (preset.student_batch,), generator=gen)
+    clean = pairs["clean"][index].to(run.device)                                         # (B, F, C, H, W)
+    n_chunks = preset.clip_frames // cfg.chunk_frames
+    level = torch.randint(len(sigmas), (len(index), n_chunks), generator=gen)            # per chunk
+    noisy = pairs["noisy"][index[:, None], level]                                        # (B, n, F, C, H, W)
+    chunk_of_frame = torch.arange(preset.clip_frames) // cfg.chunk_frames
+    x = noisy[:, chunk_of_frame, torch.arange(preset.clip_frames)].to(run.device)        # (B, F, C, H, W)
+    sigma = torch.tensor(sigmas)[level][:, chunk_of_frame].to(run.device)                # (B, F)
+    text = text_encoder([pairs["captions"][i] for i in index])
+    with run.autocast():
+        velocity = model(x, 1000 * sigma, text, clean_context=clean)
+    return (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
+
+
 class ODEDistillation(Stage):
     """Regress the teacher's ODE solutions: each chunk of a trajectory at one of the student's
     denoising levels, predict the clean end. One parallel block-causal forward with the clean clip
@@ -733,55 +783,16 @@ class ODEDistillation(Stage):
         teacher, self.text_encoder = build(teacher_checkpoint)
         teacher, self.text_encoder = teacher.to(run.device), self.text_encoder.to(run.device)
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-        self.pairs = self.ode_pairs(teacher)
+        self.pairs = ode_pairs(run, preset, preset_name, teacher, self.text_encoder, self.sigmas)
         self.model = student_from_teacher(teacher, mode).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.student_lr, betas=(0.9, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer}
         self.trained = self.model
 
-    def ode_pairs(self, teacher):
-        """Teacher trajectories for random captions, made once and cached in the checkpoint folder."""
-        path = self.run.path("ode_pairs.pt")
-        made_by = [self.preset_name, self.preset.ode_clips, self.preset.ode_steps, self.run.seed,
-                   float(sum(p.detach().double().sum() for p in teacher.parameters()))]  # a retrained teacher differs
-        if os.path.exists(path):
-            pairs = torch.load(path, weights_only=True)
-            if pairs.get("made_by") == made_by:
-                return pairs
-            print(f"stage 1: {path} was made by another teacher or preset; making new pairs")
-        preset, batch = self.preset, 16
-        noisy, clean, captions = [], [], []
-        for start in tqdm(range(0, preset.ode_clips, batch), desc="stage 1: teacher ODE pairs",
-                          disable=self.run.rank != 0):
-            gen = torch.Generator().manual_seed(self.run.seed * 7919 + start)
-            names = [random_caption(gen) for _ in range(min(batch, preset.ode_clips - start))]
-            with self.run.autocast():
-                x0, kept = teacher_sample(teacher, self.text_encoder, names, preset.clip_frames, preset.ode_steps,
-                                          preset.shift, preset.cfg_scale, gen, keep_sigmas=self.sigmas)
-            noisy.append(torch.stack(kept, 1).float().cpu())
-            clean.append(x0.float().cpu())
-            captions += names
-        pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions,   # (N, K, F, ...)
-                 "made_by": made_by}
-        if self.run.rank == 0:
-            save_checkpoint(path, pairs)
-        return pairs
-
     def train_step(self, step):
-        run, preset, cfg = self.run, self.preset, self.model.cfg
-        gen = run.generator(1, step)
-        index = torch.randint(len(self.pairs["captions"]), (preset.student_batch,), generator=gen)
-        clean = self.pairs["clean"][index].to(run.device)                                    # (B, F, C, H, W)
-        n_chunks = preset.clip_frames // cfg.chunk_frames
-        level = torch.randint(len(self.sigmas), (len(index), n_chunks), generator=gen)       # per chunk
-        noisy = self.pairs["noisy"][index[:, None], level]                                   # (B, n, F, C, H, W)
-        chunk_of_frame = torch.arange(preset.clip_frames) // cfg.chunk_frames
-        x = noisy[:, chunk_of_frame, torch.arange(preset.clip_frames)].to(run.device)        # (B, F, C, H, W)
-        sigma = torch.tensor(self.sigmas)[level][:, chunk_of_frame].to(run.device)           # (B, F)
-        text = self.text_encoder([self.pairs["captions"][i] for i in index])
-        with run.autocast():
-            velocity = self.model(x, 1000 * sigma, text, clean_context=clean)
-        loss = (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
+        run, preset = self.run, self.preset
+        loss = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs, self.sigmas,
+                                   run.generator(1, step))
         optimizer_step(run, self.optimizer, list(self.model.parameters()),
                        learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss)
         return {"loss": loss.item()}
@@ -807,7 +818,10 @@ def dmd_loss(x, x0_real, x0_fake):
 class SelfRolloutDMD(Stage):
     """The student streams a long video with its own cache (the sampler's code); a teacher-length
     window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake score = a
-    critic trained on the student's samples. Some rollouts switch prompt before the window."""
+    critic trained on the student's samples. Some rollouts switch prompt before the window.
+    DMD alone drifts towards the teacher's commonest mode (in the tiny run, plain backgrounds: sprite
+    presence fell from 0.135 after stage 1 to 0.016). As in the DMD paper, stage 1's regression on
+    the teacher's ODE pairs stays in the generator's loss with weight `dmd_regression` as an anchor."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
     def __init__(self, run, preset, preset_name):
@@ -824,6 +838,8 @@ class SelfRolloutDMD(Stage):
                         "critic": self.critic, "critic_optimizer": self.critic_optimizer}
         self.trained = self.model
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+        if preset.dmd_regression > 0:                     # stage 1's cached pairs (or the same ones made again)
+            self.pairs = ode_pairs(run, preset, preset_name, self.teacher, self.text_encoder, self.sigmas)
 
     def rollout(self, step, grad=True):
         """A self-rollout ending at a random chunk; returns the last clip_frames frames (in the
@@ -871,10 +887,15 @@ class SelfRolloutDMD(Stage):
         gen = run.generator(2, step, 1)
         x0_real, x0_fake = self.scores(x.detach(), caption, gen)
         loss = dmd_loss(x, x0_real, x0_fake)
+        regression = torch.zeros(())
         if not warming_up:
+            if preset.dmd_regression > 0:
+                regression = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs,
+                                                 self.sigmas, run.generator(3, step))
             lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
                                preset.warmup)
-            optimizer_step(run, self.optimizer, list(self.model.parameters()), lr, loss)
+            optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
+                           loss + preset.dmd_regression * regression)
         # the critic follows the generator: flow matching on its latest samples
         text = self.text_encoder([caption] * x.shape[0])
         for _ in range(preset.critic_updates):
@@ -887,7 +908,7 @@ class SelfRolloutDMD(Stage):
             critic_loss = (velocity.float() - tv.velocity_target(x.detach(), noise)).square().mean()
             optimizer_step(run, self.critic_optimizer, list(self.critic.parameters()),
                            learning_rate(step, self.steps, preset.critic_lr, preset.warmup), critic_loss)
-        return {"dmd": loss.item(), "critic": critic_loss.item()}
+        return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
 
     def finish(self):
         release(self.run.path("student.pt"), 2, self.preset_name, self.model, self.text_encoder, self.log)
