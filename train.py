@@ -1012,6 +1012,7 @@ def main(argv=None):
         if run.rank == 0:
             print(f"stage {number}: finished in {(time.time() - started) / 60:.1f} min (setup included)")
     if run.distributed:
+        dist.barrier()                   # every rank done talking before any tears its connections down
         dist.destroy_process_group()
 
 
