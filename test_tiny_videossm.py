@@ -695,7 +695,7 @@ def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(trained):
     assert all(step["dmd"] == 0 for step in losses)
     assert losses[-1]["regression"] < 0.9 * losses[0]["regression"]
     off = train.SelfRolloutDMD(run, train.Preset(**{**vars(preset), "dmd_regression": 0.0}), "test")
-    assert not hasattr(off, "pairs") and off.train_step(0)["regression"] == 0
+    assert off.pairs is None and off.train_step(0)["regression"] == 0
 
 
 # ----------------------------------------------------------------------------------------------

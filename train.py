@@ -838,8 +838,8 @@ class SelfRolloutDMD(Stage):
                         "critic": self.critic, "critic_optimizer": self.critic_optimizer}
         self.trained = self.model
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-        if preset.dmd_regression > 0:                     # stage 1's cached pairs (or the same ones made again)
-            self.pairs = ode_pairs(run, preset, preset_name, self.teacher, self.text_encoder, self.sigmas)
+        self.pairs = (ode_pairs(run, preset, preset_name, self.teacher, self.text_encoder, self.sigmas)
+                      if preset.dmd_regression > 0 else None)   # stage 1's cached pairs (or the same made again)
 
     def rollout(self, step, grad=True):
         """A self-rollout ending at a random chunk; returns the last clip_frames frames (in the
