@@ -820,8 +820,9 @@ class SelfRolloutDMD(Stage):
     window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake score = a
     critic trained on the student's samples. Some rollouts switch prompt before the window.
     DMD alone drifts towards the teacher's commonest mode (in a tiny run without the anchor, plain
-    backgrounds: sprite presence fell from 0.135 after stage 1 to 0.016). As in the DMD paper, stage 1's regression on
-    the teacher's ODE pairs stays in the generator's loss with weight `dmd_regression` as an anchor."""
+    backgrounds: sprite presence fell from 0.135 after stage 1 to 0.016). As in the DMD paper,
+    stage 1's regression on the teacher's ODE pairs stays in the generator's loss with weight
+    `dmd_regression` as an anchor."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
     def __init__(self, run, preset, preset_name):
