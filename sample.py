@@ -90,7 +90,11 @@ def load(path):
     if not model.cfg.causal:
         raise SystemExit(f"{path} holds the bidirectional teacher; sample.py streams a causal student "
                          f"(checkpoints/student.pt)")
-    return model, text_encoder, train.PRESETS.get(checkpoint["preset"], train.Preset())
+    try:
+        preset = train.preset_from(checkpoint["preset"])
+    except ValueError:                          # a preset this copy of train.py does not know
+        preset = train.Preset()
+    return model, text_encoder, preset
 
 
 def check_prompts(text_encoder, prompts):

@@ -576,6 +576,29 @@ def test_checkpoint_and_preset_errors_are_clear(tmp_path, capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no checkpoint at"):   # stage 1 without a teacher
         train.main(["--preset", "test", "--stage", "1", "--out", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "test", "--set", "teacher_step=3", "--out", str(tmp_path)])
+    assert "--set teacher_step=3: expected FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_preset_settings_apply_and_are_recorded(tmp_path):
+    preset = train.preset_from("test teacher_steps=3 model.dim=48 compile=true teacher_lr=0.01")
+    assert (preset.teacher_steps, preset.model["dim"], preset.compile, preset.teacher_lr) == (3, 48, True, 0.01)
+    assert (train.PRESETS["test"].teacher_steps, train.PRESETS["test"].model["dim"]) == (6, 32)  # not mutated
+    for spec, message in [("test model.width=3", "a field of the model \\(VideoSSMConfig\\)"),
+                          ("test model.causal=true", "VideoSSMConfig"),
+                          ("test teacher_steps=many", "'many' is not a valid int"),
+                          ("test compile=maybe", "'maybe' is not a valid bool"),
+                          ("test model.n_heads=3", "--set: .*n_heads"),
+                          ("huge teacher_steps=3", "unknown preset 'huge'")]:
+        with pytest.raises(ValueError, match=message):
+            train.preset_from(spec)
+    # a run records its settings with the preset's name, and what reads the checkpoint applies them
+    train.main(["--preset", "test", "--stage", "0", "--set", "teacher_steps=2", "--set", "clip_frames=4",
+                "--out", str(tmp_path)])
+    checkpoint = train.load_checkpoint(str(tmp_path / "teacher.pt"))
+    assert checkpoint["preset"] == "test teacher_steps=2 clip_frames=4" and len(checkpoint["log"]) == 2
+    assert train.preset_from(checkpoint["preset"]).clip_frames == 4
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import NamedTuple
 
 import torch
@@ -389,6 +389,7 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
 #
 #     python train.py --preset tiny                 all three stages, about an hour on a 2-core CPU
 #     python train.py --preset tiny --stage 0       one stage (resumes if interrupted)
+#     python train.py --stage 0 --set teacher_steps=8000 --out runs/longer   an experiment
 #     torchrun --nproc_per_node 2 train.py ...      data parallel (gloo on CPU, nccl on CUDA)
 
 CHECKPOINT_FORMAT = "tiny-videossm/1"
@@ -449,6 +450,35 @@ PRESETS = {
                   teacher_steps=20000, teacher_batch=32, teacher_lr=5e-4, ode_clips=4096, student_steps=6000,
                   student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96),
 }
+
+
+def preset_from(spec: str) -> Preset:
+    """A preset from its spec: a name in PRESETS, then any FIELD=VALUE settings (train.py's --set),
+    e.g. "tiny teacher_steps=8000 model.dim=256". Checkpoints keep the spec they were trained with."""
+    name, *settings = spec.split()
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    preset, model, changes = PRESETS[name], dict(PRESETS[name].model), {}
+    for setting in settings:
+        key, equals, text = setting.partition("=")
+        in_model = key.startswith("model.")
+        key = key.removeprefix("model.")
+        known = ({f.name: f.default for f in fields(tv.VideoSSMConfig) if f.name not in ("causal", "mode")}
+                 if in_model else {f.name: getattr(preset, f.name) for f in fields(Preset) if f.name != "model"})
+        if not equals or key not in known:
+            where = "the model (VideoSSMConfig)" if in_model else "the preset (model.FIELD for the model's)"
+            raise ValueError(f"--set {setting}: expected FIELD=VALUE, FIELD a field of {where}: {', '.join(known)}")
+        kind = type(known[key])
+        try:
+            value = {"true": True, "false": False}[text.lower()] if kind is bool else kind(text)
+        except (KeyError, ValueError):
+            raise ValueError(f"--set {setting}: {text!r} is not a valid {kind.__name__}") from None
+        (model if in_model else changes)[key] = value
+    try:
+        tv.VideoSSMConfig(**model)                      # the model's own checks: dim % n_heads, ...
+    except ValueError as error:
+        raise ValueError(f"--set: {error}") from None
+    return replace(preset, model=model, **changes)
 
 
 # ---- the harness: devices, data parallel, checkpoints --------------------------------------------
@@ -942,7 +972,7 @@ def report(out_dir, clips=16, seed=12345, grid=None):
                                        ("student", "student.pt")] if os.path.exists(os.path.join(out_dir, f))]
     if not found:
         raise SystemExit(f"no trained model in {out_dir}: run `python train.py` first")
-    preset = PRESETS[load_checkpoint(os.path.join(out_dir, found[0][1]))["preset"]]
+    preset = preset_from(load_checkpoint(os.path.join(out_dir, found[0][1]))["preset"])
     cfg = tv.VideoSSMConfig(**preset.model)
     truth = World(cfg.frame_size).sample(clips, preset.clip_frames, seed=seed)
     captions = [c[0] for c in truth.captions]
@@ -980,6 +1010,9 @@ def main(argv=None):
                     "ODE distillation, stage 2 the student by long self-rollouts with DMD. Each stage resumes "
                     "from its last checkpoint and skips itself when its released checkpoint exists.")
     parser.add_argument("--preset", default="tiny", help=f"sizes and schedules: {', '.join(PRESETS)} (default tiny)")
+    parser.add_argument("--set", default=[], action="append", metavar="FIELD=VALUE",
+                        help="change one field of the preset (repeatable): e.g. --set teacher_steps=8000 "
+                             "--set model.dim=256; pass the same settings to every stage of a run")
     parser.add_argument("--stage", default="all", choices=["0", "1", "2", "all"], help="which stage(s) to run")
     parser.add_argument("--memory", default="hybrid", choices=["hybrid", "sink", "window"],
                         help="the student's memory: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing)")
@@ -995,12 +1028,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.report:
         return report(args.out, grid=args.grid)
-    if args.preset not in PRESETS:
-        parser.error(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
-    preset, run = PRESETS[args.preset], Run(args.device, args.out, args.seed)
-    stages = {"0": ("teacher.pt", lambda: Teacher(run, preset, args.preset)),
-              "1": ("student_stage1.pt", lambda: ODEDistillation(run, preset, args.preset, args.memory)),
-              "2": ("student.pt", lambda: SelfRolloutDMD(run, preset, args.preset))}
+    spec = " ".join([args.preset, *args.set])           # what the checkpoints record as their preset
+    try:
+        preset = preset_from(spec)
+    except ValueError as error:
+        parser.error(str(error))
+    run = Run(args.device, args.out, args.seed)
+    stages = {"0": ("teacher.pt", lambda: Teacher(run, preset, spec)),
+              "1": ("student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.memory)),
+              "2": ("student.pt", lambda: SelfRolloutDMD(run, preset, spec))}
     for number in (["0", "1", "2"] if args.stage == "all" else [args.stage]):
         released, make = stages[number]
         if os.path.exists(run.path(released)):
