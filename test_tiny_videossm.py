@@ -599,6 +599,9 @@ def test_preset_settings_apply_and_are_recorded(tmp_path):
     checkpoint = train.load_checkpoint(str(tmp_path / "teacher.pt"))
     assert checkpoint["preset"] == "test teacher_steps=2 clip_frames=4" and len(checkpoint["log"]) == 2
     assert train.preset_from(checkpoint["preset"]).clip_frames == 4
+    train.save_checkpoint(str(tmp_path / "teacher.pt"), {**checkpoint, "preset": "huge"})
+    with pytest.raises(SystemExit, match="a preset this train.py does not know"):
+        train.report(str(tmp_path))
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):

@@ -973,7 +973,10 @@ def report(out_dir, clips=16, seed=12345, grid=None):
                                        ("student", "student.pt")] if os.path.exists(os.path.join(out_dir, f))]
     if not found:
         raise SystemExit(f"no trained model in {out_dir}: run `python train.py` first")
-    preset = preset_from(load_checkpoint(os.path.join(out_dir, found[0][1]))["preset"])
+    try:
+        preset = preset_from(load_checkpoint(os.path.join(out_dir, found[0][1]))["preset"])
+    except ValueError as error:
+        raise SystemExit(f"{out_dir}/{found[0][1]} was trained with a preset this train.py does not know ({error})")
     cfg = tv.VideoSSMConfig(**preset.model)
     truth = World(cfg.frame_size).sample(clips, preset.clip_frames, seed=seed)
     captions = [c[0] for c in truth.captions]
