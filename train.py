@@ -649,7 +649,8 @@ class Stage:
         if run.rank == 0:
             self.finish()
             os.remove(resume_path)
-        print(f"{self.name}: rank {run.rank} in sync with rank 0: {run.in_sync(self.trained)}")
+        if run.distributed:                                        # every rank trained the same weights?
+            print(f"{self.name}: rank {run.rank} in sync with rank 0: {run.in_sync(self.trained)}")
         return True
 
 
