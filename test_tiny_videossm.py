@@ -513,6 +513,27 @@ def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5])
 
 
+def test_sprite_pixels_are_where_the_world_painted_sprites():
+    clips = World().sample(16, 12, seed=5)
+    found = train.sprite_pixels(clips).sum((2, 3, 4))           # (B, F) pixels marked as sprite
+    painted = clips.visible_area.sum(-1)                         # (B, F) sprite pixels the world drew
+    assert (found[painted == 0] == 0).all() and (found[painted >= 4] > 0).all()
+    assert 0.8 < found.sum() / painted.sum() < 1.3               # soft edges count when mostly covered
+
+
+def test_sprite_weight_raises_the_teacher_loss(tmp_path):
+    """The same weights and batch: weight w adds w times the sprite pixels' part of the error, so
+    the loss grows, but by much less than 1 + w times (sprites are a small part of the frame)."""
+    losses = []
+    for weight in (0.0, 3.0):
+        run = train.Run("cpu", str(tmp_path), seed=0)
+        same_every_step(run)
+        preset = train.Preset(**{**vars(train.PRESETS["test"]), "sprite_weight": weight})
+        losses.append(train.Teacher(run, preset, "test").train_step(0)["loss"])
+    plain, weighted = losses
+    assert plain < weighted < 2 * plain
+
+
 def test_teacher_alternates_clips_and_single_frames(tmp_path):
     """Joint image-video training: with image_batch set, one step in clip_every draws clips and
     the others draw that many 1-frame clips."""
