@@ -4,9 +4,9 @@ yardstick), then the three training stages and the command line. Imports tiny_vi
 
 The world. Every clip is a coloured background with one or two sprites gliding across it.
 The sprites live in an arena one and a half times as wide and tall as the camera's view and
-bounce off its walls, so they leave the picture and come back later. The caption names the background
-colour, the sprite shape and how many sprites there are ("two circles on blue"); it does NOT
-name the sprites' colours. Those are drawn once per clip and never change, so a model that
+bounce off its walls, so they leave the picture and come back later. The caption names the
+background colour, the sprite shape and how many sprites there are ("two circles on blue"); it
+does NOT name the sprites' colours. Those are drawn once per clip and never change, so a model that
 paints a returning sprite in its old colour has remembered it: that is the long-range memory
 VideoSSM is about. A clip can switch its caption at a given frame: the named attributes change,
 the sprites keep their colours and their motion, which is what a prompt switch should do.
