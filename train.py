@@ -451,7 +451,7 @@ PRESETS = {
     # the shipped model: the whole pipeline in under an hour on a 2-core CPU
     "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                               freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-                   compile=True, teacher_steps=4000, teacher_batch=4, image_batch=48, clip_every=2, warmup=200,
+                   compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, clip_every=2, warmup=200,
                    sprite_weight=1.0,
                    ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
                    save_every=25),
