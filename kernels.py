@@ -44,6 +44,27 @@ import torch.nn.functional as F
 # The reference: a loop over tokens
 
 
+def check_inputs(q, k, v, g, beta, initial_state=None, chunk_size=1):
+    """Shapes and dtypes at the door, with the shape that was expected: a (B, H, T, K) tensor or a
+    gate without its head axis would otherwise broadcast silently into a wrong answer."""
+    if q.dim() != 4:
+        raise ValueError(f"q must have shape (B, T, H, K), got {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    expected = {"k": (k, (B, T, H, K)), "v": (v, (B, T, H, v.shape[-1])), "g": (g, (B, T, H)),
+                "beta": (beta, (B, T, H))}
+    if initial_state is not None:
+        expected["initial_state"] = (initial_state, (B, H, K, v.shape[-1]))
+    for name, (x, shape) in expected.items():
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (B, T, H = {B}, {T}, {H} from q of shape "
+                             f"(B, T, H, K)), got {tuple(x.shape)}")
+    if T == 0 or chunk_size < 1:
+        raise ValueError(f"need at least one token and chunk_size >= 1, got T={T}, chunk_size={chunk_size}")
+    if not q.is_floating_point() or (q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16)):
+        raise ValueError(f"q, k, v, g, beta are {q.dtype}; use float32 or float64 (on a GPU also bfloat16 and "
+                         f"float16 run; on the CPU the triangular solve has no half-precision kernel)")
+
+
 def naive_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
     """(E7) token by token. Slow (T Python iterations), obviously right.
 
@@ -58,6 +79,7 @@ def naive_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
         o:      shape (B, T, H, V), o_t = M_t^T (scale q_t)
         state:  shape (B, H, K, V), M after the last token
     """
+    check_inputs(q, k, v, g, beta, initial_state)
     B, T, H, K = q.shape
     Vd = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
@@ -99,6 +121,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
     `naive_gated_delta_rule`, plus `chunk_size` (C). T need not be a multiple of C: the tail is
     padded with g = 0, beta = 0, k = 0, which leaves M untouched.
     """
+    check_inputs(q, k, v, g, beta, initial_state, chunk_size)
     B, T, H, K = q.shape
     Vd = v.shape[-1]
     C = chunk_size

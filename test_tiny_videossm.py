@@ -134,7 +134,7 @@ def small_model(dtype=torch.float64, awake=True, seed=0, **overrides):
         with torch.no_grad():
             for block in model.blocks:
                 if block.self_attn.memory:
-                    block.self_attn.out_gate.weight.normal_(0, 0.5)
+                    block.self_attn.memory.out_gate.weight.normal_(0, 0.5)
             model.head.weight.normal_(0, 0.5)
     return model
 
@@ -245,7 +245,7 @@ def test_streaming_equals_parallel(mode):
 
 def test_cache_stays_bounded_in_hybrid_and_grows_in_full():
     tokens_per_chunk = 2 * 4
-    for mode, chunks in [("hybrid", 200), ("full", 30)]:
+    for mode, chunks in [("hybrid", 200), ("memory", 200), ("full", 30)]:
         model = small_model(dtype=torch.float32, mode=mode)
         cache = tv.StreamCache(model, 1, mode)
         cache.set_prompt(model, random_clip(2, torch.float32)[1])
@@ -258,26 +258,45 @@ def test_cache_stays_bounded_in_hybrid_and_grows_in_full():
         if mode == "hybrid":   # the sink and the window's earlier chunk; the current chunk fills the last slot
             assert lengths[-1] == lengths[10] == (1 + 2 - 1) * tokens_per_chunk and cache.chunks == [0, 199]
             assert all(torch.isfinite(layer.state).all() for layer in cache.layers)
+        elif mode == "memory":  # nothing but M
+            assert set(lengths) == {0} and cache.chunks == []
+            assert all(torch.isfinite(layer.state).all() and layer.state.abs().max() > 0 for layer in cache.layers)
         else:
             assert lengths == [(c + 1) * tokens_per_chunk for c in range(chunks)]
 
 
-def test_memory_path_is_exactly_zero_at_init_and_router_follows_E9():
+def test_memory_path_is_exactly_zero_at_init():
+    """(D9) the student starts as the block-causal teacher: hybrid == sink while g_out is zero."""
     model = small_model(awake=False)
     clip, text = random_clip(10)
     t = torch.full((1,), 500.0, dtype=torch.float64)
     assert torch.equal(model(clip, t, text, mode="hybrid"), model(clip, t, text, mode="sink"))
+
+
+def test_router_follows_E9_in_the_attentions_own_output():
+    """(E9) (E10) gamma = sigmoid(w log((t+1)/T) + b), rho clamped at T (D6), read back from the
+    attention's fused output: with H_local = 0 it is W_o (gamma H_global); undo W_o and divide by
+    the same output with gamma forced to 1."""
+    model = small_model()
     attn = model.blocks[0].self_attn
-    with torch.no_grad():
-        attn.router_w.fill_(2.0)
-        attn.router_b.fill_(-1.0)
-    frames = torch.arange(0, 30, dtype=torch.float64)
-    rho = ((frames + 1) / 10).clamp(max=1)
-    expected = torch.sigmoid(2.0 * rho.log() - 1.0)
-    # gamma as fuse() computes it, read back through a memory read of ones
-    gamma = torch.sigmoid(attn.router_w * rho.log()[:, None] + attn.router_b)[:, 0]
-    assert torch.allclose(gamma, expected)
-    assert (gamma[1:10] > gamma[:9]).all() and (gamma[10:] == gamma[9]).all()   # rises, then flat at T (D6)
+    L, d = 30, model.cfg.dim
+    frames = torch.arange(L, dtype=torch.float64)                      # router_horizon T = 10 frames
+    x = torch.randn(1, L, d, dtype=torch.float64)
+    q = attn.project(x)[0]
+    local = torch.zeros(1, L, 2, 12, dtype=torch.float64)
+    states, state_of_token = torch.randn(1, 1, 2, 12, 12, dtype=torch.float64), torch.zeros(L, dtype=torch.long)
+    w_o_inverse = torch.linalg.inv(attn.o.weight)
+
+    def memory_output(w, b):
+        with torch.no_grad():
+            attn.memory.router_w.fill_(w)
+            attn.memory.router_b.fill_(b)
+            return (attn.fuse(x, q, local, states, state_of_token, frames)[0] - attn.o.bias) @ w_o_inverse.T
+    gamma = memory_output(2.0, -1.0) / memory_output(0.0, 50.0)                      # (L, d)
+    rho = [min(1.0, (f + 1) / 10) for f in range(L)]
+    expected = torch.tensor([1 / (1 + math.exp(-(2.0 * math.log(r) - 1.0))) for r in rho], dtype=torch.float64)
+    assert torch.allclose(gamma, expected[:, None].expand(L, d), atol=1e-8)
+    assert expected[0] < 0.02 and expected[9] == expected[29]                        # rises, then flat at T
 
 
 def test_gradients_reach_the_memory_write_path():
@@ -287,9 +306,9 @@ def test_gradients_reach_the_memory_write_path():
     out = model(noisy, torch.full((1, 10), 400.0, dtype=torch.float64), text, clean_context=clean)
     out.square().mean().backward()
     for block in model.blocks:
-        attn = block.self_attn
+        memory = block.self_attn.memory
         for name in ["alpha_proj.weight", "beta_proj.weight", "A_log", "dt_bias", "out_gate.weight"]:
-            grad = attn.get_parameter(name).grad
+            grad = memory.get_parameter(name).grad
             assert grad is not None and grad.abs().max() > 0, name
 
 
@@ -347,6 +366,132 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="unknown word 'triangle'.*a circle on red"):
         encoder(["a triangle on red"])
     assert encoder([""]).shape == (1, 8, 8)                   # the empty prompt: unconditional
+    with pytest.raises(ValueError, match="unknown mode 'bogus'"):
+        model(torch.randn(1, 4, 3, 8, 8), torch.zeros(1), text, mode="bogus")
+    with pytest.raises(ValueError, match="set_prompt"):
+        model.forward_chunk(torch.randn(1, 2, 3, 8, 8), 0.0, tv.StreamCache(model, 1))
+
+
+def test_kernel_inputs_are_checked_at_the_door():
+    q, k, v, g, beta = kernels.random_inputs(2, 10, 3, 4, 5)
+    cases = [((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g, beta), "must have shape"),  # (B, H, T, K)
+             ((q, k, v[:1], g, beta), "v must have shape"),                      # another batch
+             ((q, k, v, g[..., 0], beta), "g must have shape"),                  # no head axis
+             ((q[:, :0], k[:, :0], v[:, :0], g[:, :0], beta[:, :0]), "at least one token"),
+             ((q.bfloat16(), k.bfloat16(), v.bfloat16(), g.bfloat16(), beta.bfloat16()), "float32")]
+    for backend in ("naive", "chunked"):
+        for args, message in cases:
+            with pytest.raises(ValueError, match=message):
+                kernels.gated_delta_rule(*args, backend=backend)
+        with pytest.raises(ValueError, match="initial_state must have shape"):
+            kernels.gated_delta_rule(q, k, v, g, beta, initial_state=torch.zeros(2, 3, 4, 4), backend=backend)
+    with pytest.raises(ValueError, match="chunk_size >= 1"):
+        kernels.chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=0)
+
+
+def test_memory_module_copies_out_with_kernels_alone():
+    """GatedDeltaMemory built from its source with nothing but torch and kernels.gated_delta_rule,
+    inside a toy attention: writing a sequence in pieces gives the state of writing it at once,
+    and that state is the naive scan's (E7) with L2-normalised keys (D2)."""
+    import inspect
+    namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "math": math,
+                 "gated_delta_rule": kernels.gated_delta_rule}
+    exec(inspect.getsource(tv.GatedDeltaMemory), namespace)
+    torch.manual_seed(0)
+    B, L, d, nh = 2, 20, 16, 2
+    memory = namespace["GatedDeltaMemory"](d, nh, router_horizon=8, kernel_chunk_size=4).double()
+    toy_qkv = torch.nn.Linear(d, 3 * d).double()                       # the host attention's projections
+    x = torch.randn(B, L, d, dtype=torch.float64)
+    q, k, v = toy_qkv(x).view(B, L, 3, nh, d // nh).unbind(2)          # (B, L, nh, hd) each
+    g, beta = memory.gates(x)
+    empty = torch.zeros(B, nh, d // nh, d // nh, dtype=torch.float64)
+    at_once = memory.write(empty, k, v, g, beta)
+    in_pieces = empty
+    for piece in (slice(0, 7), slice(7, 12), slice(12, L)):
+        in_pieces = memory.write(in_pieces, k[:, piece], v[:, piece], g[:, piece], beta[:, piece])
+    k_normalised = torch.nn.functional.normalize(k, dim=-1)
+    _, naive = kernels.naive_gated_delta_rule(k_normalised, k_normalised, v, g, beta)
+    assert at_once.abs().max() > 0.1
+    assert (in_pieces - at_once).abs().max() < 1e-12 and (naive - at_once).abs().max() < 1e-12
+    states = memory.scan_chunks(k, v, g, beta, [None, slice(0, 7), None, slice(7, L)])   # the parallel path's
+    assert states.shape == (B, 4, nh, d // nh, d // nh) and torch.equal(states[:, 0], empty)
+    assert (states[:, 3] - at_once).abs().max() < 1e-12
+    read = lambda: memory(x, q, states, torch.arange(L) // 5, torch.arange(L) // 4)     # (B, L, d)
+    assert torch.equal(read(), torch.zeros(B, L, d, dtype=torch.float64))            # (D9) g_out = 0
+    with torch.no_grad():
+        memory.out_gate.weight.normal_()
+    assert read().shape == (B, L, d) and read()[:, 5:].abs().min() > 0               # chunk 0 reads M = 0
+
+
+def test_memory_state_stays_float32_under_bf16_autocast():
+    """Rounding M to bf16 at every eviction would accumulate over a long video."""
+    model = small_model(dtype=torch.float32)
+    memory = model.blocks[0].self_attn.memory
+    gen = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(1, 16, 2, 12, generator=gen).bfloat16() for _ in range(2))
+    g, beta = (t.bfloat16() for t in memory.gates(torch.randn(1, 16, 24, generator=gen)))
+    state = torch.randn(1, 2, 12, 12, generator=gen)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = memory.write(state, k, v, g, beta)
+    with torch.no_grad():
+        in_float32 = memory.write(state, k.float(), v.float(), g.float(), beta.float())
+    assert under_autocast.dtype == torch.float32 and (under_autocast - in_float32).abs().max() < 1e-6
+    cache = tv.StreamCache(model, 1, dtype=torch.bfloat16)
+    assert all(layer.state.dtype == torch.float32 for layer in cache.layers)
+
+
+def test_sink_positions_keep_every_query_key_distance_bounded_over_10000_frames():
+    """(D12) the sink sits right before the window: over a 10,000-frame stream the largest distance
+    between a query frame and a key frame stays (sink + window) chunks, and the current chunk's
+    own positions stop moving once the window is full."""
+    cfg = tv.VideoSSMConfig(frame_size=4, patch_size=4, dim=12, n_heads=1, n_layers=1, ffn_dim=8, text_dim=4,
+                            freq_dim=4, causal=True, chunk_frames=4, sink_chunks=1, window_chunks=2, kernel_chunk_size=4)
+    model = tv.VideoDiT(cfg)
+    cache, steps = tv.StreamCache(model, 1), []
+    k = v = torch.randn(1, 4, 1, 12)                      # a chunk: 4 frames of 1 token, 1 head
+    gates = model.blocks[0].self_attn.memory.gates(torch.randn(1, 4, 12))
+    with torch.no_grad():
+        for _ in range(10_000 // cfg.chunk_frames):       # forward_chunk's bookkeeping, without the network
+            steps.append(cache.step("cpu"))
+            cache.layers[0].append(k, v, gates)
+            cache.commit(None, [model.blocks[0].self_attn.memory])
+    distances = [(s.query_frames[:, None] - s.key_frames[None, :]).abs().max().item() for s in steps]
+    assert len(steps) == 2500 and max(distances) == (1 + 2) * 4 - 1 == distances[-1]
+    assert steps[-1].query_frames.tolist() == steps[2].query_frames.tolist() == [8, 9, 10, 11]
+    assert steps[-1].frame_index.tolist() == [9996, 9997, 9998, 9999]      # the router still sees the truth
+
+
+def test_a_prompt_switch_keeps_the_rollouts_write_path_in_the_graph():
+    """(D11) (D10) in a self-rollout, the window re-cached at a switch keeps its gates' gradients:
+    chunk 2 is re-encoded at the switch to chunk 3, evicted into M after chunk 3, and read by chunk 4."""
+    model = small_model(dtype=torch.float32)
+    encoder = tv.TextEncoder(["a", "circle", "on", "red", "blue"], text_dim=8)
+
+    def gradient_of_last_chunk_wrt_W_alpha(prompts):
+        model.zero_grad()
+        chunks = list(tv.generate(model, encoder, prompts, 5, tv.denoising_sigmas(2), torch.Generator().manual_seed(0),
+                                  grad_chunks={2, 3, 4}))
+        chunks[-1].square().sum().backward()
+        return sum(block.self_attn.memory.alpha_proj.weight.grad.abs().sum().item() for block in model.blocks)
+    without_switch = gradient_of_last_chunk_wrt_W_alpha({0: "a circle on red"})
+    with_switch = gradient_of_last_chunk_wrt_W_alpha({0: "a circle on red", 3: "a circle on blue"})
+    assert without_switch > 0 and with_switch > 0.1 * without_switch
+
+
+def test_memory_mode_sees_earlier_chunks_only_through_M():
+    """The state-space-only mode: nothing cached but M, and the output follows M."""
+    model = small_model(mode="memory")
+    cache = tv.StreamCache(model, 1, dtype=torch.float64)
+    clip, text = random_clip(8)
+    cache.set_prompt(model, text)
+    for c in range(4):
+        model.forward_chunk(clip[:, 2 * c:2 * c + 2], 0.0, cache, write=True)
+    assert cache.length() == 0 and cache.chunks == [] and cache.next_chunk == 4
+    noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
+    out = model.forward_chunk(noisy, 500.0, cache)
+    for layer in cache.layers:
+        layer.state = layer.state * 1.5
+    assert (model.forward_chunk(noisy, 500.0, cache) - out).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -642,13 +787,13 @@ def wake_memory(model):
     """(D9) g_out starts at exactly zero, so the write path gets no gradient until it moves."""
     with torch.no_grad():
         for block in model.blocks:
-            block.self_attn.out_gate.weight.normal_(0, 0.1)
+            block.self_attn.memory.out_gate.weight.normal_(0, 0.1)
 
 
 def memory_gradients(model):
     names = ["alpha_proj.weight", "beta_proj.weight", "A_log", "dt_bias"]
-    return {n: sum(b.self_attn.get_parameter(n).grad.abs().sum().item() for b in model.blocks
-                   if b.self_attn.get_parameter(n).grad is not None) for n in names}
+    return {n: sum(b.self_attn.memory.get_parameter(n).grad.abs().sum().item() for b in model.blocks
+                   if b.self_attn.memory.get_parameter(n).grad is not None) for n in names}
 
 
 def test_stage1_student_learns_and_trains_the_write_path(trained):

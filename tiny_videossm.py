@@ -41,7 +41,13 @@ import torch.nn.functional as F
 
 from kernels import gated_delta_rule
 
-MODES = ("hybrid", "sink", "window", "full")
+# What a chunk sees of the past in each causal mode (SPEC section 6):
+#   hybrid   sink + window + memory M   VideoSSM
+#   sink     sink + window              LongLive
+#   window   window                     Self-Forcing with a rolling window
+#   full     every earlier chunk        the quadratic baseline
+#   memory   itself + memory M          state-space only: the causal analogue of arXiv 2403.07711
+MODES = ("hybrid", "sink", "window", "full", "memory")
 
 
 @dataclass
@@ -57,7 +63,7 @@ class VideoSSMConfig:
     text_dim: int = 64            # width of the text encoder's token features
     causal: bool = False          # False: bidirectional (teacher, critic); True: causal student
     chunk_frames: int = 3         # frames generated together; the unit of causality and eviction
-    mode: str = "hybrid"          # causal attention: hybrid | sink | window | full (see Pattern)
+    mode: str = "hybrid"          # causal attention: one of MODES
     sink_chunks: int = 1          # first chunks of the video that are never evicted
     window_chunks: int = 3        # recent chunks attended to, the current one included
     router_horizon: int = 48      # T of (E9) in frames (D6): gamma's position reaches 1 there
@@ -193,87 +199,142 @@ def rope(x, angles):
 
 
 # ----------------------------------------------------------------------------------------------
+# The global memory: VideoSSM's contribution, one module you can copy out with kernels.py
+
+
+class GatedDeltaMemory(nn.Module):
+    """A layer's long-term memory: gates (E5, E6), write (E7), read (E8) and router (E9), with the
+    state M passed in and out, as flash-linear-attention's GatedDeltaNet layer hands its cache in.
+
+    Needs only torch and kernels.gated_delta_rule. Its host layer supplies, per token, the layer
+    input x (B, L, d), and the attention's pre-RoPE queries and keys split into heads (D2); it
+    decides which tokens to write (VideoSSM: the tokens leaving the attention window) and when.
+
+        g, beta = memory.gates(x)                        computed while the token is attended to,
+                                                         cached with its K and V
+        M = memory.write(M, k, v, g, beta)               later, when the token is evicted
+        out = memory(x, q, states, state_of_token, t)    gamma_t * H_global, added to attention
+
+    Args:
+        dim: the layer width d;  n_heads: nh (head width hd = d // nh; M is (B, nh, hd, hd))
+        router_horizon: T of (E9) in frames (D6)
+        kernel_chunk_size, kernel_backend: passed to kernels.gated_delta_rule
+    """
+
+    def __init__(self, dim, n_heads, router_horizon, kernel_chunk_size=64, kernel_backend="auto"):
+        super().__init__()
+        self.nh, self.hd = n_heads, dim // n_heads
+        self.router_horizon, self.chunk_size, self.backend = router_horizon, kernel_chunk_size, kernel_backend
+        self.beta_proj = nn.Linear(dim, n_heads, bias=False)       # (E5) W_beta, one gate per head (D1)
+        self.alpha_proj = nn.Linear(dim, n_heads, bias=False)      # (E6) W_alpha
+        self.A_log = nn.Parameter(torch.empty(n_heads))            # (E6) A
+        self.dt_bias = nn.Parameter(torch.empty(n_heads))          # (E6) B
+        self.out_gate = nn.Linear(dim, dim)                        # (E8) g_out
+        self.norm = nn.RMSNorm(self.hd, eps=1e-6)                  # (E8) per-head RMSNorm (D4)
+        self.router_w = nn.Parameter(torch.ones(dim))              # (E9) w_router, per channel (D5)
+        self.router_b = nn.Parameter(torch.zeros(dim))             # (E9) b_router
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """(D9) Gated DeltaNet's init for A and B; g_out zero so the memory adds exactly 0 at first."""
+        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
+        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))     # softplus^-1(dt)
+        nn.init.zeros_(self.out_gate.weight)
+        nn.init.zeros_(self.out_gate.bias)
+
+    def gates(self, x):
+        """x: (B, L, d) -> g (B, L, nh) log decay <= 0, and beta (B, L, nh) in (0, 1)."""
+        beta = torch.sigmoid(self.beta_proj(x))                                       # (E5) (B, L, nh)
+        g = -self.A_log.exp() * F.softplus(self.alpha_proj(x) + self.dt_bias)         # (E6) (B, L, nh)
+        return g, beta
+
+    def write(self, state, k, v, g, beta):
+        """(E7) Scan tokens into M in order (D3, D7) and return the new M (B, nh, hd, hd).
+
+        k, v: (B, L, nh, hd), k the pre-RoPE key (D2); g, beta: (B, L, nh) from `gates`.
+        The state is kept in float32 at least, also under bf16 autocast: rounding it at every
+        write would accumulate over a long video (flash-linear-attention does the same)."""
+        dtype = torch.promote_types(state.dtype, torch.float32)
+        k_mem = F.normalize(k.to(dtype), dim=-1)                                      # (D2) (B, L, nh, hd)
+        with torch.autocast(k.device.type, enabled=False):
+            _, state = gated_delta_rule(k_mem, k_mem, v.to(dtype), g.to(dtype), beta.to(dtype),   # outputs unused
+                                        initial_state=state.to(dtype), chunk_size=self.chunk_size,
+                                        backend=self.backend)
+        return state                                                                  # (B, nh, hd, hd)
+
+    def router(self, frame_index):
+        """(E9) gamma_t = sigmoid(w log(rho_t) + b), rho_t = (t + 1) / T clamped to 1 (D6).
+        frame_index: (L,) absolute frame of each token -> gamma (L, d)."""
+        rho = ((frame_index + 1) / self.router_horizon).clamp(max=1.0)                # (L,)
+        return torch.sigmoid(self.router_w * rho.log()[:, None] + self.router_b)      # (L, d)
+
+    def forward(self, x, q, states, state_of_token, frame_index):
+        """(E8), (E9): what the memory adds to the attention output, gamma_t * H_global.
+
+        Args:
+            x: (B, L, d) the layer input H_in;  q: (B, L, nh, hd) pre-RoPE queries (D2)
+            states: (B, S, nh, hd, hd) memory states; token l reads states[:, state_of_token[l]]
+            state_of_token: (L,) long;  frame_index: (L,) absolute frame of each token (D6)
+        Returns: (B, L, d)
+        """
+        B, L, _ = x.shape
+        q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5                              # (D2) (B, L, nh, hd)
+        read = torch.einsum("blhk,bshkv->bslhv", q_mem, states.to(q.dtype))           # (E8) Q M, (B, S, L, nh, hd)
+        read = read[:, state_of_token, torch.arange(L, device=x.device)]             # each token its own, (B, L, nh, hd)
+        h_global = self.norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))      # (E8) (D4) (B, L, d)
+        return self.router(frame_index).to(h_global.dtype) * h_global                 # (E9) (B, L, d)
+
+    def scan_chunks(self, k, v, g, beta, evicted_before):
+        """The parallel path's states: for each chunk n, M after writing the tokens evicted before
+        it, in the autograd graph (D11). evicted_before: per chunk a token slice to write first, or
+        None. k, v: (B, L, nh, hd); g, beta: (B, L, nh). Returns (B, n, nh, hd, hd)."""
+        state = k.new_zeros(k.shape[0], self.nh, self.hd, self.hd, dtype=torch.promote_types(k.dtype, torch.float32))
+        states = []
+        for evicted in evicted_before:
+            if evicted is not None:
+                state = self.write(state, k[:, evicted], v[:, evicted], g[:, evicted], beta[:, evicted])
+            states.append(state)
+        return torch.stack(states, dim=1)                                             # (B, n, nh, hd, hd)
+
+
+# ----------------------------------------------------------------------------------------------
 # Self-attention with hybrid memory: the heart of VideoSSM
 
 
 class SelfAttention(nn.Module):
-    """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, when `memory` is on,
-    VideoSSM's global memory beside it, read by the same queries and fused before W_o.
+    """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, for the student, a
+    GatedDeltaMemory beside it, read by the same queries and fused before W_o (E10, D5).
 
-    Needs: a VideoSSMConfig; kernels.gated_delta_rule. The caller supplies the attention context:
-    `forward_parallel` takes a Pattern (masks for a whole clip), `forward_cached` a LayerCache.
+    Needs: a VideoSSMConfig. The caller supplies the attention context: `forward_parallel` takes a
+    Pattern (masks for a whole clip), `forward_cached` a LayerCache and a StreamStep.
     """
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
         super().__init__()
         d, nh = cfg.dim, cfg.n_heads
-        self.cfg, self.nh, self.hd = cfg, nh, cfg.head_dim
+        self.nh, self.hd = nh, cfg.head_dim
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))   # (E3) W_Q, W_K, W_V, W_o
         self.norm_q = nn.RMSNorm(d, eps=1e-6)
         self.norm_k = nn.RMSNorm(d, eps=1e-6)
-        self.memory = memory
-        if memory:
-            self.beta_proj = nn.Linear(d, nh, bias=False)       # (E5) W_beta, one gate per head (D1)
-            self.alpha_proj = nn.Linear(d, nh, bias=False)      # (E6) W_alpha
-            self.A_log = nn.Parameter(torch.empty(nh))          # (E6) A
-            self.dt_bias = nn.Parameter(torch.empty(nh))        # (E6) B
-            self.out_gate = nn.Linear(d, d)                     # (E8) g_out
-            self.memory_norm = nn.RMSNorm(self.hd, eps=1e-6)    # (E8) per-head RMSNorm (D4)
-            self.router_w = nn.Parameter(torch.ones(d))         # (E9) w_router, per channel (D5)
-            self.router_b = nn.Parameter(torch.zeros(d))        # (E9) b_router
-            self.reset_memory_parameters()
-
-    @torch.no_grad()
-    def reset_memory_parameters(self):
-        """(D9) Gated DeltaNet's init for A and B; g_out zero so the memory path outputs exactly 0."""
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
-        dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
-        nn.init.zeros_(self.out_gate.weight)
-        nn.init.zeros_(self.out_gate.bias)
+        self.memory = (GatedDeltaMemory(d, nh, cfg.router_horizon, cfg.kernel_chunk_size, cfg.kernel_backend)
+                       if memory else None)
 
     def project(self, x):
-        """x: (B, L, d) -> q, k, v (B, L, nh, hd), before RoPE; and the token's gates."""
+        """x: (B, L, d) -> q, k, v (B, L, nh, hd), before RoPE; and the token's gates (or None)."""
         B, L, _ = x.shape
         q = self.norm_q(self.q(x)).view(B, L, self.nh, self.hd)       # (E3) (B, L, nh, hd)
         k = self.norm_k(self.k(x)).view(B, L, self.nh, self.hd)       # (B, L, nh, hd)
         v = self.v(x).view(B, L, self.nh, self.hd)                    # (B, L, nh, hd)
-        gates = None
-        if self.memory:
-            beta = torch.sigmoid(self.beta_proj(x))                                   # (E5) (B, L, nh)
-            g = -self.A_log.exp() * F.softplus(self.alpha_proj(x) + self.dt_bias)     # (E6) (B, L, nh), <= 0
-            gates = (g, beta)
-        return q, k, v, gates
-
-    def write_memory(self, state, k, v, gates):
-        """(E7) Scan evicted tokens into the state, in order (D3, D7). k: pre-RoPE keys (D2)."""
-        g, beta = gates
-        k_mem = F.normalize(k, dim=-1)                                  # (D2) L2-normalised keys
-        _, state = gated_delta_rule(k_mem, k_mem, v, g, beta, initial_state=state,   # outputs unused
-                                    chunk_size=self.cfg.kernel_chunk_size, backend=self.cfg.kernel_backend)
-        return state                                                    # (B, nh, hd, hd)
+        return q, k, v, (self.memory.gates(x) if self.memory else None)
 
     def fuse(self, x, q, local, states, state_of_token, frame_index):
-        """(E8)-(E10): read the memory with the pre-RoPE queries, route by position, add, project.
-
-        Args:
-            x: (B, L, d) the block's input H_in;  q: (B, L, nh, hd) pre-RoPE queries
-            local: (B, L, nh, hd) the attention output H_local
-            states: (B, S, nh, hd, hd) the memory states the tokens read, or None (memory off)
-            state_of_token: (L,) which of the S states each token reads
-            frame_index: (L,) absolute frame index of each token, for the router (D6)
-        """
-        B, L, _ = x.shape
-        out = local.reshape(B, L, -1)                                   # (B, L, d)
+        """(E10) H_fused = H_local + gamma_t H_global, then W_o. local: (B, L, nh, hd) -> (B, L, d)"""
+        out = local.flatten(2)                                                        # (B, L, d)
         if states is not None:
-            q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5           # (D2) (B, L, nh, hd)
-            read = torch.einsum("blhk,bshkv->bslhv", q_mem, states)    # (E8) Q M, (B, S, L, nh, hd)
-            read = read[:, state_of_token, torch.arange(L, device=x.device)]   # each token its own, (B, L, nh, hd)
-            h_global = self.memory_norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))  # (E8) (D4)
-            rho = ((frame_index + 1) / self.cfg.router_horizon).clamp(max=1.0)           # (D6) (L,)
-            gamma = torch.sigmoid(self.router_w * rho.log()[:, None] + self.router_b)    # (E9) (L, d)
-            out = out + gamma.to(out.dtype) * h_global                                   # (E10) (B, L, d)
-        return self.o(out)                                              # (E10) W_o
+            out = out + self.memory(x, q, states, state_of_token, frame_index)        # (E10)
+        return self.o(out)
 
     def forward_parallel(self, x, pattern):
         """A whole clip at once. x: (B, L, d), pattern: Pattern -> (B, L, d)"""
@@ -283,10 +344,10 @@ class SelfAttention(nn.Module):
             local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2),
                                                    attn_mask=pattern.mask).transpose(1, 2)  # (B, L, nh, hd)
         else:
-            # the sink is seen as if it sat just before the window: its columns take the queries
-            # at their window-relative positions (see Pattern). Both dot products in one fused
-            # call: q' = [q, q_sink] and k' = [k, 0] for window keys, [0, k] for sink keys, so
-            # q'.k' is q.k or q_sink.k as each column needs.
+            # (D12) the sink is seen as if it sat just before the window: its columns take the
+            # queries at their window-relative positions (see Pattern). Both dot products in one
+            # fused call: q' = [q, q_sink] and k' = [k, 0] for window keys, [0, k] for sink keys,
+            # so q'.k' is q.k or q_sink.k as each column needs.
             q_sink = rope(q, pattern.sink_query_angles)                                   # (B, L, nh, hd)
             is_sink = torch.zeros(k.shape[1], 1, 1, dtype=torch.bool, device=k.device)
             is_sink[pattern.sink_columns] = True                                          # (L, 1, 1)
@@ -298,16 +359,8 @@ class SelfAttention(nn.Module):
                                                    v_both.transpose(1, 2), attn_mask=pattern.mask,
                                                    scale=self.hd ** -0.5).transpose(1, 2)[..., :self.hd]
         states = None
-        if self.memory and pattern.memory_on:
-            # (D11) for each chunk, the state built from the context chunks evicted before it,
-            # computed in the autograd graph, scan by scan as streaming would do it (D7)
-            state = x.new_zeros(x.shape[0], self.nh, self.hd, self.hd)
-            per_chunk = []
-            for evicted in pattern.evicted_before:     # one entry per chunk: a token slice or None
-                if evicted is not None:
-                    state = self.write_memory(state, k[:, evicted], v[:, evicted], [t[:, evicted] for t in gates])
-                per_chunk.append(state)
-            states = torch.stack(per_chunk, dim=1)                                        # (B, n, nh, hd, hd)
+        if self.memory and pattern.memory_on:   # (D11) each chunk's state, built in the graph as streaming would
+            states = self.memory.scan_chunks(k, v, *gates, pattern.evicted_before)       # (B, n, nh, hd, hd)
         return self.fuse(x, q, local, states, pattern.token_chunk, pattern.frame_index)
 
     def forward_cached(self, x, cache, step):
@@ -390,11 +443,10 @@ def timestep_embedding(t, dim):
 class Pattern:
     """The attention pattern of one parallel forward, shared by all layers.
 
-    Positions: a token's time position is its frame index. In `sink` and `hybrid` modes the
-    sink is seen as if it sat right before the window (the chunks in between have left), so the
-    distances the model sees stay bounded however long the video: a query in chunk c reads the
-    sink with its position shifted back by `shift(c)` chunks. Streaming gets the same numbers by
-    placing the cached chunks at their slots (StreamStep).
+    Positions (D12): a token's time position is its frame index, except that a query in chunk c
+    reads the sink with its own position shifted back by `position_shift(c)` chunks, which puts
+    the sink right before the window. Streaming gets the same distances by placing the cached
+    chunks at their slots (StreamCache.step).
     """
     angles: torch.Tensor                  # (L, hd/2) RoPE angles at absolute positions
     frame_index: torch.Tensor             # (L,) absolute frame of each token, for the router
@@ -406,26 +458,37 @@ class Pattern:
     memory_on: bool = False
 
 
+def uses_memory(mode):
+    return mode in ("hybrid", "memory")
+
+
+def sink_and_window(cfg, mode):
+    """(sink chunks, window chunks) of a mode other than `full`."""
+    sink = cfg.sink_chunks if mode in ("hybrid", "sink") else 0
+    return sink, 1 if mode == "memory" else cfg.window_chunks
+
+
 def visible_chunks(c, cfg, mode):
     """Chunks a query in chunk c attends to (itself included), and the chunk evicted into memory
-    just before c is generated (hybrid mode), or None. (E4) (D7)"""
+    just before c is generated (modes with memory), or None. (E4) (D7)"""
     if mode == "full":
         return list(range(c + 1)), None
-    sink = cfg.sink_chunks if mode in ("sink", "hybrid") else 0
-    window = range(max(0, c - cfg.window_chunks + 1), c + 1)
-    visible = sorted(set(range(min(sink, c + 1))) | set(window))
-    leaving = c - cfg.window_chunks                 # the chunk that left the window when c arrived
-    evicted = leaving if mode == "hybrid" and leaving >= sink else None
-    return visible, evicted
+    sink, window = sink_and_window(cfg, mode)
+    visible = sorted(set(range(min(sink, c + 1))) | set(range(max(0, c - window + 1), c + 1)))
+    leaving = c - window                            # the chunk that left the window when c arrived
+    return visible, (leaving if uses_memory(mode) and leaving >= sink else None)
 
 
 def position_shift(c, cfg, mode):
-    """How many chunks of absent history lie between the sink (or the video's start) and the
-    window when chunk c is generated: positions are shifted back by this many chunks."""
+    """(D12) How many chunks of history are gone from between the sink and the window when chunk c
+    is generated. The attention sees the sink (and the video's start) moved forward by this many
+    chunks, right before the window, so no query-key distance exceeds sink + window chunks however
+    long the video: absolute positions would put the sink thousands of frames away, far from any
+    distance seen in training. Window chunks keep their distances to one another."""
     if mode == "full":
         return 0
-    sink = cfg.sink_chunks if mode in ("sink", "hybrid") else 0
-    return max(0, c - (sink + cfg.window_chunks - 1))
+    sink, window = sink_and_window(cfg, mode)
+    return max(0, c - (sink + window - 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,8 +594,8 @@ class VideoDiT(nn.Module):
             mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
         shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
         pattern = Pattern(frame_angles(cfg, frame_pos), frame_index, token_chunk, mask,
-                          evicted_before=evicted_before, memory_on=(mode == "hybrid"))
-        if mode in ("sink", "hybrid") and cfg.sink_chunks:
+                          evicted_before=evicted_before, memory_on=uses_memory(mode))
+        if mode != "full" and sink_and_window(cfg, mode)[0]:    # (D12) the sink's own query positions
             sink = cfg.sink_chunks * cfg.chunk_frames * hw
             pattern.sink_columns = torch.arange(sink, device=device)                   # clean copy's sink if any
             shifted = frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames
@@ -550,11 +613,13 @@ class VideoDiT(nn.Module):
                 chunk of x then attends to the *clean* earlier chunks (as when streaming, where the
                 cache holds finished chunks) and the memory is built from them. Without it, x's own
                 chunks are the context (right when every earlier chunk of x is clean, at t = 0).
-            mode: attention mode override (hybrid | sink | window | full), default cfg.mode
+            mode: attention mode override, one of MODES; default cfg.mode
         Returns:
             velocity: shape (B, F, C, H, W)
         """
         cfg, mode = self.cfg, mode or self.cfg.mode
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
         self.check_clip(x)
         B, F_ = x.shape[:2]
         if text.dim() != 3 or text.shape[0] != B or text.shape[2] != cfg.text_dim:
@@ -592,6 +657,8 @@ class VideoDiT(nn.Module):
         self.check_clip(x, "chunk")
         if x.shape[1] != cfg.chunk_frames:
             raise ValueError(f"a chunk has {cfg.chunk_frames} frames, got {x.shape[1]}")
+        if cache.layers[0].context_kv is None:
+            raise ValueError("the cache has no prompt yet: call cache.set_prompt(model, text) first")
         B = x.shape[0]
         timestep = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).reshape(-1).expand(B)
         step = cache.step(x.device)
@@ -606,7 +673,7 @@ class VideoDiT(nn.Module):
             if write:
                 layer.append(*new["kv"])
         if write:
-            cache.commit(x, self)
+            cache.commit(x, [block.self_attn.memory for block in self.blocks])
         return self.head_out(tokens, e, cfg.chunk_frames)
 
 
@@ -641,8 +708,10 @@ class LayerCache:
 
 @dataclass
 class StreamStep:
-    query_angles: torch.Tensor    # (L, hd/2) the current chunk at its slot position
-    key_angles: torch.Tensor      # (Lc + L, hd/2) cached chunks at their slots, then the current one
+    query_frames: torch.Tensor    # (chunk_frames,) time positions of the current chunk's frames (D12)
+    key_frames: torch.Tensor      # (cached frames + chunk_frames,) of the cached chunks, then the current
+    query_angles: torch.Tensor    # (L, hd/2) RoPE angles of the current chunk's tokens
+    key_angles: torch.Tensor      # (Lc + L, hd/2) of the cached chunks' tokens, then the current ones
     frame_index: torch.Tensor     # (L,) absolute frame of the current chunk's tokens (router)
     memory_on: bool
 
@@ -662,7 +731,8 @@ class StreamCache:
             raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
         self.layers = [LayerCache() for _ in range(cfg.n_layers)]
         for layer in self.layers:
-            layer.state = torch.zeros(batch_size, cfg.n_heads, cfg.head_dim, cfg.head_dim, dtype=dtype, device=device)
+            layer.state = torch.zeros(batch_size, cfg.n_heads, cfg.head_dim, cfg.head_dim, device=device,
+                                      dtype=torch.promote_types(dtype, torch.float32))   # M stays float32 under bf16
         self.chunks, self.frames = [], []
         self.next_chunk = 0              # index of the chunk being generated
 
@@ -672,30 +742,37 @@ class StreamCache:
             layer.context_kv = kv
 
     def step(self, device):
-        """Positions for the chunk now being generated (see Pattern for the idea)."""
+        """Positions for the chunk now being generated, and for the cached chunks it attends to.
+
+        (D12) Keys are cached before RoPE and rotated here, at each chunk's *slot*: the sink keeps
+        positions 0, 1, ...; every other chunk j sits at j - position_shift(c), so the window ends
+        where the sink would end if the chunks between them had never been made. Distances inside
+        the window are the true ones; the sink is always just before the window."""
         cfg, c, hw = self.cfg, self.next_chunk, self.cfg.tokens_per_frame
         shift = position_shift(c, cfg, self.mode)
-        sink = cfg.sink_chunks if self.mode in ("sink", "hybrid") else 0
+        sink = sink_and_window(cfg, self.mode)[0] if self.mode != "full" else 0
         slot = lambda j: j if j < sink else j - shift                   # chunk index -> slot position
         frames_at = lambda j: slot(j) * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)
-        query = frame_angles(cfg, frames_at(c))
-        keys = torch.cat([frame_angles(cfg, frames_at(j)) for j in self.chunks] + [query])
+        query_frames = frames_at(c)                                                    # (chunk_frames,)
+        key_frames = torch.cat([frames_at(j) for j in self.chunks] + [query_frames])  # (cached + chunk_frames,)
         frame_index = (c * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)).repeat_interleave(hw)
-        return StreamStep(query, keys, frame_index, self.mode == "hybrid")
+        return StreamStep(query_frames, key_frames, frame_angles(cfg, query_frames), frame_angles(cfg, key_frames),
+                          frame_index, uses_memory(self.mode))
 
-    def commit(self, frames, model):
-        """After the clean pass wrote chunk `next_chunk` into every layer: evict what left the window."""
+    def commit(self, frames, memories):
+        """After the clean pass wrote chunk `next_chunk` into every layer: evict what left the window,
+        writing it into M with each layer's GatedDeltaMemory (`memories`, one per layer) (E7) (D7)."""
         c = self.next_chunk
         self.chunks.append(c)
         self.frames.append(frames)
-        visible_next, leaving = visible_chunks(c + 1, self.cfg, self.mode)  # leaving: to M (hybrid only)
+        visible_next, leaving = visible_chunks(c + 1, self.cfg, self.mode)  # leaving: to M, in modes with memory
         for j in [j for j in self.chunks if j not in visible_next]:
             index = self.chunks.index(j)
             tokens = self.cfg.chunk_frames * self.cfg.tokens_per_frame
-            for layer, block in zip(self.layers, model.blocks):
-                k, v, gates = layer.pop(index * tokens, tokens)
-                if j == leaving:                                       # (E7) only in hybrid mode
-                    layer.state = block.self_attn.write_memory(layer.state, k, v, gates)
+            for layer, memory in zip(self.layers, memories):
+                k, v, (g, beta) = layer.pop(index * tokens, tokens)
+                if j == leaving:
+                    layer.state = memory.write(layer.state, k, v, g, beta)                # (E7)
             del self.chunks[index], self.frames[index]
         self.next_chunk += 1
 
@@ -708,7 +785,7 @@ def recache(model, cache, text):
     """(D10) LongLive's prompt-switch re-cache: new cross-attention K/V, and the clean frames still
     in the window re-encoded under the new prompt. The sink's K/V and the memory M are kept."""
     cache.set_prompt(model, text)
-    sink = cache.cfg.sink_chunks if cache.mode in ("sink", "hybrid") else 0
+    sink = sink_and_window(cache.cfg, cache.mode)[0] if cache.mode != "full" else 0
     window = [(j, f) for j, f in zip(cache.chunks, cache.frames) if j >= sink]
     if not window:
         return
@@ -732,7 +809,7 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         prompts: {chunk index: prompt}; must contain 0. A later entry switches the prompt there (D10).
         sigmas: the few denoising noise levels, high to low (denoising_sigmas)
         generator: torch.Generator for the noise (same seed, same video)
-        mode: memory mode override (hybrid | sink | window | full)
+        mode: memory mode override, one of MODES
         cache: a fresh StreamCache to stream with, to look inside it while streaming (default: a new one)
         exit_step, grad_chunks: for stage 2's self-rollout (Self-Forcing). Every chunk stops at
             denoising step `exit_step` (default: the last) and that prediction is the chunk; chunks
@@ -749,9 +826,11 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
     cache = cache or StreamCache(model, batch_size, mode, param.dtype, param.device)
     shape = (batch_size, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
     noise = lambda: torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
+    training = bool(grad_chunks) and torch.is_grad_enabled()
     for c in range(num_chunks):
         track = c in grad_chunks
-        with torch.no_grad():
+        # in a rollout that trains, the prompt's K/V and a re-cached window stay in the graph (D11)
+        with torch.set_grad_enabled(training):
             if c in prompts:
                 text = text_encoder([prompts[c]] * batch_size).to(param.dtype)
                 if c == 0:
