@@ -1,6 +1,8 @@
 """
 Training for tiny-videossm, read top to bottom: the world (the only data) and its metrics (the
-yardstick), then the three training stages and the command line. Imports tiny_videossm.py.
+yardstick), the presets, then the three training stages, each as its data, its loss and its update;
+the harness they share (devices, checkpoints, the loop) and the command line come last.
+Imports tiny_videossm.py.
 
 The world. Every clip is a coloured background with one or two sprites gliding across it.
 The sprites live in an arena one and a half times as wide and tall as the camera's view and
@@ -389,19 +391,12 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
     }
 
 
-# ---- the training stages ------------------------------------------------------------------------
-# The stages: 0 trains the bidirectional teacher ("our Wan 2.1") on the world; 1 distils it into
-# the causal few-step student by regressing the teacher's ODE solutions (CausVid / Self-Forcing
-# "ODE initialisation"); 2 lets the student roll out long videos with its own streaming cache and
-# corrects them with DMD against the teacher (Self-Forcing / LongLive), the loss of (E11).
+# ---- presets: every size and schedule of a run ---------------------------------------------------
 #
-#     python train.py --preset tiny                 all three stages, about an hour on a 2-core CPU
+#     python train.py --preset tiny                 all three stages on a 2-core CPU
 #     python train.py --preset tiny --stage 0       one stage (resumes if interrupted)
 #     python train.py --stage 0 --set teacher_steps=8000 --out runs/longer   an experiment
 #     torchrun --nproc_per_node 2 train.py ...      data parallel (gloo on CPU, nccl on CUDA)
-
-CHECKPOINT_FORMAT = "tiny-videossm/1"
-
 
 @dataclass
 class Preset:
@@ -415,11 +410,10 @@ class Preset:
     teacher_steps: int = 2000
     teacher_batch: int = 8
     teacher_lr: float = 2e-3
-    teacher_shift: float = 1.0    # the teacher trains on unshifted noise levels: more steps near the clean end
     image_batch: int = 0          # >0: teacher steps that are not clip steps are this many single frames (as Wan)
     clip_every: int = 2           # with image_batch: one teacher step in clip_every is clips, the others images
     warmup: int = 100             # steps of linear learning-rate warmup (at most a tenth of a stage), then cosine to 10%
-    compile: bool = False         # torch.compile the teacher's training forward (~1.4x on a CPU after ~1 min compiling)
+    compile: bool = False         # torch.compile the teacher's training forward (faster after a minute compiling)
     text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
     sprite_weight: float = 0.0    # the teacher's loss counts sprite pixels 1 + this many times (0: plain flow matching)
     ema_decay: float = 0.995
@@ -486,14 +480,338 @@ def preset_from(spec: str) -> Preset:
             raise ValueError(f"--set {setting}: {text!r} is not a valid {kind.__name__}") from None
         (model if in_model else changes)[key] = value
     try:
-        tv.VideoSSMConfig(**model)                      # the model's own checks: dim % n_heads, ...
+        chunk_frames = tv.VideoSSMConfig(**model).chunk_frames     # the model's own checks: dim % n_heads, ...
     except ValueError as error:
         raise ValueError(f"--set: {error}") from None
-    return replace(preset, model=model, **changes)
+    preset = replace(preset, model=model, **changes)
+    check_preset(preset, chunk_frames)
+    return preset
 
 
-# ---- the harness: devices, data parallel, checkpoints --------------------------------------------
+def check_preset(preset, chunk_frames):
+    """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
+    may_be_zero = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
+                   "text_dropout", "switch_probability", "ema_decay"}
+    for f in fields(Preset):
+        value = getattr(preset, f.name)
+        if f.name == "model" or isinstance(value, bool):
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and f.name not in may_be_zero):
+            raise ValueError(f"--set {f.name}={value}: must be a finite number {'>= 0' if f.name in may_be_zero else '> 0'}")
+        if f.name in ("text_dropout", "switch_probability", "ema_decay") and value > 1:
+            raise ValueError(f"--set {f.name}={value}: must be between 0 and 1")
+    if preset.clip_frames % chunk_frames or preset.rollout_frames % chunk_frames:
+        raise ValueError(f"clip_frames={preset.clip_frames} and rollout_frames={preset.rollout_frames} must be "
+                         f"whole chunks of {chunk_frames} frames")
+    if preset.rollout_frames < preset.clip_frames or preset.critic_warmup >= preset.dmd_steps:
+        raise ValueError("rollout_frames must be >= clip_frames, and critic_warmup < dmd_steps")
 
+
+# ---- stage 0: the teacher ------------------------------------------------------------------------
+
+
+def bin_losses(sigma, per_sample_loss, bins=4):
+    """Loss per noise-level bin. Near s = 0 it stays highest: the target's noise can hardly be
+    read from an almost clean input, so that bin's loss has a floor."""
+    index = (sigma * bins).long().clamp(max=bins - 1)
+    return {f"s{b}": per_sample_loss[index == b].mean().item() for b in range(bins) if (index == b).any()}
+
+
+class Teacher:
+    """Stage 0. Bidirectional DiT + text encoder, flow matching on world clips (and on batches of
+    single frames between clip steps when the preset says so), text dropout for CFG, EMA."""
+    name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
+
+    def __init__(self, run, preset, preset_name):
+        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+        self.steps = preset.teacher_steps
+        cfg = tv.VideoSSMConfig(**preset.model, causal=False)
+        torch.manual_seed(run.seed)
+        self.model = tv.VideoDiT(cfg).to(run.device)
+        self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
+        self.parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.ema = EMA(self.model, preset.ema_decay)
+        self.ema_text = EMA(self.text_encoder, preset.ema_decay)
+        self.forward = self.model
+        if preset.compile:                      # same weights either way; on a CPU inductor needs a C++ compiler
+            if run.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+                print("stage 0: no C++ compiler found (g++, c++ or clang++), so the teacher trains without "
+                      "torch.compile (slower)")
+            else:
+                self.forward = torch.compile(self.model, dynamic=False)   # one graph per shape (clips, images)
+        self.world = World(cfg.frame_size)
+        self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
+                        "ema": self.ema.module, "ema_text": self.ema_text.module}
+
+    def train_step(self, step):
+        run, preset = self.run, self.preset
+        # data: world clips, or (joint image-video training, as Wan) batches of single frames, which
+        # teach what a frame looks like many times faster than clips, whose frames repeat one another
+        images = preset.image_batch > 0 and step % preset.clip_every != 0
+        B, frames = (preset.image_batch, 1) if images else (preset.teacher_batch, preset.clip_frames)
+        clips = self.world.sample(B, frames, seed=run.generator(0, step).initial_seed())
+        gen = run.generator(0, step, 1)
+        captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(B, generator=gen))]
+        # loss: flow matching at a uniform noise level per clip
+        x0 = clips.video.to(run.device)
+        noise = torch.randn(x0.shape, generator=gen).to(run.device)
+        sigma = torch.rand(B, generator=gen).to(run.device)
+        with run.autocast():
+            velocity = self.forward(tv.add_noise(x0, noise, sigma), 1000 * sigma, self.text_encoder(captions))
+        # The sprite weight (ours, not Wan's): sprites are a few percent of the pixels, and a small
+        # teacher lowers the plain loss most cheaply by painting the background well and the sprites
+        # faintly. Counting sprite pixels more tilts it towards drawing them, a bias by design, as
+        # CFG is a bias towards the caption.
+        weight = 1 + preset.sprite_weight * sprite_pixels(clips).to(run.device)   # (B, F, 1, H, W)
+        squared_error = (velocity.float() - tv.velocity_target(x0, noise)).square()            # (B, F, 3, H, W)
+        per_sample = (weight * squared_error).flatten(1).mean(1)                                # (B,)
+        loss = per_sample.mean()
+        # update: AdamW, then the EMA the teacher samples with
+        optimizer_step(run, self.optimizer, self.parameters,
+                       learning_rate(step, self.steps, preset.teacher_lr, preset.warmup), loss)
+        self.ema.update(self.model)
+        self.ema_text.update(self.text_encoder)
+        return {"loss": loss.item(), **bin_losses(sigma.cpu(), per_sample.detach().cpu())}
+
+    def finish(self):
+        release(self.run.path("teacher.pt"), 0, self.preset_name, self.ema.module, self.ema_text.module, self.log)
+
+
+@torch.no_grad()
+def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_scale, generator, keep_sigmas=()):
+    """Euler steps of the teacher's ODE with classifier-free guidance, from noise (s = 1) to s = 0.
+    Returns the clean clips (B, F, C, H, W) and the states at `keep_sigmas` (for stage 1's pairs)."""
+    device = next(teacher.parameters()).device
+    cfg = teacher.cfg
+    B = len(captions)
+    # the grid: `steps` shifted levels, with the levels to keep spliced in exactly
+    grid = sorted({float(tv.shift_sigma(torch.tensor(1 - i / steps), shift)) for i in range(steps)}
+                  | {float(s) for s in keep_sigmas} | {0.0}, reverse=True)
+    text = text_encoder(captions).to(device)
+    empty = text_encoder([""] * B).to(device)
+    x = torch.randn((B, frames, cfg.channels, cfg.frame_size, cfg.frame_size), generator=generator).to(device)
+    kept = {}
+    for s, s_next in zip(grid, grid[1:]):
+        if s in keep_sigmas:
+            kept[s] = x.clone()
+        t = torch.full((B,), 1000 * s, device=device)
+        v_cond, v_uncond = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty])).chunk(2)
+        x = x + (s_next - s) * (v_uncond + cfg_scale * (v_cond - v_uncond))     # Euler step, s decreasing
+    return x, [kept[s] for s in keep_sigmas]
+
+
+# ---- stage 1: causal ODE distillation ------------------------------------------------------------
+
+
+def student_from_teacher(teacher, mode):
+    """(D9) The causal student starts as the teacher: same weights, plus memory weights whose path
+    outputs exactly 0 (g_out zero), so at step 0 it is the block-causal teacher."""
+    cfg = tv.VideoSSMConfig(**{**asdict(teacher.cfg), "causal": True, "mode": mode})
+    student = tv.VideoDiT(cfg).to(next(teacher.parameters()).device)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(".self_attn." in name for name in missing), (missing, unexpected)
+    return student
+
+
+def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
+    """Teacher trajectories for random captions: each clip at the student's denoising levels
+    `sigmas` and its clean end. Made once and cached in the checkpoint folder (stages 1 and 2)."""
+    path = run.path("ode_pairs.pt")
+    made_by = [preset_name, preset.ode_clips, preset.ode_steps, run.seed,
+               float(sum(p.detach().double().sum() for p in teacher.parameters()))]  # a retrained teacher differs
+    if os.path.exists(path):
+        try:
+            pairs = torch.load(path, weights_only=True)
+        except Exception as error:                       # a cache: a broken one is made again
+            pairs = {}
+            print(f"{path} cannot be read ({type(error).__name__}); making new pairs")
+        if pairs.get("made_by") == made_by:
+            return pairs
+        if pairs:
+            print(f"{path} was made by another teacher or preset; making new pairs")
+    batch = 16
+    noisy, clean, captions = [], [], []
+    for start in tqdm(range(0, preset.ode_clips, batch), desc="teacher ODE pairs", disable=run.rank != 0):
+        gen = torch.Generator().manual_seed(run.seed * 7919 + start)
+        names = [random_caption(gen) for _ in range(min(batch, preset.ode_clips - start))]
+        with run.autocast():
+            x0, kept = teacher_sample(teacher, text_encoder, names, preset.clip_frames, preset.ode_steps,
+                                      preset.shift, preset.cfg_scale, gen, keep_sigmas=sigmas)
+        noisy.append(torch.stack(kept, 1).float().cpu())
+        clean.append(x0.float().cpu())
+        captions += names
+    pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions,   # (N, K, F, ...)
+             "made_by": made_by}
+    if run.rank == 0:
+        save_checkpoint(path, pairs)
+    return pairs
+
+
+def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
+    """Stage 1's loss on a batch of pairs: each chunk at one of the student's levels (its own),
+    one parallel block-causal forward with the clean clip as context, MSE of the predicted clean
+    clip to the teacher's."""
+    cfg = model.cfg
+    index = torch.randint(len(pairs["captions"]), (preset.student_batch,), generator=gen)
+    clean = pairs["clean"][index].to(run.device)                                         # (B, F, C, H, W)
+    n_chunks = preset.clip_frames // cfg.chunk_frames
+    level = torch.randint(len(sigmas), (len(index), n_chunks), generator=gen)            # per chunk
+    noisy = pairs["noisy"][index[:, None], level]                                        # (B, n, F, C, H, W)
+    chunk_of_frame = torch.arange(preset.clip_frames) // cfg.chunk_frames
+    x = noisy[:, chunk_of_frame, torch.arange(preset.clip_frames)].to(run.device)        # (B, F, C, H, W)
+    sigma = torch.tensor(sigmas)[level][:, chunk_of_frame].to(run.device)                # (B, F)
+    text = text_encoder([pairs["captions"][i] for i in index])
+    with run.autocast():
+        velocity = model(x, 1000 * sigma, text, clean_context=clean)
+    return (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
+
+
+class ODEDistillation:
+    """Stage 1. Regress the teacher's ODE solutions: each chunk of a trajectory at one of the student's
+    denoising levels, predict the clean end. One parallel block-causal forward with the clean clip
+    as context (as streaming will see it), memory built in the graph from evicted chunks (D11)."""
+    name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
+
+    def __init__(self, run, preset, preset_name, mode):
+        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+        self.steps = preset.student_steps
+        teacher_checkpoint = load_checkpoint(run.path("teacher.pt"))
+        teacher, self.text_encoder = build(teacher_checkpoint)
+        teacher, self.text_encoder = teacher.to(run.device), self.text_encoder.to(run.device)
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+        self.pairs = ode_pairs(run, preset, preset_name, teacher, self.text_encoder, self.sigmas)
+        self.model = student_from_teacher(teacher, mode).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.student_lr, betas=(0.9, 0.99))
+        self.modules = {"model": self.model, "optimizer": self.optimizer}
+
+    def train_step(self, step):
+        run, preset = self.run, self.preset
+        loss = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs, self.sigmas,
+                                   run.generator(1, step))
+        optimizer_step(run, self.optimizer, list(self.model.parameters()),
+                       learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss)
+        return {"loss": loss.item()}
+
+    def finish(self):
+        release(self.run.path("student_stage1.pt"), 1, self.preset_name, self.model, self.text_encoder, self.log)
+
+
+# ---- stage 2: long self-rollout with DMD (E11) ---------------------------------------------------
+
+
+def dmd_loss(x, x0_real, x0_fake):
+    """Distribution matching distillation (DMD, E11). Its gradient with respect to the generated
+    clip x is (x0_fake - x0_real) / mean|x - x0_real|: move x away from what the critic thinks
+    generated clips look like, towards what the teacher thinks real ones look like. A surrogate
+    MSE to a detached target carries exactly that gradient; real == fake gives zero."""
+    normaliser = (x - x0_real).abs().flatten(1).mean(1).clamp_min(1e-6)                # (B,)
+    direction = (x0_fake - x0_real) / normaliser.view(-1, *[1] * (x.dim() - 1))
+    target = (x - direction).detach()
+    return 0.5 * (x - target).square().flatten(1).sum(1).mean() / x[0].numel()
+
+
+class SelfRolloutDMD:
+    """Stage 2. The student streams a long video with its own cache (the sampler's code); a
+    teacher-length window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake
+    score = a critic trained on the student's samples. Some rollouts switch prompt before the
+    window. DMD alone drifts towards the teacher's commonest mode (plain backgrounds, no sprites),
+    so, as in the DMD paper, stage 1's regression on the teacher's ODE pairs stays in the
+    generator's loss with weight `dmd_regression` as an anchor."""
+    name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
+
+    def __init__(self, run, preset, preset_name):
+        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+        self.steps = preset.dmd_steps
+        self.teacher, self.text_encoder = build(load_checkpoint(run.path("teacher.pt")))
+        self.teacher = self.teacher.to(run.device).requires_grad_(False)
+        self.text_encoder = self.text_encoder.to(run.device)
+        self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
+        self.model = build(load_checkpoint(run.path("student_stage1.pt")))[0].to(run.device).train().requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
+        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
+        self.modules = {"model": self.model, "optimizer": self.optimizer,
+                        "critic": self.critic, "critic_optimizer": self.critic_optimizer}
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+        self.pairs = (ode_pairs(run, preset, preset_name, self.teacher, self.text_encoder, self.sigmas)
+                      if preset.dmd_regression > 0 else None)   # stage 1's cached pairs (or the same made again)
+
+    def rollout(self, step, grad=True):
+        """A self-rollout ending at a random chunk; returns the last clip_frames frames (in the
+        graph if `grad`) and the caption in force over them."""
+        run, preset, cfg = self.run, self.preset, self.model.cfg
+        gen = run.generator(2, step)
+        window = preset.clip_frames // cfg.chunk_frames
+        end = int(torch.randint(window, preset.rollout_frames // cfg.chunk_frames + 1, (1,), generator=gen))
+        first, exit_step = end - window, int(torch.randint(len(self.sigmas), (1,), generator=gen))
+        caption = random_caption(gen)
+        prompts = {0: caption}
+        if first > 0 and torch.rand(1, generator=gen).item() < preset.switch_probability:
+            caption = random_caption(gen)
+            prompts[int(torch.randint(1, first + 1, (1,), generator=gen))] = caption
+        # (D11) autograd on for the window's chunks and for the chunks they evict into memory
+        grad_chunks = set(range(max(0, first - cfg.window_chunks), end)) if grad else set()
+        chunks = []
+        with run.autocast():
+            for c, chunk in enumerate(tv.generate(self.model, self.text_encoder, prompts, end, self.sigmas, gen,
+                                                  batch_size=preset.dmd_batch, exit_step=exit_step,
+                                                  grad_chunks=grad_chunks)):
+                if c >= first:
+                    chunks.append(chunk)
+        return torch.cat(chunks, 1).float(), caption
+
+    def scores(self, x, caption, gen):
+        """The teacher's (with CFG) and the critic's clean predictions for x noised to a random level."""
+        B = x.shape[0]
+        # uniform levels, as in DMD: the sampler's shifted levels, mostly high noise, leave the
+        # student's backgrounds grainy (docs/experiments.md)
+        sigma = (0.02 + 0.96 * torch.rand(B, generator=gen)).to(x.device)
+        x_s = tv.add_noise(x, torch.randn(x.shape, generator=gen).to(x.device), sigma)
+        text, empty = self.text_encoder([caption] * B), self.text_encoder([""] * B)
+        with torch.no_grad(), self.run.autocast():
+            v_cond, v_uncond = self.teacher(torch.cat([x_s, x_s]), torch.cat([1000 * sigma] * 2),
+                                            torch.cat([text, empty])).float().chunk(2)
+            v_fake = self.critic(x_s, 1000 * sigma, text).float()
+        v_real = v_uncond + self.preset.cfg_scale * (v_cond - v_uncond)
+        return tv.x0_from_velocity(x_s, v_real, sigma), tv.x0_from_velocity(x_s, v_fake, sigma)
+
+    def train_step(self, step):
+        run, preset = self.run, self.preset
+        warming_up = step < preset.critic_warmup           # the critic first learns what the student makes
+        x, caption = self.rollout(step, grad=not warming_up)
+        gen = run.generator(2, step, 1)
+        x0_real, x0_fake = self.scores(x.detach(), caption, gen)
+        loss = dmd_loss(x, x0_real, x0_fake)
+        regression = torch.zeros(())
+        if not warming_up:
+            if preset.dmd_regression > 0:
+                regression = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs,
+                                                 self.sigmas, run.generator(3, step))
+            lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
+                               preset.warmup)
+            optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
+                           loss + preset.dmd_regression * regression)
+        # the critic follows the generator: flow matching on its latest samples
+        text = self.text_encoder([caption] * x.shape[0])
+        for _ in range(preset.critic_updates):
+            noise = torch.randn(x.shape, generator=gen).to(x.device)
+            # the sampler's shifted levels, where the student's samples live (docs/experiments.md
+            # compares DMD's uniform ones)
+            sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), preset.shift).to(x.device)
+            with run.autocast():
+                velocity = self.critic(tv.add_noise(x.detach(), noise, sigma), 1000 * sigma, text)
+            critic_loss = (velocity.float() - tv.velocity_target(x.detach(), noise)).square().mean()
+            optimizer_step(run, self.critic_optimizer, list(self.critic.parameters()),
+                           learning_rate(step, self.steps, preset.critic_lr, preset.warmup), critic_loss)
+        return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
+
+    def finish(self):
+        release(self.run.path("student.pt"), 2, self.preset_name, self.model, self.text_encoder, self.log)
+
+
+# ---- the harness: devices, data parallel, checkpoints, the loop every stage shares ----------------
+
+CHECKPOINT_FORMAT = "tiny-videossm/1"
 
 class Run:
     """Where a run happens: device, autocast, data-parallel rank, checkpoint folder."""
@@ -510,7 +828,12 @@ class Run:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         self.device = torch.device(device, torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
         self.out_dir, self.seed = out_dir, seed
-        os.makedirs(out_dir, exist_ok=True)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise SystemExit(f"--out {out_dir}: a file is in the way (it must be a folder); name another folder")
+        if self.rank == 0:
+            remove_stale_temporary_files(out_dir)
 
     def autocast(self):
         """bf16 autocast on CUDA; full precision on the CPU."""
@@ -538,14 +861,14 @@ class Run:
                     dist.all_reduce(p.grad)
                     p.grad /= self.world_size
 
-    def in_sync(self, module):
-        """True when every rank holds the same weights (checked at the end of a stage)."""
-        if not self.distributed:
-            return True
-        total = sum(p.double().sum() for p in module.state_dict().values()).reshape(1).to(self.device)
-        gathered = [torch.zeros_like(total) for _ in range(self.world_size)]
-        dist.all_gather(gathered, total)
-        return all(torch.equal(g, gathered[0]) for g in gathered)
+    def check_in_sync(self, module):
+        """Data parallel must leave every rank with the same weights; stop loudly if not."""
+        if self.distributed:
+            total = sum(p.double().sum() for p in module.state_dict().values()).reshape(1).to(self.device)
+            gathered = [torch.zeros_like(total) for _ in range(self.world_size)]
+            dist.all_gather(gathered, total)
+            if not all(torch.equal(g, gathered[0]) for g in gathered):
+                raise RuntimeError(f"the ranks' weights differ at the end of a stage: {gathered}")
 
     def path(self, name):
         return os.path.join(self.out_dir, name)
@@ -556,6 +879,19 @@ def save_checkpoint(path, checkpoint):
     tmp = f"{path}.{os.getpid()}.tmp"
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)
+
+
+def remove_stale_temporary_files(folder):
+    """Temporary files of saves that were killed (their process is gone): NAME.PID.tmp."""
+    for name in os.listdir(folder):
+        parts = name.split(".")
+        if len(parts) > 2 and parts[-1] == "tmp" and parts[-2].isdigit():
+            try:
+                os.kill(int(parts[-2]), 0)              # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                os.remove(os.path.join(folder, name))
+            except PermissionError:                     # alive, someone else's
+                pass
 
 
 def load_checkpoint(path):
@@ -622,345 +958,45 @@ def optimizer_step(run, optimizer, parameters, lr, loss):
     optimizer.step()
 
 
-class Stage:
+def run_stage(stage, run, stop_at=None):
     """The loop every stage shares: resume, tqdm with loss and it/s, periodic atomic checkpoints.
-    A stage subclass provides `modules` (saved and resumed), `train_step(step) -> dict of losses`,
-    and `finish()` which writes the released checkpoint."""
-    name, steps, resume_file = "", 0, ""
-
-    def state(self):
-        return {name: m.state_dict() for name, m in self.modules.items()}
-
-    def run_loop(self, run, stop_at=None):
-        resume_path = run.path(self.resume_file)
-        start = 0
-        if os.path.exists(resume_path):
-            checkpoint = load_checkpoint(resume_path)
-            for name, module in self.modules.items():
-                module.load_state_dict(checkpoint[name])
-            start, self.log = checkpoint["step"], checkpoint["log"]
-            if run.rank == 0:
-                print(f"{self.name}: resuming from step {start} ({resume_path})")
-        run.sync([m for m in self.modules.values() if isinstance(m, torch.nn.Module)])
-        end = self.steps if stop_at is None else min(stop_at, self.steps)
-        bar = tqdm(range(start, end), desc=self.name, disable=run.rank != 0, initial=start, total=self.steps)
-        started = time.time()
-        for step in bar:
-            losses = self.train_step(step)
-            self.log.append({"step": step, **losses})
-            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items() if k != "sigma"})
-            if run.rank == 0 and ((step + 1) % self.preset.save_every == 0 or step + 1 == end):
-                save_checkpoint(resume_path, {"format": CHECKPOINT_FORMAT, "step": step + 1, "log": self.log,
-                                              **self.state()})
+    A stage provides `name`, `steps`, `resume_file`, `modules` (saved and resumed),
+    `train_step(step) -> dict of losses` and `finish()`, which writes the released checkpoint.
+    Returns True when the stage is complete."""
+    resume_path, start = run.path(stage.resume_file), 0
+    made_by = {"preset": stage.preset_name, "seed": run.seed}       # a resume file belongs to one run
+    if os.path.exists(resume_path):
+        checkpoint = load_checkpoint(resume_path)
+        differs = [f"{key} {checkpoint.get(key)!r} (this run: {value!r})" for key, value in made_by.items()
+                   if checkpoint.get(key) != value]
+        if differs:
+            raise SystemExit(f"{resume_path} belongs to another run: {', '.join(differs)}. Pass the same --preset, "
+                             f"--set and --seed to resume it, or delete it to start {stage.name} over.")
+        for name, module in stage.modules.items():
+            module.load_state_dict(checkpoint[name])
+        start, stage.log = checkpoint["step"], checkpoint["log"]
         if run.rank == 0:
-            print(f"{self.name}: {end - start} steps in {time.time() - started:.0f} s")
-        if end < self.steps:
-            return False                                           # stopped early; resume later
-        if run.rank == 0:
-            self.finish()
-            os.remove(resume_path)
-        if run.distributed:                                        # every rank trained the same weights?
-            print(f"{self.name}: rank {run.rank} in sync with rank 0: {run.in_sync(self.trained)}")
-        return True
-
-
-# ---- stage 0: the teacher ------------------------------------------------------------------------
-
-
-def bin_losses(sigma, per_sample_loss, bins=4):
-    """Loss per noise-level bin. Near s = 0 it stays highest: the target's noise can hardly be
-    read from an almost clean input, so that bin's loss has a floor."""
-    index = (sigma * bins).long().clamp(max=bins - 1)
-    return {f"s{b}": per_sample_loss[index == b].mean().item() for b in range(bins) if (index == b).any()}
-
-
-class Teacher(Stage):
-    """Bidirectional DiT + text encoder, flow matching on world clips (and on batches of single
-    frames between clip steps when the preset says so), text dropout for CFG, EMA."""
-    name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
-
-    def __init__(self, run, preset, preset_name):
-        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
-        self.steps = preset.teacher_steps
-        cfg = tv.VideoSSMConfig(**preset.model, causal=False)
-        torch.manual_seed(run.seed)
-        self.model = tv.VideoDiT(cfg).to(run.device)
-        self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
-        self.parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
-        self.ema = EMA(self.model, preset.ema_decay)
-        self.ema_text = EMA(self.text_encoder, preset.ema_decay)
-        self.forward = self.model
-        if preset.compile:                      # same weights either way; on a CPU inductor needs a C++ compiler
-            if run.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-                print("stage 0: no C++ compiler found (g++, c++ or clang++), so the teacher trains without "
-                      "torch.compile (slower)")
-            else:
-                self.forward = torch.compile(self.model, dynamic=False)   # one graph per shape (clips, images)
-        self.world = World(cfg.frame_size)
-        self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
-                        "ema": self.ema.module, "ema_text": self.ema_text.module}
-        self.trained = self.model
-
-    def train_step(self, step):
-        run, preset = self.run, self.preset
-        # Joint image-video training: single frames teach what a frame looks like (sprites, colours)
-        # many times faster than clips, whose frames repeat one another; clips teach the motion.
-        images = preset.image_batch > 0 and step % preset.clip_every != 0
-        B, frames = (preset.image_batch, 1) if images else (preset.teacher_batch, preset.clip_frames)
-        clips = self.world.sample(B, frames, seed=run.generator(0, step).initial_seed())
-        gen = run.generator(0, step, 1)
-        captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(B, generator=gen))]
-        x0 = clips.video.to(run.device)
-        noise = torch.randn(x0.shape, generator=gen).to(run.device)
-        sigma = tv.shift_sigma(torch.rand(B, generator=gen), preset.teacher_shift).to(run.device)
-        with run.autocast():
-            velocity = self.forward(tv.add_noise(x0, noise, sigma), 1000 * sigma, self.text_encoder(captions))
-        # The sprite weight (ours, not Wan's): sprites are ~6% of the pixels, and a teacher this
-        # undertrained lowers the plain loss most cheaply by painting the background well and the
-        # sprites faintly or not at all. Counting sprite pixels more tilts it towards drawing them,
-        # a bias by design, as CFG is a bias towards the caption (README, "Training").
-        weight = 1 + preset.sprite_weight * sprite_pixels(clips).to(run.device)   # (B, F, 1, H, W)
-        squared_error = (velocity.float() - tv.velocity_target(x0, noise)).square()            # (B, F, 3, H, W)
-        per_sample = (weight * squared_error).flatten(1).mean(1)                                # (B,)
-        loss = per_sample.mean()
-        optimizer_step(run, self.optimizer, self.parameters,
-                       learning_rate(step, self.steps, preset.teacher_lr, preset.warmup), loss)
-        self.ema.update(self.model)
-        self.ema_text.update(self.text_encoder)
-        return {"loss": loss.item(), **bin_losses(sigma.cpu(), per_sample.detach().cpu())}
-
-    def finish(self):
-        release(self.run.path("teacher.pt"), 0, self.preset_name, self.ema.module, self.ema_text.module, self.log)
-
-
-@torch.no_grad()
-def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_scale, generator, keep_sigmas=()):
-    """Euler steps of the teacher's ODE with classifier-free guidance, from noise (s = 1) to s = 0.
-    Returns the clean clips (B, F, C, H, W) and the states at `keep_sigmas` (for stage 1's pairs)."""
-    device = next(teacher.parameters()).device
-    cfg = teacher.cfg
-    B = len(captions)
-    # the grid: `steps` shifted levels, with the levels to keep spliced in exactly
-    grid = sorted({float(tv.shift_sigma(torch.tensor(1 - i / steps), shift)) for i in range(steps)}
-                  | {float(s) for s in keep_sigmas} | {0.0}, reverse=True)
-    text = text_encoder(captions).to(device)
-    empty = text_encoder([""] * B).to(device)
-    x = torch.randn((B, frames, cfg.channels, cfg.frame_size, cfg.frame_size), generator=generator).to(device)
-    kept = {}
-    for s, s_next in zip(grid, grid[1:]):
-        if s in keep_sigmas:
-            kept[s] = x.clone()
-        t = torch.full((B,), 1000 * s, device=device)
-        v_cond, v_uncond = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty])).chunk(2)
-        x = x + (s_next - s) * (v_uncond + cfg_scale * (v_cond - v_uncond))     # Euler step, s decreasing
-    return x, [kept[s] for s in keep_sigmas]
-
-
-# ---- stage 1: causal ODE distillation ------------------------------------------------------------
-
-
-def student_from_teacher(teacher, mode):
-    """(D9) The causal student starts as the teacher: same weights, plus memory weights whose path
-    outputs exactly 0 (g_out zero), so at step 0 it is the block-causal teacher."""
-    cfg = tv.VideoSSMConfig(**{**asdict(teacher.cfg), "causal": True, "mode": mode})
-    student = tv.VideoDiT(cfg).to(next(teacher.parameters()).device)
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    assert not unexpected and all(".self_attn." in name for name in missing), (missing, unexpected)
-    return student
-
-
-def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
-    """Teacher trajectories for random captions: each clip at the student's denoising levels
-    `sigmas` and its clean end. Made once and cached in the checkpoint folder (stages 1 and 2)."""
-    path = run.path("ode_pairs.pt")
-    made_by = [preset_name, preset.ode_clips, preset.ode_steps, run.seed,
-               float(sum(p.detach().double().sum() for p in teacher.parameters()))]  # a retrained teacher differs
-    if os.path.exists(path):
-        pairs = torch.load(path, weights_only=True)
-        if pairs.get("made_by") == made_by:
-            return pairs
-        print(f"{path} was made by another teacher or preset; making new pairs")
-    batch = 16
-    noisy, clean, captions = [], [], []
-    for start in tqdm(range(0, preset.ode_clips, batch), desc="teacher ODE pairs", disable=run.rank != 0):
-        gen = torch.Generator().manual_seed(run.seed * 7919 + start)
-        names = [random_caption(gen) for _ in range(min(batch, preset.ode_clips - start))]
-        with run.autocast():
-            x0, kept = teacher_sample(teacher, text_encoder, names, preset.clip_frames, preset.ode_steps,
-                                      preset.shift, preset.cfg_scale, gen, keep_sigmas=sigmas)
-        noisy.append(torch.stack(kept, 1).float().cpu())
-        clean.append(x0.float().cpu())
-        captions += names
-    pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions,   # (N, K, F, ...)
-             "made_by": made_by}
+            print(f"{stage.name}: resuming from step {start} ({resume_path})")
+    run.sync([m for m in stage.modules.values() if isinstance(m, torch.nn.Module)])
+    end = stage.steps if stop_at is None else min(stop_at, stage.steps)
+    bar = tqdm(range(start, end), desc=stage.name, disable=run.rank != 0, initial=start, total=stage.steps)
+    started = time.time()
+    for step in bar:
+        losses = stage.train_step(step)
+        stage.log.append({"step": step, **losses})
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+        if run.rank == 0 and ((step + 1) % stage.preset.save_every == 0 or step + 1 == end):
+            save_checkpoint(resume_path, {"format": CHECKPOINT_FORMAT, "step": step + 1, "log": stage.log, **made_by,
+                                          **{name: m.state_dict() for name, m in stage.modules.items()}})
     if run.rank == 0:
-        save_checkpoint(path, pairs)
-    return pairs
-
-
-def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
-    """Stage 1's loss on a batch of pairs: each chunk at one of the student's levels (its own),
-    one parallel block-causal forward with the clean clip as context, MSE of the predicted clean
-    clip to the teacher's."""
-    cfg = model.cfg
-    index = torch.randint(len(pairs["captions"]), (preset.student_batch,), generator=gen)
-    clean = pairs["clean"][index].to(run.device)                                         # (B, F, C, H, W)
-    n_chunks = preset.clip_frames // cfg.chunk_frames
-    level = torch.randint(len(sigmas), (len(index), n_chunks), generator=gen)            # per chunk
-    noisy = pairs["noisy"][index[:, None], level]                                        # (B, n, F, C, H, W)
-    chunk_of_frame = torch.arange(preset.clip_frames) // cfg.chunk_frames
-    x = noisy[:, chunk_of_frame, torch.arange(preset.clip_frames)].to(run.device)        # (B, F, C, H, W)
-    sigma = torch.tensor(sigmas)[level][:, chunk_of_frame].to(run.device)                # (B, F)
-    text = text_encoder([pairs["captions"][i] for i in index])
-    with run.autocast():
-        velocity = model(x, 1000 * sigma, text, clean_context=clean)
-    return (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
-
-
-class ODEDistillation(Stage):
-    """Regress the teacher's ODE solutions: each chunk of a trajectory at one of the student's
-    denoising levels, predict the clean end. One parallel block-causal forward with the clean clip
-    as context (as streaming will see it), memory built in the graph from evicted chunks (D11)."""
-    name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
-
-    def __init__(self, run, preset, preset_name, mode):
-        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
-        self.steps = preset.student_steps
-        teacher_checkpoint = load_checkpoint(run.path("teacher.pt"))
-        teacher, self.text_encoder = build(teacher_checkpoint)
-        teacher, self.text_encoder = teacher.to(run.device), self.text_encoder.to(run.device)
-        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-        self.pairs = ode_pairs(run, preset, preset_name, teacher, self.text_encoder, self.sigmas)
-        self.model = student_from_teacher(teacher, mode).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.student_lr, betas=(0.9, 0.99))
-        self.modules = {"model": self.model, "optimizer": self.optimizer}
-        self.trained = self.model
-
-    def train_step(self, step):
-        run, preset = self.run, self.preset
-        loss = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs, self.sigmas,
-                                   run.generator(1, step))
-        optimizer_step(run, self.optimizer, list(self.model.parameters()),
-                       learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss)
-        return {"loss": loss.item()}
-
-    def finish(self):
-        release(self.run.path("student_stage1.pt"), 1, self.preset_name, self.model, self.text_encoder, self.log)
-
-
-# ---- stage 2: long self-rollout with DMD (E11) ---------------------------------------------------
-
-
-def dmd_loss(x, x0_real, x0_fake):
-    """Distribution matching distillation (DMD, E11). Its gradient with respect to the generated
-    clip x is (x0_fake - x0_real) / mean|x - x0_real|: move x away from what the critic thinks
-    generated clips look like, towards what the teacher thinks real ones look like. A surrogate
-    MSE to a detached target carries exactly that gradient; real == fake gives zero."""
-    normaliser = (x - x0_real).abs().flatten(1).mean(1).clamp_min(1e-6)                # (B,)
-    direction = (x0_fake - x0_real) / normaliser.view(-1, *[1] * (x.dim() - 1))
-    target = (x - direction).detach()
-    return 0.5 * (x - target).square().flatten(1).sum(1).mean() / x[0].numel()
-
-
-class SelfRolloutDMD(Stage):
-    """The student streams a long video with its own cache (the sampler's code); a teacher-length
-    window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake score = a
-    critic trained on the student's samples. Some rollouts switch prompt before the window.
-    DMD alone drifts towards the teacher's commonest mode (in a tiny run without the anchor, plain
-    backgrounds: sprite presence fell from 0.135 after stage 1 to 0.016). As in the DMD paper,
-    stage 1's regression on the teacher's ODE pairs stays in the generator's loss with weight
-    `dmd_regression` as an anchor."""
-    name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
-
-    def __init__(self, run, preset, preset_name):
-        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
-        self.steps = preset.dmd_steps
-        self.teacher, self.text_encoder = build(load_checkpoint(run.path("teacher.pt")))
-        self.teacher = self.teacher.to(run.device).requires_grad_(False)
-        self.text_encoder = self.text_encoder.to(run.device)
-        self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
-        self.model = build(load_checkpoint(run.path("student_stage1.pt")))[0].to(run.device).train().requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
-        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
-        self.modules = {"model": self.model, "optimizer": self.optimizer,
-                        "critic": self.critic, "critic_optimizer": self.critic_optimizer}
-        self.trained = self.model
-        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-        self.pairs = (ode_pairs(run, preset, preset_name, self.teacher, self.text_encoder, self.sigmas)
-                      if preset.dmd_regression > 0 else None)   # stage 1's cached pairs (or the same made again)
-
-    def rollout(self, step, grad=True):
-        """A self-rollout ending at a random chunk; returns the last clip_frames frames (in the
-        graph if `grad`) and the caption in force over them."""
-        run, preset, cfg = self.run, self.preset, self.model.cfg
-        gen = run.generator(2, step)
-        window = preset.clip_frames // cfg.chunk_frames
-        end = int(torch.randint(window, preset.rollout_frames // cfg.chunk_frames + 1, (1,), generator=gen))
-        first, exit_step = end - window, int(torch.randint(len(self.sigmas), (1,), generator=gen))
-        caption = random_caption(gen)
-        prompts = {0: caption}
-        if first > 0 and torch.rand(1, generator=gen).item() < preset.switch_probability:
-            caption = random_caption(gen)
-            prompts[int(torch.randint(1, first + 1, (1,), generator=gen))] = caption
-        # (D11) autograd on for the window's chunks and for the chunks they evict into memory
-        grad_chunks = set(range(max(0, first - cfg.window_chunks), end)) if grad else set()
-        chunks = []
-        with run.autocast():
-            for c, chunk in enumerate(tv.generate(self.model, self.text_encoder, prompts, end, self.sigmas, gen,
-                                                  batch_size=preset.dmd_batch, exit_step=exit_step,
-                                                  grad_chunks=grad_chunks)):
-                if c >= first:
-                    chunks.append(chunk)
-        return torch.cat(chunks, 1).float(), caption
-
-    def scores(self, x, caption, gen):
-        """The teacher's (with CFG) and the critic's clean predictions for x noised to a random level."""
-        B = x.shape[0]
-        # Uniform levels, as in DMD. The sampler's shifted levels (mostly high noise) left grainy
-        # backgrounds in the tiny run: fidelity 0.81 against 0.93 with uniform levels.
-        sigma = (0.02 + 0.96 * torch.rand(B, generator=gen)).to(x.device)
-        x_s = tv.add_noise(x, torch.randn(x.shape, generator=gen).to(x.device), sigma)
-        text, empty = self.text_encoder([caption] * B), self.text_encoder([""] * B)
-        with torch.no_grad(), self.run.autocast():
-            v_cond, v_uncond = self.teacher(torch.cat([x_s, x_s]), torch.cat([1000 * sigma] * 2),
-                                            torch.cat([text, empty])).float().chunk(2)
-            v_fake = self.critic(x_s, 1000 * sigma, text).float()
-        v_real = v_uncond + self.preset.cfg_scale * (v_cond - v_uncond)
-        return tv.x0_from_velocity(x_s, v_real, sigma), tv.x0_from_velocity(x_s, v_fake, sigma)
-
-    def train_step(self, step):
-        run, preset = self.run, self.preset
-        warming_up = step < preset.critic_warmup           # the critic first learns what the student makes
-        x, caption = self.rollout(step, grad=not warming_up)
-        gen = run.generator(2, step, 1)
-        x0_real, x0_fake = self.scores(x.detach(), caption, gen)
-        loss = dmd_loss(x, x0_real, x0_fake)
-        regression = torch.zeros(())
-        if not warming_up:
-            if preset.dmd_regression > 0:
-                regression = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs,
-                                                 self.sigmas, run.generator(3, step))
-            lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
-                               preset.warmup)
-            optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
-                           loss + preset.dmd_regression * regression)
-        # the critic follows the generator: flow matching on its latest samples
-        text = self.text_encoder([caption] * x.shape[0])
-        for _ in range(preset.critic_updates):
-            noise = torch.randn(x.shape, generator=gen).to(x.device)
-            # the sampler's shifted levels: training the critic at DMD's uniform ones instead measured
-            # worse in the tiny run (fidelity 0.907 and sprite presence 0.000 against 0.928 and 0.016)
-            sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), preset.shift).to(x.device)
-            with run.autocast():
-                velocity = self.critic(tv.add_noise(x.detach(), noise, sigma), 1000 * sigma, text)
-            critic_loss = (velocity.float() - tv.velocity_target(x.detach(), noise)).square().mean()
-            optimizer_step(run, self.critic_optimizer, list(self.critic.parameters()),
-                           learning_rate(step, self.steps, preset.critic_lr, preset.warmup), critic_loss)
-        return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
-
-    def finish(self):
-        release(self.run.path("student.pt"), 2, self.preset_name, self.model, self.text_encoder, self.log)
+        print(f"{stage.name}: {end - start} steps in {time.time() - started:.0f} s")
+    if end < stage.steps:
+        return False                                               # stopped early; resume later
+    run.check_in_sync(stage.modules["model"])
+    if run.rank == 0:
+        stage.finish()
+        os.remove(resume_path)
+    return True
 
 
 # ---- a report: samples of every trained model next to ground truth ----------------------------
@@ -998,17 +1034,24 @@ def report(out_dir, clips=16, seed=12345, grid=None):
     truth = World(cfg.frame_size).sample(clips, preset.clip_frames, seed=seed)
     captions = [c[0] for c in truth.captions]
     rows = {"ground truth": truth.video}
+    bar = tqdm(total=len(found) * clips, desc="sampling", unit="clip")
     for name, file in found:
+        bar.set_description(f"sampling the {name}")
         model, text_encoder = build(load_checkpoint(os.path.join(out_dir, file)))
         gen = torch.Generator().manual_seed(seed)
         if model.cfg.causal:
             sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-            chunks = [torch.cat(list(tv.generate(model, text_encoder, {0: caption}, preset.clip_frames //
-                                                 cfg.chunk_frames, sigmas, gen)), 1) for caption in captions]
+            chunks = []
+            for caption in captions:
+                chunks.append(torch.cat(list(tv.generate(model, text_encoder, {0: caption}, preset.clip_frames //
+                                                         cfg.chunk_frames, sigmas, gen)), 1))
+                bar.update()
             rows[name] = torch.cat(chunks)
         else:
             rows[name] = teacher_sample(model, text_encoder, captions, preset.clip_frames, preset.ode_steps,
                                         preset.shift, preset.cfg_scale, gen)[0]
+            bar.update(clips)
+    bar.close()
     names = list(video_metrics(truth.video, cfg.chunk_frames))
     print(f"{clips} clips of {preset.clip_frames} frames, the same captions for every row (seed {seed})\n")
     print("| | prompt match | " + " | ".join(n.replace("_", " ") for n in names) + " |")
@@ -1035,8 +1078,9 @@ def main(argv=None):
                         help="change one field of the preset (repeatable): e.g. --set teacher_steps=8000 "
                              "--set model.dim=256; pass the same settings to every stage of a run")
     parser.add_argument("--stage", default="all", choices=["0", "1", "2", "all"], help="which stage(s) to run")
-    parser.add_argument("--memory", default="hybrid", choices=["hybrid", "sink", "window"],
-                        help="the student's memory: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing)")
+    parser.add_argument("--memory", default="hybrid", choices=["hybrid", "sink", "window", "memory"],
+                        help="the student's memory: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing), "
+                             "memory (state-space only)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda trains in bf16 autocast")
     parser.add_argument("--out", default="checkpoints", help="checkpoint folder (default checkpoints/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
@@ -1047,6 +1091,10 @@ def main(argv=None):
                              "and print the metrics (writes --grid if given)")
     parser.add_argument("--grid", default=None, help="with --report: PNG of sample clips to write")
     args = parser.parse_args(argv)
+    if args.stop_at is not None and args.stop_at < 1:
+        parser.error(f"--stop-at {args.stop_at}: a step number, at least 1")
+    if not 0 <= args.seed < 2 ** 32:
+        parser.error(f"--seed {args.seed}: use a number from 0 to {2 ** 32 - 1}")
     if args.report:
         return report(args.out, grid=args.grid)
     spec = " ".join([args.preset, *args.set])           # what the checkpoints record as their preset
@@ -1065,7 +1113,7 @@ def main(argv=None):
                 print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
             continue
         started = time.time()
-        if not make().run_loop(run, args.stop_at):
+        if not run_stage(make(), run, args.stop_at):
             break
         if run.rank == 0:
             print(f"stage {number}: finished in {(time.time() - started) / 60:.1f} min (setup included)")
