@@ -300,6 +300,45 @@ def test_router_follows_E9_in_the_attentions_own_output():
     assert expected[0] < 0.02 and expected[9] == expected[29]                        # rises, then flat at T
 
 
+def test_gates_follow_E5_E6_and_start_as_gated_deltanet():
+    """(E5) beta = sigmoid(W_beta x); (E6) g = -exp(A) softplus(W_alpha x + B), one per head (D1);
+    (D9) A = log(a), a in (0, 16]; softplus(B) = dt in [1e-3, 1e-1]."""
+    memory = small_model().blocks[0].self_attn.memory
+    A, dt = memory.A_log.detach().exp(), torch.nn.functional.softplus(memory.dt_bias.detach())
+    assert (A > 0).all() and (A <= 16).all() and (dt >= 1e-3 - 1e-12).all() and (dt <= 1e-1 + 1e-12).all()
+    x = torch.randn(3, 5, 24, dtype=torch.float64)
+    g, beta = memory.gates(x)
+    assert g.shape == beta.shape == (3, 5, 2)
+    for b, l, h in [(0, 0, 0), (2, 4, 1), (1, 3, 0)]:
+        a_x = (memory.alpha_proj.weight[h] @ x[b, l] + memory.dt_bias[h]).item()
+        expected_g = -math.exp(memory.A_log[h].item()) * math.log1p(math.exp(a_x))
+        expected_beta = 1 / (1 + math.exp(-(memory.beta_proj.weight[h] @ x[b, l]).item()))
+        assert abs(g[b, l, h].item() - expected_g) < 1e-12 and abs(beta[b, l, h].item() - expected_beta) < 1e-12
+
+
+def test_memory_read_follows_E8_with_D2_queries_and_D4_gate():
+    """(E8) H_global = RMSNorm(q M) * silu(g_out x): q the pre-RoPE query, L2-normalised and scaled
+    by hd^-0.5 (D2), the norm per head, then the output gate (D4); with gamma forced to 1."""
+    memory = small_model().blocks[0].self_attn.memory
+    with torch.no_grad():
+        memory.router_b.fill_(50.0)                                      # gamma = 1 to float64 precision
+    gen = torch.Generator().manual_seed(0)
+    x, q = torch.randn(1, 3, 24, generator=gen, dtype=torch.float64), torch.randn(1, 3, 2, 12, generator=gen, dtype=torch.float64)
+    M = 0.05 * torch.randn(1, 1, 2, 12, 12, generator=gen, dtype=torch.float64)   # small: RMSNorm's eps matters
+    with torch.no_grad():
+        got = memory(x, q, M, torch.zeros(3, dtype=torch.long), torch.arange(3))
+    for l in range(3):
+        for h in range(2):
+            q_lh = [float(v) for v in q[0, l, h]]
+            norm = math.sqrt(sum(v * v for v in q_lh))
+            read = [sum(q_lh[i] / norm / math.sqrt(12) * float(M[0, 0, h, i, j]) for i in range(12)) for j in range(12)]
+            rms = math.sqrt(sum(r * r for r in read) / 12 + 1e-6)
+            for j in range(12):
+                gate = (memory.out_gate.weight[h * 12 + j] @ x[0, l] + memory.out_gate.bias[h * 12 + j]).item()
+                expected = read[j] / rms * memory.norm.weight[j].item() * gate / (1 + math.exp(-gate))
+                assert abs(got[0, l, h * 12 + j].item() - expected) < 1e-12
+
+
 def test_gradients_reach_the_memory_write_path():
     model = small_model()                 # awake: g_out moved off zero (D9)
     clean, text = random_clip(10)
@@ -897,6 +936,68 @@ def test_dmd_gradient_is_zero_when_real_equals_fake_and_points_from_fake_to_real
     fake = real + 0.1
     train.dmd_loss(x, real, fake).backward()
     assert (x.grad > 0).all()            # descending moves x by -(fake - real): towards the real side
+
+
+def test_dmd_gradient_has_the_size_of_E11():
+    """d loss / d x = (x0_fake - x0_real) / mean|x - x0_real| per clip, over the elements of a batch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 8, 8, generator=gen, requires_grad=True)
+    real, fake = torch.randn(2, 4, 3, 8, 8, generator=gen), torch.randn(2, 4, 3, 8, 8, generator=gen)
+    train.dmd_loss(x, real, fake).backward()
+    for b in range(2):
+        normaliser = (x[b] - real[b]).abs().mean()
+        expected = (fake[b] - real[b]) / normaliser / (2 * x[b].numel())
+        assert torch.allclose(x.grad[b], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_the_real_score_is_the_teacher_with_classifier_free_guidance(trained):
+    """(E11) real score = v_uncond + cfg_scale (v_cond - v_uncond): with a stub teacher whose
+    conditional velocity is 1 and unconditional 0, x0_fake - x0_real = sigma * cfg_scale; with both
+    at 1 it is sigma. Their ratio is cfg_scale whatever sigma was drawn."""
+    stage = train.SelfRolloutDMD(train.Run("cpu", trained, seed=0), train.PRESETS["test"], "test")
+
+    class Stub(torch.nn.Module):
+        def __init__(self, unconditional):
+            super().__init__()
+            self.unconditional = unconditional
+
+        def forward(self, x, t, text):
+            empty = (text.abs().sum((1, 2)) == text[-1:].abs().sum((1, 2))).float()   # the last row is ""
+            return torch.ones_like(x) * (1 - empty.view(-1, 1, 1, 1, 1)) + self.unconditional * empty.view(-1, 1, 1, 1, 1)
+    stage.critic = lambda x, t, text: torch.zeros_like(x)
+    x = torch.randn(2, 8, 3, 16, 16)
+
+    def gap(unconditional):
+        stage.teacher = Stub(unconditional)
+        x0_real, x0_fake = stage.scores(x, "a circle on red", torch.Generator().manual_seed(4))
+        return x0_fake - x0_real
+    guided, unguided = gap(0.0), gap(1.0)
+    assert unguided.abs().min() > 0.01
+    assert torch.allclose(guided / unguided, torch.full_like(x, stage.preset.cfg_scale), rtol=1e-5)
+
+
+def test_stage1_regresses_onto_the_teachers_clean_clip(trained):
+    """Stage 1's target is the teacher's clean end of the trajectory: a stub student that predicts
+    exactly that clip has zero loss, and one that predicts the noisy input does not."""
+    stage = train.ODEDistillation(train.Run("cpu", trained, seed=0), train.PRESETS["test"], "test", "hybrid")
+
+    class Stub(torch.nn.Module):
+        cfg = stage.model.cfg
+
+        def __init__(self, predict_clean):
+            super().__init__()
+            self.predict_clean = predict_clean
+
+        def forward(self, x, t, text, clean_context):
+            sigma = (t / 1000)[..., None, None, None]
+            return (x - clean_context) / sigma if self.predict_clean else torch.zeros_like(x)
+    gen = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(4, 8, 3, 16, 16, generator=gen), torch.randn(4, 8, 3, 16, 16, generator=gen)
+    noisy = torch.stack([tv.add_noise(clean, noise, torch.full((4,), s)) for s in stage.sigmas], 1)   # (N, K, F, ...)
+    pairs = {"clean": clean, "noisy": noisy, "captions": ["a circle on red"] * 4}
+    loss = lambda model: train.ode_regression_loss(stage.run, stage.preset, model, stage.text_encoder, pairs,
+                                                   stage.sigmas, torch.Generator().manual_seed(0)).item()
+    assert loss(Stub(predict_clean=True)) < 1e-10 and loss(Stub(predict_clean=False)) > 1e-3
 
 
 def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
