@@ -9,11 +9,16 @@ Stream a long video from the trained student, chunk by chunk, with optional prom
 Frames are written to an MP4 as they are made (imageio's ffmpeg plugin), so memory stays flat
 however long the video: the model keeps only its sink, its window and the memory state M
 (tiny_videossm.StreamCache). A GIF is convenient for short clips but is assembled in memory.
+
+Ctrl-C or SIGTERM stops after the chunk being made and keeps the frames so far as a playable video
+(exit status 130 after Ctrl-C, 143 after SIGTERM: 128 + the signal's number, as shells report it).
 """
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
 import time
 
@@ -25,6 +30,8 @@ from tqdm import tqdm
 import tiny_videossm as tv
 import train
 
+DEFAULT_PROMPT = "a circle on blue"
+
 
 def parse_switch(text, fps):
     """'FRAME:PROMPT' or 'SECONDSs:PROMPT' -> (frame, prompt)."""
@@ -33,19 +40,31 @@ def parse_switch(text, fps):
         if not sep or not prompt.strip():
             raise ValueError
         frame = round(float(where[:-1]) * fps) if where.endswith("s") else int(where)
-    except ValueError:
+    except (ValueError, OverflowError):                # OverflowError: "infs"
         raise SystemExit(f"--switch {text!r}: expected FRAME:PROMPT or SECONDSs:PROMPT, "
                          f'e.g. --switch 120:"a square on red" or --switch 15s:"a square on red"') from None
     return frame, prompt.strip()
 
 
 def prompt_schedule(prompt, switches, frames, chunk_frames):
-    """{chunk: prompt}. A switch takes effect at the first chunk that starts at or after its frame."""
-    schedule = {0: prompt}
-    for frame, new_prompt in sorted(switches):
+    """{chunk: prompt}. A switch takes effect at the first chunk that starts at or after its frame, so
+    it needs a chunk that starts inside the video, and two switches cannot share one chunk."""
+    schedule, switched_at = {0: prompt}, {}
+    last = (frames - 1) // chunk_frames * chunk_frames                # the first frame of the last chunk
+    for frame, new_prompt in sorted(switches, key=lambda switch: switch[0]):
         if not 0 < frame < frames:
             raise SystemExit(f"a switch at frame {frame} is outside the video (frames 1 to {frames - 1})")
-        schedule[math.ceil(frame / chunk_frames)] = new_prompt
+        chunk = math.ceil(frame / chunk_frames)
+        if chunk * chunk_frames >= frames:
+            raise SystemExit(f"a switch at frame {frame} would take effect at the next chunk boundary, frame "
+                             f"{chunk * chunk_frames}, after the video ends (chunks are {chunk_frames} frames): "
+                             + (f"the last frame a switch can use is {last}" if last else
+                                "the video is a single chunk; make it longer"))
+        if chunk in schedule:
+            raise SystemExit(f"the switches at frames {switched_at[chunk]} and {frame} both take effect at frame "
+                             f"{chunk * chunk_frames} (the next chunk boundary; chunks are {chunk_frames} frames): "
+                             f"keep one, or move one to another chunk")
+        schedule[chunk], switched_at[chunk] = new_prompt, frame
     return schedule
 
 
@@ -86,6 +105,10 @@ def stream(model, text_encoder, schedule, frames, steps, shift, seed, mode, devi
 
 def load(path):
     checkpoint = train.load_checkpoint(path)
+    if "config" not in checkpoint:               # what train.py saves while a stage runs, to resume it
+        raise SystemExit(f"{path} is a training resume file, not a released checkpoint: pass a released one "
+                         f"(checkpoints/student.pt), or finish training (run the same train.py command "
+                         f"again) to write it")
     model, text_encoder = train.build(checkpoint)
     if not model.cfg.causal:
         raise SystemExit(f"{path} holds the bidirectional teacher; sample.py streams a causal student "
@@ -97,38 +120,58 @@ def load(path):
     return model, text_encoder, preset
 
 
-def check_prompts(text_encoder, prompts):
-    for prompt in prompts:
-        try:
-            text_encoder.tokenize(prompt)
-        except ValueError as error:
-            raise SystemExit(str(error)) from None
+def check_prompt(flag, prompt):
+    """Only captions of the world's grammar mean anything to the model (train.parse_caption)."""
+    if not prompt.strip():
+        raise SystemExit(f'{flag}: an empty prompt asks for nothing in particular; name what to show, '
+                         f'e.g. {flag} "{DEFAULT_PROMPT}"')
+    try:
+        train.parse_caption(prompt.lower())         # the text encoder lowercases too
+    except ValueError as error:
+        raise SystemExit(f"{flag}: {error}") from None
 
 
-def schedule_from_args(args, text_encoder, frames, chunk_frames):
+def schedule_from_args(args, frames, chunk_frames):
     if frames < 1:
         raise SystemExit("the video needs at least one frame (--frames or --seconds)")
-    switches = [parse_switch(s, args.fps) for s in args.switch]
-    schedule = prompt_schedule(args.prompt, switches, frames, chunk_frames)
-    check_prompts(text_encoder, schedule.values())
-    return schedule
+    check_prompt("--prompt", args.prompt)
+    switches = [parse_switch(text, args.fps) for text in args.switch]
+    for text, (_, prompt) in zip(args.switch, switches):
+        check_prompt(f"--switch {text!r}", prompt)
+    return prompt_schedule(args.prompt, switches, frames, chunk_frames)
 
 
-def make_video(args):
-    model, text_encoder, preset = load(args.checkpoint)
+@contextlib.contextmanager
+def stop_signals():
+    """Within the block, Ctrl-C (SIGINT) and SIGTERM only note their number in the list it yields, and
+    the caller stops between chunks: raised inside imageio's writer, an exception would kill ffmpeg
+    before it finishes the MP4 and leave an unplayable file."""
+    caught = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def make_video(args, model, text_encoder, preset):
     cfg = model.cfg
-    frames = args.frames or round(args.seconds * args.fps)
-    schedule = schedule_from_args(args, text_encoder, frames, cfg.chunk_frames)
+    frames = round(args.seconds * args.fps) if args.frames is None else args.frames
+    schedule = schedule_from_args(args, frames, cfg.chunk_frames)
     writer, tmp = open_writer(args.out, args.fps)
     started, written = time.time(), 0
     try:
-        with tqdm(total=frames, unit="frame", desc=f"{args.mode} memory") as bar:
+        with stop_signals() as caught, tqdm(total=frames, unit="frame", desc=f"{args.mode} memory") as bar:
             for chunk in stream(model, text_encoder, schedule, frames, args.steps, preset.shift, args.seed,
                                 args.mode, args.device):
                 for frame in to_pixels(chunk, args.scale)[: frames - written]:
                     writer.append_data(frame)
                     written += 1
                 bar.update(min(cfg.chunk_frames, frames - bar.n))
+                if caught:                             # every chunk writes a frame: `written` is at least 1
+                    break
         writer.close()
         os.replace(tmp, args.out)
     except BaseException:                              # nothing half-written is left behind
@@ -136,6 +179,10 @@ def make_video(args):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    if caught:
+        print(f"stopped by {signal.Signals(caught[0]).name}: kept the first {written} frames in {args.out} "
+              f"(exit status {128 + caught[0]})", file=sys.stderr)
+        raise SystemExit(128 + caught[0])
     seconds = time.time() - started
     print(f"wrote {args.out}: {frames} frames ({frames / args.fps:.1f} s at {args.fps} fps), "
           f"{cfg.frame_size * args.scale}x{cfg.frame_size * args.scale} pixels, made in {seconds:.1f} s "
@@ -154,12 +201,14 @@ def cache_bytes(cache):
 
 
 @torch.no_grad()
-def benchmark(args):
+def benchmark(args, model, text_encoder, preset):
     """Each mode streams the same prompts and seeds for `--frames` frames (default 20 teacher clips);
     metrics from the world (train.py), frames/s and the cache's peak size; ground truth on top."""
-    model, text_encoder, preset = load(args.checkpoint)
     model, text_encoder, cfg = model.to(args.device), text_encoder.to(args.device), model.cfg
-    frames = args.frames or 20 * preset.clip_frames
+    frames = 20 * preset.clip_frames if args.frames is None else args.frames
+    if frames < cfg.chunk_frames:
+        raise SystemExit(f"--benchmark compares whole chunks: --frames must be at least one chunk "
+                         f"({cfg.chunk_frames} frames)")
     frames -= frames % cfg.chunk_frames
     truth = train.World(cfg.frame_size).sample(args.videos, frames, seed=args.seed)
     prompts = [c[0] for c in truth.captions]
@@ -198,12 +247,11 @@ def peak_memory_mb():
 
 
 @torch.no_grad()
-def memory_trace(args):
+def memory_trace(args, model, text_encoder, preset):
     """Stream --frames frames (default 10,000) in --mode without keeping them, and print, ten times
     along the way, the cache's size and the process's peak memory: both flat unless --mode full."""
-    model, text_encoder, preset = load(args.checkpoint)
-    frames = args.frames or 10_000
-    schedule = schedule_from_args(args, text_encoder, frames, model.cfg.chunk_frames)
+    frames = 10_000 if args.frames is None else args.frames
+    schedule = schedule_from_args(args, frames, model.cfg.chunk_frames)
     cache = tv.StreamCache(model, 1, args.mode, device=args.device)   # where stream() puts the model
     print(f"{args.mode} memory, {frames} frames of {args.prompt!r}\n")
     print("| frames | cache | peak process memory | frames/s |\n|--:|--:|--:|--:|")
@@ -219,43 +267,90 @@ def memory_trace(args):
                            f"{f'{peak:.0f} MB' if peak else 'n/a'} | {made / (time.time() - started):.1f} |")
 
 
+EPILOG = f"""prompts (--prompt, --switch) follow the grammar the model was trained on:
+  {train.GRAMMAR}
+  shape: {', '.join(train.SHAPES)}; background: {', '.join(train.BACKGROUND_NAMES)}
+the vocabulary, every word a prompt may use:
+  {' '.join(train.VOCAB)}
+
+Ctrl-C or SIGTERM stops after the chunk being made and keeps the frames so far
+as a playable video at --out; the exit status is then 130 after Ctrl-C, 143
+after SIGTERM (128 + the signal's number, as shells report it)."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's default after its help, except None (its help says what happens instead); the
+    epilog as written."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Stream a long video from the trained VideoSSM student.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--prompt", default="a circle on blue", help=f"what to show; grammar: {train.GRAMMAR}")
-    parser.add_argument("--switch", action="append", default=[], metavar="FRAME:PROMPT",
+                                     epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--prompt", help=f"what to show (default: '{DEFAULT_PROMPT}'); the grammar is below")
+    parser.add_argument("--switch", action="append", metavar="FRAME:PROMPT",
                         help="switch the prompt at a frame (or at SECONDSs), repeatable; takes effect at "
                              "the next chunk boundary")
-    parser.add_argument("--frames", type=int, default=None, help="length in frames (overrides --seconds)")
+    parser.add_argument("--frames", type=int, help="length in frames (overrides --seconds)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length in seconds of output")
     parser.add_argument("--fps", type=int, default=8, help="frames per second of the output file")
     parser.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same video")
-    parser.add_argument("--mode", default="hybrid", choices=tv.MODES,
-                        help="memory: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing), full (quadratic)")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
+    parser.add_argument("--mode", choices=tv.MODES,
+                        help="memory: hybrid (VideoSSM, the default), sink (LongLive), window (Self-Forcing), "
+                             "full (quadratic)")
+    parser.add_argument("--steps", type=int,
+                        help="denoising steps per chunk (default: the checkpoint's, the steps it was distilled for)")
     parser.add_argument("--out", default="out/video.mp4",
                         help="output file: .mp4 streams to disk; .gif keeps its frames in memory until the end")
     parser.add_argument("--scale", type=int, default=4, help="pixel upscaling of the output")
     parser.add_argument("--checkpoint", default="checkpoints/student.pt", help="student checkpoint")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--benchmark", action="store_true",
-                        help="print the four memory modes side by side (--frames defaults to 20 teacher clips)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 0: torch's default, all cores. A small model runs many small "
+                             "operations, each shared out among the threads: when a thread waits for a core "
+                             "that another process holds, every operation waits for it")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--benchmark", action="store_true",
+                      help="print the four memory modes side by side on the world's own prompts (--frames "
+                           "defaults to 20 teacher clips)")
     parser.add_argument("--videos", type=int, default=4, help="with --benchmark: videos per mode")
-    parser.add_argument("--memory-trace", action="store_true",
-                        help="stream --frames frames (default 10000) in --mode without writing them and print "
-                             "the cache size and the peak process memory ten times along the way")
+    runs.add_argument("--memory-trace", action="store_true",
+                      help="stream --frames frames (default 10000) in --mode without writing them and print "
+                           "the cache size and the peak process memory ten times along the way")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.fps < 1 or args.scale < 1:
-        parser.error("--steps, --fps and --scale must be positive")
+    if args.benchmark:
+        given = [flag for flag, value in [("--prompt", args.prompt), ("--mode", args.mode),
+                                          ("--switch", args.switch)] if value is not None]
+        if given:
+            parser.error(f"--benchmark runs every mode on the world's own prompts; drop {'/'.join(given)}")
+    # The defaults, filled in only now so that --benchmark could tell which flags were given.
+    args.prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
+    args.mode = args.mode or "hybrid"
+    args.switch = args.switch or []
+    for flag, value in [("--steps", args.steps), ("--fps", args.fps), ("--scale", args.scale),
+                        ("--videos", args.videos)]:
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: must be at least 1")
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames {args.frames}: a video needs at least one frame")
+    if not (args.seconds > 0 and math.isfinite(args.seconds)):
+        parser.error(f"--seconds {args.seconds}: give a positive length")
+    if not 0 <= args.seed < 2 ** 63:
+        parser.error(f"--seed {args.seed}: use a seed from 0 to 2**63 - 1")
+    if args.threads < 0:
+        parser.error(f"--threads {args.threads}: give a number of threads, or 0 for torch's default")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    if args.benchmark:
-        benchmark(args)
-    elif args.memory_trace:
-        memory_trace(args)
-    else:
-        make_video(args)
+    model, text_encoder, preset = load(args.checkpoint)
+    if args.steps is None:
+        args.steps = preset.denoising_steps
+    run = benchmark if args.benchmark else memory_trace if args.memory_trace else make_video
+    run(args, model, text_encoder, preset)
 
 
 if __name__ == "__main__":

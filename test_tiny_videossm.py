@@ -5,8 +5,10 @@ import copy
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import imageio.v3
 import numpy as np
@@ -1155,3 +1157,111 @@ def test_notebook_runs_top_to_bottom(name):
     # CPU, and 180 s timed out while two training runs shared the machine. A hung cell still fails.
     nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": folder}}).execute()
+
+
+# ----------------------------------------------------------------------------------------------
+# sample.py: bad input and interruption
+
+BAD_ARGUMENTS = [  # (flags, what the one message says); the test student makes chunks of 2 frames
+    (["--prompt", "circle a on blue"], "does not follow the grammar"),
+    (["--prompt", "red on blue two"], "does not follow the grammar"),
+    (["--prompt", ""], "an empty prompt"),
+    (["--prompt", "   "], "an empty prompt"),
+    (["--frames", "8", "--switch", "4:circle a on red"], "does not follow the grammar"),
+    (["--frames", "0"], "at least one frame"),
+    (["--memory-trace", "--frames", "0"], "at least one frame"),
+    (["--seconds", "0"], "give a positive length"),
+    (["--seconds", "nan"], "give a positive length"),
+    (["--frames", "30", "--switch", "29:a circle on red"], "the last frame a switch can use is 28"),
+    (["--frames", "30", "--switch", "7:a circle on red", "--switch", "8:two squares on green"],
+     "both take effect at frame 8"),
+    (["--frames", "30", "--switch", "8:two squares on green", "--switch", "8:a circle on red"],
+     "both take effect at frame 8"),
+    (["--benchmark", "--frames", "4", "--videos", "1", "--prompt", "a circle on red"], "drop --prompt"),
+    (["--benchmark", "--frames", "4", "--videos", "1", "--mode", "sink"], "drop --mode"),
+    (["--benchmark", "--frames", "4", "--videos", "0"], "--videos 0: must be at least 1"),
+    (["--benchmark", "--frames", "1", "--videos", "1"], "at least one chunk"),
+    (["--frames", "2", "--seed", "99999999999999999999999"], "use a seed from 0 to 2**63 - 1"),
+    (["--frames", "2", "--seed", "-1"], "use a seed from 0 to 2**63 - 1"),
+    (["--switch", "infs:a circle on red"], "expected FRAME:PROMPT"),
+    (["--frames", "2", "--threads", "-1"], "give a number of threads"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_ARGUMENTS, ids=[" ".join(flags) for flags, _ in BAD_ARGUMENTS])
+def test_sample_refuses_bad_arguments_with_one_clear_message(student, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        sample.main(["--checkpoint", student, "--out", str(tmp_path / "v.mp4"), *flags])
+    said = capsys.readouterr()
+    assert stop.value.code not in (0, None)
+    assert message in f"{stop.value.code}{said.out}{said.err}" and "Traceback" not in said.err
+    assert os.listdir(tmp_path) == []                           # no video, no hidden temporary file
+
+
+def test_a_switch_needs_a_chunk_of_its_own_that_starts_inside_the_video():
+    schedule = lambda *switches: sample.prompt_schedule("a circle on red", list(switches), 30, 3)
+    assert schedule((27, "a square on red")) == {0: "a circle on red", 9: "a square on red"}  # the last chunk
+    for frame in [28, 29]:                                      # would take effect at frame 30: no such frame
+        with pytest.raises(SystemExit, match="frame 30, after the video ends.*the last frame a switch can use is 27"):
+            schedule((frame, "a square on red"))
+    with pytest.raises(SystemExit, match="single chunk"):
+        sample.prompt_schedule("a circle on red", [(2, "a square on red")], 3, 3)
+    for first in [7, 8]:                                        # one would silently win over the other
+        with pytest.raises(SystemExit, match=f"frames {first} and 8 both take effect at frame 9"):
+            schedule((8, "two squares on red"), (first, "a square on red"))
+
+
+def test_sample_says_a_resume_file_is_not_a_released_checkpoint(tmp_path):
+    resume = str(tmp_path / "student.resume.pt")       # as train.py's stages save it: no config
+    train.save_checkpoint(resume, {"format": train.CHECKPOINT_FORMAT, "step": 3, "log": [], "model": {}})
+    with pytest.raises(SystemExit, match="training resume file, not a released checkpoint.*student.pt"):
+        sample.main(["--checkpoint", resume, "--out", str(tmp_path / "v.mp4")])
+    assert os.listdir(tmp_path) == ["student.resume.pt"]
+
+
+def test_sample_steps_default_to_the_checkpoints_preset(student, tmp_path, monkeypatch):
+    steps, denoising_sigmas = [], tv.denoising_sigmas
+
+    def recording_sigmas(n, shift):
+        steps.append(n)
+        return denoising_sigmas(n, shift)
+
+    monkeypatch.setattr(tv, "denoising_sigmas", recording_sigmas)
+    for flags in [[], ["--steps", "3"]]:
+        sample.main(["--checkpoint", student, "--frames", "2", "--out", str(tmp_path / "v.mp4"), *flags])
+    preset = train.preset_from(train.load_checkpoint(student)["preset"])
+    assert steps == [preset.denoising_steps, 3] and preset.denoising_steps != 4     # 4: the old fixed default
+
+
+def test_sample_threads_flag_sets_torchs_threads(student, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        sample.main(["--checkpoint", student, "--frames", "2", "--out", str(tmp_path / "v.mp4"), "--threads", "2"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_sample_help_lists_the_grammar_and_the_vocabulary(capsys):
+    with pytest.raises(SystemExit) as stop:
+        sample.main(["--help"])
+    text = capsys.readouterr().out
+    assert stop.value.code == 0 and train.GRAMMAR in text and " ".join(VOCAB) in text
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_sample_keeps_the_frames_made_so_far(student, tmp_path, signum, status):
+    """Ctrl-C or SIGTERM while writing: one line, the exit status of a signal, and a playable video."""
+    out = tmp_path / "v.mp4"
+    process = subprocess.Popen([sys.executable, "sample.py", "--checkpoint", student, "--frames", "100000",
+                                "--out", str(out)], cwd=os.path.dirname(os.path.abspath(__file__)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60             # ffmpeg writes the file's header once it has the first frame
+    while process.poll() is None and time.time() < deadline and not any(f.stat().st_size for f in tmp_path.iterdir()):
+        time.sleep(0.05)
+    process.send_signal(signum)
+    err = process.communicate(timeout=60)[1]
+    kept = re.search(rf"kept the first (\d+) frames in {re.escape(str(out))}", err)
+    assert process.returncode == status and kept and "Traceback" not in err, err[-2000:]
+    assert read_video(out).shape[0] == int(kept[1]) > 0
+    assert os.listdir(tmp_path) == ["v.mp4"]                    # no hidden temporary file
