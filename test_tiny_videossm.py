@@ -295,7 +295,10 @@ def test_router_follows_E9_in_the_attentions_own_output():
             attn.memory.router_w.fill_(w)
             attn.memory.router_b.fill_(b)
             return (attn.fuse(x, q, local, states, state_of_token, frames)[0] - attn.o.bias) @ w_o_inverse.T
-    gamma = memory_output(2.0, -1.0) / memory_output(0.0, 50.0)                      # (L, d)
+    ungated = memory_output(0.0, 50.0)                                               # (L, d) H_global
+    with torch.no_grad():
+        assert torch.allclose(ungated, attn.memory(x, q, states, state_of_token, frames)[0], atol=1e-12)  # added
+    gamma = memory_output(2.0, -1.0) / ungated                                       # (L, d)
     rho = [min(1.0, (f + 1) / 10) for f in range(L)]
     expected = torch.tensor([1 / (1 + math.exp(-(2.0 * math.log(r) - 1.0))) for r in rho], dtype=torch.float64)
     assert torch.allclose(gamma, expected[:, None].expand(L, d), atol=1e-8)
@@ -667,6 +670,67 @@ def test_metrics_calibration(long_clips):
 
     with pytest.raises(ValueError, match="shape"):
         fidelity(video[0])
+
+
+def test_curtains_hide_sprites_for_long_spans_and_keep_the_worlds_physics():
+    plain, curtained = World(), World(occluder=4)
+    a, b = plain.sample(16, 120, seed=4), curtained.sample(16, 120, seed=4)
+    assert torch.equal(curtained.sample(16, 120, seed=4).video, b.video)                    # deterministic per seed
+    assert torch.equal(a.position, b.position) and torch.equal(a.sprite_colour, b.sprite_colour)   # same motion
+    assert (b.video[..., :4] == train.OCCLUDER_RGB[:, None, None]).all()                   # the curtains, in front
+    assert (b.video[..., -4:] == train.OCCLUDER_RGB[:, None, None]).all()
+    assert torch.equal(a.video[..., 4:-4], b.video[..., 4:-4])                              # the rest as before
+    hidden = lambda clips: (~clips.visible & (clips.sprite_colour >= 0)[:, None]).sum()       # present sprites
+    assert (b.visible_area <= a.visible_area + 1e-4).all() and hidden(b) > 3 * hidden(a)
+    spans_plain, spans_curtained = train.hidden_spans(a), train.hidden_spans(b)
+    assert (spans_curtained > 9).sum() > 5 * max(1, (spans_plain > 9).sum())               # longer than sink + window
+    assert train.sprite_pixels(b).sum() < train.sprite_pixels(a).sum()                     # curtains are not sprites
+    with pytest.raises(ValueError, match="occluder"):
+        World(occluder=16)
+
+
+def test_hidden_spans_count_only_absences_that_end():
+    clips = World().sample(1, 6, seed=0)
+    clips.sprite_colour = torch.tensor([[0, -1]])
+    clips.visible_area = torch.tensor([[1, 0, 0, 1, 0, 0]]).float()[..., None].repeat(1, 1, 2) * 5
+    assert train.hidden_spans(clips).tolist() == [2]                       # the trailing absence never ended
+
+
+def test_shape_match_reads_the_named_shape_and_not_a_blob():
+    world = World()
+    truth = world.sample(16, 48, seed=1)
+    assert train.shape_match(truth.video, truth.shape) > 0.95
+    wrong = (truth.shape + 1) % len(SHAPES)                               # the frames of another shape
+    assert train.shape_match(truth.video, wrong) < 0.05
+    present = truth.sprite_colour >= 0
+    for drawn in range(len(SHAPES)):                                      # each shape drawn, read for what it is
+        video, _ = world.render(truth.background, torch.full_like(truth.shape, drawn), truth.sprite_colour.clamp(min=0),
+                                present, truth.position)
+        readings = train.shape_readings(video)
+        assert (readings[readings >= 0] == drawn).float().mean() > 0.9
+        if drawn == 1:                                                    # discs where the caption says square
+            assert train.shape_match(video, torch.zeros_like(truth.shape)) < 0.1
+    assert train.shape_match(torch.zeros_like(truth.video), truth.shape) == 0           # nothing to read
+
+
+def test_identity_kept_is_one_on_ground_truth_and_halves_when_the_colour_changes_late():
+    truth = World().sample(48, 240, seed=2)
+    one = truth.count == 1
+    video = truth.video[one]
+    kept = train.identity_kept(video)
+    assert kept.nanmean() == 1.0 and kept.isnan().float().mean() < 0.2
+
+    def recoloured(from_frame):                                           # the sprite turns another colour
+        colour = truth.sprite_colour[one].clone()
+        changed = colour.clone()
+        changed[:, 0] = (colour[:, 0] + 1) % len(train.SPRITE_COLOURS)
+        shape, background = truth.shape[one], truth.background[one]
+        present = colour >= 0
+        before, _ = World().render(background, shape, colour.clamp(min=0), present, truth.position[one])
+        after, _ = World().render(background, shape, changed.clamp(min=0), present, truth.position[one])
+        return torch.cat([before[:, :from_frame], after[:, from_frame:]], 1)
+    assert train.identity_kept(recoloured(120)).nanmean() < 0.05         # the whole second half
+    assert 0.3 < train.identity_kept(recoloured(180)).nanmean() < 0.7    # half of the second half
 
 
 # ----------------------------------------------------------------------------------------------

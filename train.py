@@ -60,11 +60,12 @@ SHAPES = ["square", "circle", "diamond"]
 SPRITE_COLOURS = {"white": (1.0, 1.0, 1.0), "yellow": (1.0, 0.85, 0.1),
                   "cyan": (0.1, 0.85, 1.0), "orange": (1.0, 0.5, 0.05)}
 MAX_SPRITES = 2  # a clip has 1 or 2 sprites, as its caption says
+OCCLUDER_RGB = torch.tensor([0.55, 0.55, 0.55]) * 2 - 1  # the grey curtains sprites pass behind (World.occluder)
 
 BACKGROUND_NAMES = list(BACKGROUNDS)
 BACKGROUND_RGB = torch.tensor(list(BACKGROUNDS.values())) * 2 - 1  # (4, 3) in [-1, 1]
 SPRITE_RGB = torch.tensor(list(SPRITE_COLOURS.values())) * 2 - 1  # (4, 3) in [-1, 1]
-PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB])  # (P, 3) every colour the world paints
+PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])  # (P, 3) every colour the world paints
 
 VOCAB = sorted(["a", "two", "on", *SHAPES, *(shape + "s" for shape in SHAPES), *BACKGROUNDS])
 GRAMMAR = "'a {shape} on {background}' or 'two {shape}s on {background}'"
@@ -127,6 +128,14 @@ class World:
     arena_scale: float = 1.5  # the arena's side in view sides; the view sits in its centre
     min_speed: float = 0.6    # sprite speed in pixels per frame, drawn uniformly in [min, max]
     max_speed: float = 1.5
+    occluder: int = 0         # width in pixels of two grey curtains at the view's left and right edges:
+                              # sprites go behind them, bounce off the wall there and come back (0: none)
+
+    def __post_init__(self):
+        if not (0 <= 2 * self.occluder < self.size and 0 < self.min_speed <= self.max_speed and self.arena_scale >= 1):
+            raise ValueError(f"World needs 0 <= occluder < size / 2 ({self.size / 2:g}), 0 < min_speed <= max_speed and "
+                             f"arena_scale >= 1; got {self.occluder}, {self.min_speed}, {self.max_speed}, "
+                             f"{self.arena_scale}")
 
     @property
     def sprite_half_size(self) -> float:
@@ -220,13 +229,20 @@ class World:
         video = BACKGROUND_RGB[background][..., None, None].expand(-1, -1, -1, self.size, self.size)
         sprite_rgb = SPRITE_RGB[colour][:, None, :, :, None, None]  # (B, 1, S, 3, 1, 1)
         # video: (B, F, 3, H, W) from here on
-        coverage = []  # each sprite's share of each pixel, after the sprites painted over it
+        coverage = []  # each sprite's share of each pixel, after what was painted over it
         for s in range(MAX_SPRITES):
             a = alpha[:, :, s, None]  # (B, F, 1, H, W)
             video = video * (1 - a) + sprite_rgb[:, :, s] * a  # (B, F, 3, H, W)
             coverage = [c * (1 - a) for c in coverage] + [a]
-        visible_area = torch.cat(coverage, 2).sum((-2, -1))  # (B, F, S)
+        band = self.occluder_columns()  # (W,) 1 where the band is, painted last: in front
+        video = video * (1 - band) + OCCLUDER_RGB[:, None, None] * band  # (B, F, 3, H, W)
+        visible_area = (torch.cat(coverage, 2) * (1 - band)).sum((-2, -1))  # (B, F, S)
         return video, visible_area
+
+    def occluder_columns(self) -> torch.Tensor:
+        """(W,) 1.0 on the columns the two curtains cover, `occluder` pixels at each side of the view."""
+        column = torch.arange(self.size)
+        return ((column < self.occluder) | (column >= self.size - self.occluder)).float()
 
 
 # ---- reading frames back: the world's palette as a measuring stick --------------------------
@@ -239,7 +255,8 @@ def sprite_pixels(clips: Clips) -> torch.Tensor:
     """Where the clean frames show a sprite: 1.0 where a pixel is more than 0.5 from its clip's
     background colour (a sprite, or most of one on its soft edge), else 0.0; shape (B, F, 1, H, W)."""
     background = BACKGROUND_RGB[clips.background][..., None, None]  # (B, F, 3, 1, 1)
-    return ((clips.video - background).square().sum(2, keepdim=True) > 0.25).float()
+    away = lambda rgb: (clips.video - rgb).square().sum(2, keepdim=True) > 0.25  # (B, F, 1, H, W)
+    return (away(background) & away(OCCLUDER_RGB[:, None, None])).float()
 
 
 def _check_frames(frames: torch.Tensor, min_frames: int = 1) -> None:
@@ -276,7 +293,7 @@ def _colour_votes(frames: torch.Tensor) -> torch.Tensor:
 def _read_votes(votes: torch.Tensor, min_sprite_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Votes (..., P) -> the winning background index and sprite colour index (-1: none), (...)."""
     background = votes[..., :len(BACKGROUNDS)].argmax(-1)
-    sprite_votes, sprite = votes[..., len(BACKGROUNDS):].max(-1)
+    sprite_votes, sprite = votes[..., len(BACKGROUNDS):len(BACKGROUNDS) + len(SPRITE_COLOURS)].max(-1)
     return background, torch.where(sprite_votes >= min_sprite_pixels, sprite, -1)
 
 
@@ -391,6 +408,100 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
     }
 
 
+# ---- does a model show the method? Shapes, identity, and hidden spans (SPEC sections 4 and 8) -----
+
+def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
+    """Read each sprite's shape from its pixels: (B, F, 4) per sprite colour, an index into SHAPES, or
+    -1 where no whole sprite of that colour is in sight. A sprite's pixels fill a share of their
+    bounding box that tells the shapes apart whatever their size: a square about 1, a circle
+    pi / 4, a diamond (a square on its tip) 1 / 2. A sprite touching the view's edge or the
+    occluder, or much wider than tall, may be cut off, so it is not read."""
+    _check_frames(frames)
+    index, distance = _nearest_palette(frames)  # (B, F, H, W)
+    colours = torch.arange(len(SPRITE_COLOURS), device=frames.device) + len(BACKGROUNDS)
+    mask = (index[:, :, None] == colours[:, None, None]) & (distance < SPRITE_TOLERANCE)[:, :, None]  # (B, F, 4, H, W)
+    band = nnf.max_pool2d((index == len(PALETTE) - 1).float().flatten(0, 1)[:, None], 3, 1, 1)  # occluder, grown
+    near_band = (mask & (band.view(*index.shape)[:, :, None] > 0)).flatten(-2).any(-1)  # (B, F, 4)
+    rows, columns = mask.any(-1), mask.any(-2)  # (B, F, 4, H), (B, F, 4, W)
+
+    def extent(line):  # first and last occupied position along a line of booleans
+        size = line.shape[-1]
+        first = line.float().argmax(-1)
+        return first, size - 1 - line.flip(-1).float().argmax(-1)
+    (top, bottom), (left, right) = extent(rows), extent(columns)
+    height, width = bottom - top + 1, right - left + 1  # (B, F, 4)
+    fill = mask.flatten(-2).sum(-1) / (height * width)  # (B, F, 4)
+    edge = (top == 0) | (left == 0) | (bottom == frames.shape[-2] - 1) | (right == frames.shape[-1] - 1)
+    readable = ((mask.flatten(-2).sum(-1) >= min_pixels) & ~edge & ~near_band
+                & (height <= 1.4 * width) & (width <= 1.4 * height))
+    reading = torch.where(fill > 0.88, 0, torch.where(fill > 0.64, 1, 2))  # SHAPES: square, circle, diamond
+    return torch.where(readable, reading, -1)
+
+
+def shape_match(frames: torch.Tensor, shapes: torch.Tensor) -> float:
+    """Is the named shape drawn? Of the sprites whose shape can be read (shape_readings), the share
+    that read as the shape the caption names, `shapes` (B, F) an index into SHAPES. In [0, 1];
+    0 when no sprite can be read (a blob for a square reads as a circle)."""
+    readings = shape_readings(frames)  # (B, F, 4)
+    readable = readings >= 0
+    if not readable.any():
+        return 0.0
+    return (readings == shapes.to(readings.device)[..., None])[readable].float().mean().item()
+
+
+def identity_kept(frames: torch.Tensor, reference: int = 12) -> torch.Tensor:
+    """Does a sprite keep the colour it started with? For clips of one sprite, per clip (B,): in the
+    second half, the share of frames showing a sprite in the colour seen most often in the first
+    `reference` frames that showed one. The colour is never named, so only memory of the video
+    keeps it. NaN for a clip with no sprite in either part."""
+    _, sprite = read_attributes(frames)  # (B, F), -1 = none
+    kept = torch.full((frames.shape[0],), math.nan)
+    for b, track in enumerate(sprite.cpu()):
+        early, late = track[track >= 0][:reference], track[frames.shape[1] // 2:]
+        late = late[late >= 0]
+        if len(early) and len(late):
+            kept[b] = (late == early.mode().values).float().mean()
+    return kept
+
+
+def hidden_spans(clips: Clips) -> torch.Tensor:
+    """Ground truth: the length in frames of every time a sprite was out of sight (out of the view or
+    behind the occluder) and then seen again, over all clips and sprites: (N,) long."""
+    present = clips.sprite_colour >= 0  # (B, S)
+    lengths = []
+    for track in clips.visible.transpose(1, 2)[present].tolist():  # one list of booleans per sprite
+        hidden, seen = 0, False
+        for visible in track:
+            if visible and seen and hidden:
+                lengths.append(hidden)
+            hidden, seen = (0, True) if visible else (hidden + 1, seen)
+    return torch.tensor(lengths, dtype=torch.long)
+
+
+def world_statistics(preset, clips=256, frames=240, seed=5):
+    """A markdown table: how often and how long sprites are out of sight in ground truth, for this
+    preset's world and with an occluder, against what the student's sink and window can bridge."""
+    cfg = tv.VideoSSMConfig(**preset.model)
+    window = cfg.window_chunks * cfg.chunk_frames
+    bridged = (cfg.sink_chunks + cfg.window_chunks) * cfg.chunk_frames
+    print(f"{clips} clips of {frames} frames (seed {seed}); the student's window holds {window} frames, sink + "
+          f"window {bridged}\n")
+    print(f"| world | sprite frames out of sight | hidden spans per clip | mean span (frames) | spans > {bridged} "
+          f"frames per clip | spans > {2 * window} frames per clip |\n|---|--:|--:|--:|--:|--:|")
+    for name, world in [(f"this preset's ({preset.world or 'the default'})", preset.world),
+                        ("with curtains (world.occluder=4)", dict(occluder=4))]:
+        spans, hidden, sprite_frames = [], 0, 0
+        for start in range(0, clips, 32):
+            batch = World(cfg.frame_size, **world).sample(min(32, clips - start), frames, seed=seed + start)
+            spans.append(hidden_spans(batch))
+            present = (batch.sprite_colour >= 0)[:, None]  # (B, 1, S)
+            hidden += (~batch.visible & present).sum().item()
+            sprite_frames += present.sum().item() * frames
+        spans = torch.cat(spans).float()
+        print(f"| {name} | {hidden / sprite_frames:.1%} | {len(spans) / clips:.2f} | {spans.mean():.1f} | "
+              f"{(spans > bridged).sum() / clips:.2f} | {(spans > 2 * window).sum() / clips:.2f} |")
+
+
 # ---- presets: every size and schedule of a run ---------------------------------------------------
 #
 #     python train.py --preset tiny                 all three stages on a 2-core CPU
@@ -401,6 +512,7 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
 @dataclass
 class Preset:
     model: dict = field(default_factory=dict)   # VideoSSMConfig fields
+    world: dict = field(default_factory=dict)   # World fields (not size, which is the model's frame_size)
     clip_frames: int = 12         # the teacher's clip length; stage 2's DMD window too
     shift: float = 3.0            # timestep shift (Wan) of sampling and distillation: leans to high noise
     denoising_steps: int = 4      # the student's few steps
@@ -459,32 +571,36 @@ PRESETS = {
 
 def preset_from(spec: str) -> Preset:
     """A preset from its spec: a name in PRESETS, then any FIELD=VALUE settings (train.py's --set),
-    e.g. "tiny teacher_steps=8000 model.dim=256". Checkpoints keep the spec they were trained with."""
+    e.g. "tiny teacher_steps=8000 model.dim=256 world.occluder=14". Checkpoints keep the spec."""
     name, *settings = spec.split()
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    preset, model, changes = PRESETS[name], dict(PRESETS[name].model), {}
+    preset = PRESETS[name]
+    parts = {"model": dict(preset.model), "world": dict(preset.world), "": {}}
+    known = {"model": {f.name: f.default for f in fields(tv.VideoSSMConfig) if f.name not in ("causal", "mode")},
+             "world": {f.name: f.default for f in fields(World) if f.name != "size"},
+             "": {f.name: getattr(preset, f.name) for f in fields(Preset) if f.name not in ("model", "world")}}
     for setting in settings:
         key, equals, text = setting.partition("=")
-        in_model = key.startswith("model.")
-        key = key.removeprefix("model.")
-        known = ({f.name: f.default for f in fields(tv.VideoSSMConfig) if f.name not in ("causal", "mode")}
-                 if in_model else {f.name: getattr(preset, f.name) for f in fields(Preset) if f.name != "model"})
-        if not equals or key not in known:
-            where = "the model (VideoSSMConfig)" if in_model else "the preset (model.FIELD for the model's)"
-            raise ValueError(f"--set {setting}: expected FIELD=VALUE, FIELD a field of {where}: {', '.join(known)}")
-        kind = type(known[key])
+        part, _, key = key.rpartition(".")                  # "model.dim" -> "model", "dim"
+        if not equals or key not in known.get(part, {}):
+            where = {"model": "the model (VideoSSMConfig)", "world": "the world (World)"}.get(
+                part, "the preset (model.FIELD and world.FIELD for the model's and the world's)")
+            raise ValueError(f"--set {setting}: expected FIELD=VALUE, FIELD a field of {where}: "
+                             f"{', '.join(known.get(part, known['']))}")
+        kind = type(known[part][key])
         try:
             value = {"true": True, "false": False}[text.lower()] if kind is bool else kind(text)
         except (KeyError, ValueError):
             raise ValueError(f"--set {setting}: {text!r} is not a valid {kind.__name__}") from None
-        (model if in_model else changes)[key] = value
+        parts[part][key] = value
     try:
-        chunk_frames = tv.VideoSSMConfig(**model).chunk_frames     # the model's own checks: dim % n_heads, ...
+        cfg = tv.VideoSSMConfig(**parts["model"])          # their own checks: dim % n_heads, ...
+        World(cfg.frame_size, **parts["world"])
     except ValueError as error:
         raise ValueError(f"--set: {error}") from None
-    preset = replace(preset, model=model, **changes)
-    check_preset(preset, chunk_frames)
+    preset = replace(preset, model=parts["model"], world=parts["world"], **parts[""])
+    check_preset(preset, cfg.chunk_frames)
     return preset
 
 
@@ -494,7 +610,7 @@ def check_preset(preset, chunk_frames):
                    "text_dropout", "switch_probability", "ema_decay"}
     for f in fields(Preset):
         value = getattr(preset, f.name)
-        if f.name == "model" or isinstance(value, bool):
+        if f.name in ("model", "world") or isinstance(value, bool):
             continue
         if not math.isfinite(value) or value < 0 or (value == 0 and f.name not in may_be_zero):
             raise ValueError(f"--set {f.name}={value}: must be a finite number {'>= 0' if f.name in may_be_zero else '> 0'}")
@@ -540,7 +656,7 @@ class Teacher:
                       "torch.compile (slower)")
             else:
                 self.forward = torch.compile(self.model, dynamic=False)   # one graph per shape (clips, images)
-        self.world = World(cfg.frame_size)
+        self.world = World(cfg.frame_size, **preset.world)
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
 
@@ -1031,7 +1147,7 @@ def report(out_dir, clips=16, seed=12345, grid=None):
     except ValueError as error:
         raise SystemExit(f"{out_dir}/{found[0][1]} was trained with a preset this train.py does not know ({error})")
     cfg = tv.VideoSSMConfig(**preset.model)
-    truth = World(cfg.frame_size).sample(clips, preset.clip_frames, seed=seed)
+    truth = World(cfg.frame_size, **preset.world).sample(clips, preset.clip_frames, seed=seed)
     captions = [c[0] for c in truth.captions]
     rows = {"ground truth": truth.video}
     bar = tqdm(total=len(found) * clips, desc="sampling", unit="clip")
@@ -1090,6 +1206,9 @@ def main(argv=None):
                         help="instead of training: sample every trained model in --out next to ground truth "
                              "and print the metrics (writes --grid if given)")
     parser.add_argument("--grid", default=None, help="with --report: PNG of sample clips to write")
+    parser.add_argument("--world-stats", action="store_true",
+                        help="instead of training: how often and how long sprites are out of sight in the "
+                             "preset's world and in the world with curtains (ground truth)")
     args = parser.parse_args(argv)
     if args.stop_at is not None and args.stop_at < 1:
         parser.error(f"--stop-at {args.stop_at}: a step number, at least 1")
@@ -1102,6 +1221,8 @@ def main(argv=None):
         preset = preset_from(spec)
     except ValueError as error:
         parser.error(str(error))
+    if args.world_stats:
+        return world_statistics(preset)
     run = Run(args.device, args.out, args.seed)
     stages = {"0": ("teacher.pt", lambda: Teacher(run, preset, spec)),
               "1": ("student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.memory)),
