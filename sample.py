@@ -4,7 +4,7 @@ Stream a long video from the trained student, chunk by chunk, with optional prom
     python sample.py                                       a minute of "a circle on blue" -> out/video.mp4
     python sample.py --prompt "two squares on red" --switch 240:"two squares on green" --out out/switch.mp4
     python sample.py --mode sink                           the same without the global memory (LongLive)
-    python sample.py --benchmark                           the four memory modes side by side, one table
+    python sample.py --benchmark                           the five memory modes side by side, with intervals
 
 Frames are written to an MP4 as they are made (imageio's ffmpeg plugin), so memory stays flat
 however long the video: the model keeps only its sink, its window and the memory state M
@@ -191,7 +191,7 @@ def make_video(args, model, text_encoder, preset):
         print(f"  from frame {chunk * cfg.chunk_frames}: {prompt!r}")
 
 
-# ---- the benchmark: the four memory modes side by side -------------------------------------------
+# ---- the benchmark: the five memory modes side by side -------------------------------------------
 
 
 def cache_bytes(cache):
@@ -200,40 +200,135 @@ def cache_bytes(cache):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def paired_interval(a, b, draws=2000, seed=0):
+    """The mean of a - b over the videos both scored (a, b: (N,) per video, NaN = not scored), and its
+    paired bootstrap 95% interval: resample the videos, not the two modes separately."""
+    difference = (a - b)[~(a.isnan() | b.isnan())]
+    if len(difference) < 2:
+        return math.nan, math.nan, math.nan
+    picks = torch.randint(len(difference), (draws, len(difference)), generator=torch.Generator().manual_seed(seed))
+    low, high = difference[picks].mean(1).quantile(torch.tensor([0.025, 0.975]))
+    return difference.mean().item(), low.item(), high.item()
+
+
+def teacher_force(model, cache, frames):
+    """Feed clean frames (B, F, C, H, W), F whole chunks, through the clean context pass as if the
+    model had made them: the cache (sink, window, M) ends up as after streaming those frames."""
+    for chunk in frames.split(model.cfg.chunk_frames, dim=1):
+        model.forward_chunk(chunk, 0.0, cache, write=True)
+
+
+def recall_clips(world, cfg, count, frames, seed):
+    """Ground-truth clips for the recall probe: one sprite, out of sight in the sink's chunks (so the
+    sink cannot show it), then seen, then hidden for so long that the window holds none of it, and
+    seen again. Returns (clips, context chunks, frame of return) for up to `count` of them."""
+    cf, window = cfg.chunk_frames, cfg.window_chunks
+    sink_frames = cfg.sink_chunks * cf
+    found = []
+    for batch in range(64):                                   # a search: the clips are rare, not scarce
+        clips = world.sample(32, frames, seed=seed + 1000 * batch)
+        for b in torch.nonzero(clips.count == 1).flatten().tolist():
+            area = clips.visible_area[b, :, 0].tolist()
+            seen = [a >= 8 for a in area]                     # clearly: train.read_attributes needs 4 pixels
+            if any(a >= 1 for a in area[:sink_frames]) or True not in seen:
+                continue
+            first = seen.index(True)
+            hidden = [a < 1 for a in area]                    # not one pixel in sight
+            hidden_at = hidden.index(True, first) if True in hidden[first:] else frames
+            back_at = hidden.index(False, hidden_at) if False in hidden[hidden_at:] else frames
+            returns = seen.index(True, back_at) if True in seen[back_at:] else frames
+            context = math.ceil(hidden_at / cf) + window      # the first chunk after the window emptied
+            if context * cf <= back_at and returns <= frames - 4 * cf:   # then four chunks to come back in
+                found.append((clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]),
+                              context, returns))
+            if len(found) == count:
+                return found
+    return found
+
+
+@torch.no_grad()
+def recall(model, text_encoder, clip, prompt, colour, context, returns, mode, sigmas, seed):
+    """1 if, after ground-truth context up to chunk `context`, the sprite the model brings back (in
+    the chunks until four after its true return) has its ground-truth colour, else 0."""
+    cf = model.cfg.chunk_frames
+    cache = tv.StreamCache(model, 1, mode)
+    cache.set_prompt(model, text_encoder([prompt]))
+    teacher_force(model, cache, clip[:, :context * cf])
+    made = math.ceil(returns / cf) + 4 - context
+    video = torch.cat(list(tv.generate(model, text_encoder, {0: prompt}, made, sigmas,
+                                       torch.Generator().manual_seed(seed), cache=cache)), 1)
+    _, sprite = train.read_attributes(video)                  # (1, frames made)
+    shown = sprite[sprite >= 0]
+    return float(len(shown) > 0 and shown.mode().values.item() == colour)
+
+
 @torch.no_grad()
 def benchmark(args, model, text_encoder, preset):
-    """Each mode streams the same prompts and seeds for `--frames` frames (default 20 teacher clips);
-    metrics from the world (train.py), frames/s and the cache's peak size; ground truth on top."""
+    """Every mode streams the same prompts (one sprite each) and seeds for `--frames` frames (default
+    20 teacher clips): the world's measures per video, frames/s and the cache's peak size, ground
+    truth on top; then the recall probe; then hybrid minus each other mode with paired intervals."""
     model, text_encoder, cfg = model.to(args.device), text_encoder.to(args.device), model.cfg
     frames = 20 * preset.clip_frames if args.frames is None else args.frames
-    if frames < cfg.chunk_frames:
-        raise SystemExit(f"--benchmark compares whole chunks: --frames must be at least one chunk "
-                         f"({cfg.chunk_frames} frames)")
+    if frames < 2 * cfg.chunk_frames:
+        raise SystemExit(f"--benchmark compares whole chunks: --frames must be at least two chunks "
+                         f"({2 * cfg.chunk_frames} frames)")
     frames -= frames % cfg.chunk_frames
-    truth = train.World(cfg.frame_size).sample(args.videos, frames, seed=args.seed)
-    prompts = [c[0] for c in truth.captions]
-    rows = {"ground truth": (truth.video, None, None)}
-    for mode in tv.MODES:
-        videos, started, peak = [], time.time(), 0
-        for i, prompt in enumerate(tqdm(prompts, desc=f"{mode}", leave=False)):
-            generator = torch.Generator().manual_seed(args.seed + i)
-            cache, chunks = tv.StreamCache(model, 1, mode, device=args.device), []
-            for chunk in tv.generate(model, text_encoder, {0: prompt}, frames // cfg.chunk_frames,
-                                     tv.denoising_sigmas(args.steps, preset.shift), generator, cache=cache):
-                chunks.append(chunk.cpu())
-                peak = max(peak, cache_bytes(cache))
-            videos.append(torch.cat(chunks, 1))
-        rows[mode] = (torch.cat(videos), len(prompts) * frames / (time.time() - started), peak)
-    names = list(train.video_metrics(truth.video, cfg.chunk_frames))
-    print(f"\n{args.videos} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), "
-          f"{args.steps} steps, the same prompts and seeds in every row\n")
-    print("| | prompt match | " + " | ".join(n.replace("_", " ") for n in names) + " | frames/s | peak cache |")
-    print("|---|--:|" + "--:|" * len(names) + "--:|--:|")
-    for name, (video, speed, peak) in rows.items():
-        metrics = train.video_metrics(video, cfg.chunk_frames, sprites=truth.count)
-        print(f"| {name} | {train.prompt_match(video, truth.background):.3f} | "
-              + " | ".join(f"{metrics[n]:.3f}" for n in names)
-              + (f" | {speed:.1f} | {peak / 2 ** 20:.2f} MB |" if speed else " | | |"))
+    sigmas = tv.denoising_sigmas(args.steps, preset.shift)
+    world = train.World(cfg.frame_size, **preset.world)
+    truth = world.sample(4 * args.videos, frames, seed=args.seed)
+    keep = torch.nonzero(truth.count == 1).flatten()[:args.videos]        # one sprite: identity is defined
+    video_of = {"ground truth": truth.video[keep]}
+    prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
+    recall_world = world if world.occluder else train.World(cfg.frame_size, **{**preset.world, "occluder": 4})
+    probes = recall_clips(recall_world, cfg, args.videos, frames, args.seed)
+    speed, peak, recalled = {}, {}, {}
+    with tqdm(total=len(tv.MODES) * (len(prompts) + len(probes)), desc="benchmark", unit="video") as bar:
+        for mode in tv.MODES:
+            bar.set_description(f"benchmark: {mode}")
+            videos, started, peak[mode] = [], time.time(), 0
+            for i, prompt in enumerate(prompts):
+                cache, chunks = tv.StreamCache(model, 1, mode, device=args.device), []
+                for chunk in tv.generate(model, text_encoder, {0: prompt}, frames // cfg.chunk_frames, sigmas,
+                                         torch.Generator().manual_seed(args.seed + i), cache=cache):
+                    chunks.append(chunk.cpu())
+                    peak[mode] = max(peak[mode], cache_bytes(cache))
+                videos.append(torch.cat(chunks, 1))
+                bar.update()
+            video_of[mode], speed[mode] = torch.cat(videos), len(prompts) * frames / (time.time() - started)
+            recalled[mode] = torch.zeros(len(probes))
+            for i, probe in enumerate(probes):
+                recalled[mode][i] = recall(model, text_encoder, *probe, mode, sigmas, args.seed + i)
+                bar.update()
+    per_video = {}                                                          # measure -> mode -> (N,)
+    for name, video in video_of.items():
+        for measure, score in [("fidelity", train.fidelity), ("sprite presence", train.sprite_presence),
+                               ("shape match", lambda v, s: train.shape_match(v, s)),
+                               ("identity kept", None), ("subject consistency", train.subject_consistency),
+                               ("background consistency", train.background_consistency),
+                               ("dynamic degree", train.dynamic_degree), ("flicker", train.flicker)]:
+            if measure == "identity kept":
+                values = train.identity_kept(video)
+            elif measure == "shape match":
+                values = torch.tensor([score(v[None], s[None]) for v, s in zip(video, shapes)])
+            else:
+                values = torch.tensor([score(v[None]) for v in video])
+            per_video.setdefault(measure, {})[name] = values
+    per_video["recall"] = {"ground truth": torch.ones(len(probes)), **recalled}
+    print(f"\n{len(prompts)} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), one sprite "
+          f"each, {args.steps} steps, the same prompts and seeds in every row. Recall: {len(probes)} ground-truth "
+          f"clips{' with curtains (world.occluder=4)' if recall_world is not world else ''} fed as context until "
+          f"the sprite has been out of sight longer than sink + window hold; chance {1 / len(train.SPRITE_COLOURS):.2f}\n")
+    print("| | " + " | ".join(per_video) + " | frames/s | peak cache |\n|---|" + "--:|" * (len(per_video) + 2))
+    for name in video_of:
+        print(f"| {name} | " + " | ".join(f"{values[name].nanmean():.3f}" for values in per_video.values())
+              + (f" | {speed[name]:.1f} | {peak[name] / 2 ** 20:.2f} MB |" if name in speed else " | | |"))
+    others = [mode for mode in tv.MODES if mode != "hybrid"]
+    print(f"\nhybrid minus each mode: the mean difference [paired bootstrap 95% interval]; ** where the interval "
+          f"excludes 0\n\n| | " + " | ".join(f"hybrid - {m}" for m in others) + " |\n|---|" + "--:|" * len(others))
+    for measure, values in per_video.items():
+        cells = [paired_interval(values["hybrid"], values[m]) for m in others]
+        print(f"| {measure} | " + " | ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' **' if lo > 0 or hi < 0 else ''}"
+                                            for d, lo, hi in cells) + " |")
 
 
 def peak_memory_mb():
@@ -299,7 +394,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same video")
     parser.add_argument("--mode", choices=tv.MODES,
                         help="memory: hybrid (VideoSSM, the default), sink (LongLive), window (Self-Forcing), "
-                             "full (quadratic)")
+                             "full (quadratic), memory (state-space only: each chunk sees itself and M)")
     parser.add_argument("--steps", type=int,
                         help="denoising steps per chunk (default: the checkpoint's, the steps it was distilled for)")
     parser.add_argument("--out", default="out/video.mp4",
@@ -313,9 +408,9 @@ def main(argv=None):
                              "that another process holds, every operation waits for it")
     runs = parser.add_mutually_exclusive_group()
     runs.add_argument("--benchmark", action="store_true",
-                      help="print the four memory modes side by side on the world's own prompts (--frames "
+                      help="print the five memory modes side by side on the world's own prompts (--frames "
                            "defaults to 20 teacher clips)")
-    parser.add_argument("--videos", type=int, default=4, help="with --benchmark: videos per mode")
+    parser.add_argument("--videos", type=int, default=32, help="with --benchmark: videos per mode")
     runs.add_argument("--memory-trace", action="store_true",
                       help="stream --frames frames (default 10000) in --mode without writing them and print "
                            "the cache size and the peak process memory ten times along the way")

@@ -1172,11 +1172,53 @@ def test_sample_bad_input_gives_one_clear_message(student, tmp_path, capsys):
     assert os.listdir(tmp_path) == []                                         # nothing half-written
 
 
-def test_benchmark_prints_every_mode(student, capsys):
-    sample.main(["--checkpoint", student, "--benchmark", "--frames", "12", "--videos", "1", "--steps", "1"])
+def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
+    sample.main(["--checkpoint", student, "--benchmark", "--frames", "40", "--videos", "3", "--steps", "1"])
     table = capsys.readouterr().out
-    for row in ["ground truth", *tv.MODES]:
+    for row in ["ground truth", *tv.MODES, "shape match", "identity kept", "recall"]:
         assert f"| {row} |" in table
+    assert "| hybrid - sink | hybrid - window | hybrid - full | hybrid - memory |" in table
+    assert "3 videos of 40 frames" in table and "Recall: 3 ground-truth clips with curtains" in table
+
+
+def test_paired_interval_covers_a_known_difference_and_excludes_zero_only_when_it_should():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(64, generator=gen)
+    mean, low, high = sample.paired_interval(a + 0.5 + 0.1 * torch.randn(64, generator=gen), a)
+    assert low < 0.5 < high and low > 0 and abs(mean - 0.5) < 0.05          # paired: the shared part cancels
+    mean, low, high = sample.paired_interval(a, a.roll(1))                  # no true difference
+    assert low < 0 < high
+    nan = torch.tensor([math.nan, 1.0, 2.0, 3.0])
+    assert sample.paired_interval(nan, torch.zeros(4))[0] == 2.0           # a video either mode did not score is left out
+
+
+def test_recall_probe_context_is_ground_truth():
+    """The probe's context goes through the clean pass: the next chunk's prediction equals the
+    parallel path's with the ground-truth frames as the clean context."""
+    model = small_model(mode="hybrid")
+    clip, text = random_clip(10)
+    cache = tv.StreamCache(model, 1, dtype=torch.float64)
+    cache.set_prompt(model, text)
+    sample.teacher_force(model, cache, clip[:, :8])
+    assert cache.next_chunk == 4 and cache.chunks == [0, 3] and all(layer.state.abs().max() > 0 for layer in cache.layers)
+    noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
+    streamed = model.forward_chunk(noisy, 500.0, cache)
+    t = torch.cat([torch.zeros(1, 8), torch.full((1, 2), 500.0)], 1).double()
+    parallel = model(torch.cat([clip[:, :8], noisy], 1), t, text)[:, -2:]
+    assert (streamed - parallel).abs().max() < 1e-8
+
+
+def test_recall_clips_hide_the_sprite_longer_than_the_window_holds(student):
+    model = sample.load(student)[0]
+    cfg = model.cfg
+    probes = sample.recall_clips(train.World(cfg.frame_size, occluder=4), cfg, 4, 60, seed=0)
+    assert len(probes) == 4
+    for clip, prompt, colour, context, returns in probes:
+        _, sprite = train.read_attributes(clip)
+        assert (sprite[0, :cfg.sink_chunks * cfg.chunk_frames] == -1).all()               # the sink cannot show it
+        window = slice((context - cfg.window_chunks) * cfg.chunk_frames, context * cfg.chunk_frames)
+        assert (sprite[0, window] == -1).all() and (sprite[0, :window.start] == colour).any()   # seen, then gone
+        assert sprite[0, returns] == colour and returns >= context * cfg.chunk_frames      # and back in its colour
 
 
 def test_memory_trace_is_flat_in_hybrid_and_grows_in_full(student, capsys):
@@ -1244,7 +1286,7 @@ BAD_ARGUMENTS = [  # (flags, what the one message says); the test student makes 
     (["--benchmark", "--frames", "4", "--videos", "1", "--prompt", "a circle on red"], "drop --prompt"),
     (["--benchmark", "--frames", "4", "--videos", "1", "--mode", "sink"], "drop --mode"),
     (["--benchmark", "--frames", "4", "--videos", "0"], "--videos 0: must be at least 1"),
-    (["--benchmark", "--frames", "1", "--videos", "1"], "at least one chunk"),
+    (["--benchmark", "--frames", "1", "--videos", "1"], "at least two chunks"),
     (["--frames", "2", "--seed", "99999999999999999999999"], "use a seed from 0 to 2**63 - 1"),
     (["--frames", "2", "--seed", "-1"], "use a seed from 0 to 2**63 - 1"),
     (["--switch", "infs:a circle on red"], "expected FRAME:PROMPT"),
