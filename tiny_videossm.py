@@ -1,23 +1,25 @@
 """
 The network: a Wan-2.1-style video DiT that generates a video chunk by chunk, seeing recent frames
 through a sliding attention window with sink frames and everything older through a gated
-delta-rule memory (VideoSSM, arXiv 2512.04519). Imports torch and kernels.py only.
+delta-rule memory (VideoSSM, arXiv 2512.04519). Imports torch and kernels.py only. Mirrors Wan2.1's
+wan/modules/model.py (diffusers: WanTransformer3DModel), and Self-Forcing's CausalWanModel for the
+causal variant.
 
-Read in this order:
+Read top to bottom:
     VideoSSMConfig          every size and switch, with what it means
     flow matching helpers   the noise convention: x_s = (1 - s) x0 + s eps, the net predicts eps - x0
-    TextEncoder             prompt -> token features (no T5: a word-level vocabulary)
-    rope                    3D rotary positions, Wan's interleaved pairs
-    SelfAttention           local attention (E3, E4) + global memory (E5-E8) + router (E9, E10)
-    Block, VideoDiT         Wan's block and model; one class is teacher, student and critic
-    Pattern                 who attends to whom: bidirectional, or causal in one of four modes
+    TextEncoder, rope       prompt -> token features (no T5); 3D rotary positions, Wan's interleaved pairs
+    GatedDeltaMemory        the global memory: gates (E5, E6), write (E7), read (E8), router (E9)
+    SelfAttention, Block    local attention (E3, E4) fused with the memory (E10); Wan's block around it
+    Pattern                 who attends to whom: bidirectional, or causal in one of the MODES
+    VideoDiT                the model; one class is teacher, student and critic
     StreamCache, generate   the streaming path: KV cache with sink + window, eviction into M
 
 Two execution paths compute the same function and are tested against each other:
-    parallel   `VideoDiT.forward`: a whole clip in one pass, block-causal mask, and for every chunk
-               the memory state built from the chunks evicted before it (used for training);
-    streaming  `VideoDiT.forward_chunk` with a `StreamCache`: one chunk at a time (used to sample,
-               and by stage 2's self-rollout).
+    parallel   `VideoDiT.forward`: a whole clip in one pass with a block-causal mask, each chunk's
+               memory state built from the chunks evicted before it (training)
+    streaming  `VideoDiT.forward_chunk` with a `StreamCache`: one chunk at a time (sampling, and
+               stage 2's self-rollout)
 
 Glossary (shape comments):
     B batch          F frames          C colour channels   H, W frame height, width in pixels
@@ -25,14 +27,11 @@ Glossary (shape comments):
     p patch size     h, w tokens per frame along height, width (H // p, W // p)
     Lt text tokens   n chunks          M memory state, (B, nh, hd, hd) per layer
 
-Paper equations are tagged (E3)...(E11); decisions the paper leaves open are tagged (D1)...(D11),
-with SPEC.md's table as the reference. Mirrors Wan2.1's wan/modules/model.py (diffusers:
-WanTransformer3DModel) and Self-Forcing's CausalWanModel for the causal variant.
+Paper equations are tagged (E3)...(E11), and decisions the paper leaves open (D1)...(D12), with
+SPEC.md's table as the reference.
 """
 
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -91,10 +90,9 @@ class VideoSSMConfig:
         return (self.frame_size // self.patch_size) ** 2
 
 
-# ----------------------------------------------------------------------------------------------
-# Flow matching (rectified flow, Wan's convention). s in [0, 1] is the noise level ("sigma"),
-# s = 1 is pure noise, the network sees the timestep t = 1000 s and predicts the velocity eps - x0.
-
+# ---- flow matching (rectified flow, Wan's convention) --------------------------------------------
+# s in [0, 1] is the noise level ("sigma"), s = 1 is pure noise; the network sees the timestep
+# t = 1000 s and predicts the velocity eps - x0.
 
 def add_noise(x0, noise, sigma):
     """x_s = (1 - s) x0 + s eps. sigma broadcasts against x0 from the left: (B,) or (B, F)."""
@@ -124,9 +122,7 @@ def denoising_sigmas(steps, shift=3.0):
     return [shift_sigma(1 - i / steps, shift) for i in range(steps)]
 
 
-# ----------------------------------------------------------------------------------------------
-# Text: a word-level tokenizer over a fixed vocabulary, an embedding, and learned positions.
-
+# ---- text: a word-level tokenizer over a fixed vocabulary, an embedding, learned positions -------
 
 class TextEncoder(nn.Module):
     """Prompt -> (Lt, text_dim) token features. Id 0 pads; the empty prompt (all padding) is the
@@ -156,10 +152,9 @@ class TextEncoder(nn.Module):
         return self.embedding(ids) + self.position                                             # (B, Lt, text_dim)
 
 
-# ----------------------------------------------------------------------------------------------
-# 3D RoPE (Wan): the head width is split between time, height and width; pairs of channels
-# (0, 1), (2, 3), ... are rotated by angle position * frequency ("interleaved pairs").
-
+# ---- 3D RoPE (Wan) -------------------------------------------------------------------------------
+# The head width is split between time, height and width; pairs of channels (0, 1), (2, 3), ...
+# are rotated by angle position * frequency ("interleaved pairs").
 
 def rope_angles(frame_positions, h, w, head_dim, theta=10000.0):
     """Rotation angles for tokens in (frame, row, column) order.
@@ -169,16 +164,13 @@ def rope_angles(frame_positions, h, w, head_dim, theta=10000.0):
     Returns:
         angles: shape (F * h * w, hd / 2), float64 so that large positions stay exact
     """
+    F_, device = frame_positions.shape[0], frame_positions.device
     hw_dim = 2 * (head_dim // 6)                        # Wan: height and width get 2 * (hd // 6) each
     dims = (head_dim - 2 * hw_dim, hw_dim, hw_dim)      # time gets the rest
-
-    def freqs(dim):
-        return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=frame_positions.device) / dim)
-
-    F_ = frame_positions.shape[0]
+    freqs = lambda dim: 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
     t = frame_positions.double()[:, None] * freqs(dims[0])                                  # (F, dt/2)
-    y = torch.arange(h, dtype=torch.float64, device=t.device)[:, None] * freqs(dims[1])     # (h, dh/2)
-    x = torch.arange(w, dtype=torch.float64, device=t.device)[:, None] * freqs(dims[2])     # (w, dw/2)
+    y = torch.arange(h, dtype=torch.float64, device=device)[:, None] * freqs(dims[1])       # (h, dh/2)
+    x = torch.arange(w, dtype=torch.float64, device=device)[:, None] * freqs(dims[2])       # (w, dw/2)
     return torch.cat([t[:, None, None].expand(F_, h, w, -1),
                       y[None, :, None].expand(F_, h, w, -1),
                       x[None, None, :].expand(F_, h, w, -1)], dim=-1).reshape(F_ * h * w, -1)  # (L, hd/2)
@@ -198,9 +190,7 @@ def rope(x, angles):
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
-# ----------------------------------------------------------------------------------------------
-# The global memory: VideoSSM's contribution, one module you can copy out with kernels.py
-
+# ---- the global memory: VideoSSM's contribution -------------------------------------------------
 
 class GatedDeltaMemory(nn.Module):
     """A layer's long-term memory: gates (E5, E6), write (E7), read (E8) and router (E9), with the
@@ -210,10 +200,9 @@ class GatedDeltaMemory(nn.Module):
     input x (B, L, d), and the attention's pre-RoPE queries and keys split into heads (D2); it
     decides which tokens to write (VideoSSM: the tokens leaving the attention window) and when.
 
-        g, beta = memory.gates(x)                        computed while the token is attended to,
-                                                         cached with its K and V
-        M = memory.write(M, k, v, g, beta)               later, when the token is evicted
-        out = memory(x, q, states, state_of_token, t)    gamma_t * H_global, added to attention
+        g, beta = memory.gates(x)                       while the token is attended to; cached with its K, V
+        M = memory.write(M, k, v, g, beta)              later, when the token is evicted
+        out = memory(x, q, states, state_of_token, t)   gamma_t * H_global, added to the attention's output
 
     Args:
         dim: the layer width d;  n_heads: nh (head width hd = d // nh; M is (B, nh, hd, hd))
@@ -299,9 +288,7 @@ class GatedDeltaMemory(nn.Module):
         return torch.stack(states, dim=1)                                             # (B, n, nh, hd, hd)
 
 
-# ----------------------------------------------------------------------------------------------
-# Self-attention with hybrid memory: the heart of VideoSSM
-
+# ---- self-attention with hybrid memory: the heart of VideoSSM ------------------------------------
 
 class SelfAttention(nn.Module):
     """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, for the student, a
@@ -316,8 +303,7 @@ class SelfAttention(nn.Module):
         d, nh = cfg.dim, cfg.n_heads
         self.nh, self.hd = nh, cfg.head_dim
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))   # (E3) W_Q, W_K, W_V, W_o
-        self.norm_q = nn.RMSNorm(d, eps=1e-6)
-        self.norm_k = nn.RMSNorm(d, eps=1e-6)
+        self.norm_q, self.norm_k = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
         self.memory = (GatedDeltaMemory(d, nh, cfg.router_horizon, cfg.kernel_chunk_size, cfg.kernel_backend)
                        if memory else None)
 
@@ -344,10 +330,9 @@ class SelfAttention(nn.Module):
             local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2),
                                                    attn_mask=pattern.mask).transpose(1, 2)  # (B, L, nh, hd)
         else:
-            # (D12) the sink is seen as if it sat just before the window: its columns take the
-            # queries at their window-relative positions (see Pattern). Both dot products in one
-            # fused call: q' = [q, q_sink] and k' = [k, 0] for window keys, [0, k] for sink keys,
-            # so q'.k' is q.k or q_sink.k as each column needs.
+            # (D12) the sink's columns take the queries at their window-relative positions (Pattern).
+            # Both dot products in one fused call: q' = [q, q_sink] and k' = [k, 0] for window keys,
+            # [0, k] for sink keys, so q'.k' is q.k or q_sink.k as each column needs.
             q_sink = rope(q, pattern.sink_query_angles)                                   # (B, L, nh, hd)
             is_sink = torch.zeros(k.shape[1], 1, 1, dtype=torch.bool, device=k.device)
             is_sink[pattern.sink_columns] = True                                          # (L, 1, 1)
@@ -387,8 +372,7 @@ class CrossAttention(nn.Module):
         d = cfg.dim
         self.nh, self.hd = cfg.n_heads, cfg.head_dim
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.norm_q = nn.RMSNorm(d, eps=1e-6)
-        self.norm_k = nn.RMSNorm(d, eps=1e-6)
+        self.norm_q, self.norm_k = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
 
     def context_kv(self, context):
         """context: (B, Lt, d) -> k, v (B, nh, Lt, hd); computed once per prompt when streaming."""
@@ -435,19 +419,13 @@ def timestep_embedding(t, dim):
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Who attends to whom
-
+# ---- who attends to whom -------------------------------------------------------------------------
 
 @dataclass
 class Pattern:
-    """The attention pattern of one parallel forward, shared by all layers.
-
-    Positions (D12): a token's time position is its frame index, except that a query in chunk c
-    reads the sink with its own position shifted back by `position_shift(c)` chunks, which puts
-    the sink right before the window. Streaming gets the same distances by placing the cached
-    chunks at their slots (StreamCache.step).
-    """
+    """The attention pattern of one parallel forward, shared by all layers. Time positions are frame
+    indices, except (D12) that a query in chunk c reads the sink from its position moved back by
+    `position_shift(c)` chunks (streaming: the cached chunks' slots in StreamCache.step)."""
     angles: torch.Tensor                  # (L, hd/2) RoPE angles at absolute positions
     frame_index: torch.Tensor             # (L,) absolute frame of each token, for the router
     token_chunk: torch.Tensor             # (L,) chunk index of each token
@@ -463,7 +441,7 @@ def uses_memory(mode):
 
 
 def sink_and_window(cfg, mode):
-    """(sink chunks, window chunks) of a mode other than `full`."""
+    """(sink chunks, window chunks) of a mode; `full` has no sink, and its window is never used."""
     sink = cfg.sink_chunks if mode in ("hybrid", "sink") else 0
     return sink, 1 if mode == "memory" else cfg.window_chunks
 
@@ -491,9 +469,7 @@ def position_shift(c, cfg, mode):
     return max(0, c - (sink + window - 1))
 
 
-# ----------------------------------------------------------------------------------------------
-# The model
-
+# ---- the model -----------------------------------------------------------------------------------
 
 class VideoDiT(nn.Module):
     """Wan 2.1's DiT, small. One class, three roles:
@@ -574,32 +550,30 @@ class VideoDiT(nn.Module):
         frame_index = frame_pos.repeat_interleave(hw)                                   # (L,)
         if not cfg.causal:
             return Pattern(frame_angles(cfg, frame_pos), frame_index, torch.zeros_like(frame_index))
-        n = frames // cfg.chunk_frames
+        n, chunk_tokens = frames // cfg.chunk_frames, cfg.chunk_frames * hw
         chunk_of_frame = frame_pos // cfg.chunk_frames
         token_chunk = chunk_of_frame.repeat_interleave(hw)                              # (L,)
         # key chunk j is visible to a query in chunk c if j is in c's visible set; a query
         # sees other chunks through the clean copy (when there is one) and its own chunk as itself
         visible = torch.zeros(n, n, dtype=torch.bool, device=device)
-        evicted_before = []
+        evicted_before = []                     # as token slices: context tokens come first either way
         for c in range(n):
             chunks, evicted = visible_chunks(c, cfg, mode)
             visible[c, chunks] = True
-            chunk_tokens = cfg.chunk_frames * hw              # context tokens come first either way
-            evicted_before.append(slice(evicted * chunk_tokens, (evicted + 1) * chunk_tokens)
-                                  if evicted is not None else None)
+            evicted_before.append(None if evicted is None else
+                                  slice(evicted * chunk_tokens, (evicted + 1) * chunk_tokens))
         mask = visible[token_chunk][:, token_chunk]                                     # (L, L)
         if clean_frames:
             is_clean = torch.arange(len(token_chunk), device=device) < frames * hw      # the clean copy comes first
             same_chunk = token_chunk[:, None] == token_chunk[None, :]
             mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
-        shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
         pattern = Pattern(frame_angles(cfg, frame_pos), frame_index, token_chunk, mask,
                           evicted_before=evicted_before, memory_on=uses_memory(mode))
-        if mode != "full" and sink_and_window(cfg, mode)[0]:    # (D12) the sink's own query positions
-            sink = cfg.sink_chunks * cfg.chunk_frames * hw
-            pattern.sink_columns = torch.arange(sink, device=device)                   # clean copy's sink if any
-            shifted = frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames
-            pattern.sink_query_angles = frame_angles(cfg, shifted)
+        sink = sink_and_window(cfg, mode)[0]
+        if sink:                                                # (D12) the sink's own query positions
+            shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
+            pattern.sink_columns = torch.arange(sink * chunk_tokens, device=device)    # clean copy's sink if any
+            pattern.sink_query_angles = frame_angles(cfg, frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames)
         return pattern
 
     def forward(self, x, timestep, text, clean_context=None, mode=None):
@@ -633,11 +607,9 @@ class VideoDiT(nn.Module):
             timestep = torch.cat([torch.zeros_like(timestep), timestep], dim=1)
         pattern = self.pattern(F_, clean_context is not None, mode, x.device)
         tokens, e0, e = self.embed(x, timestep)
-        context_kv = self.text_context(text)
-        for block, kv in zip(self.blocks, context_kv):
+        for block, kv in zip(self.blocks, self.text_context(text)):
             tokens = block(tokens, e0, kv, lambda h: block.self_attn.forward_parallel(h, pattern))
-        out = self.head_out(tokens, e, x.shape[1])
-        return out[:, -F_:]                                      # drop the clean copy's outputs
+        return self.head_out(tokens, e, x.shape[1])[:, -F_:]                     # drop the clean copy's outputs
 
     # --- the streaming path
 
@@ -677,9 +649,7 @@ class VideoDiT(nn.Module):
         return self.head_out(tokens, e, cfg.chunk_frames)
 
 
-# ----------------------------------------------------------------------------------------------
-# The streaming cache
-
+# ---- the streaming cache -------------------------------------------------------------------------
 
 class LayerCache:
     """One layer's memory: sink and window chunks' pre-RoPE K, V and gates, and the state M.
@@ -743,14 +713,11 @@ class StreamCache:
 
     def step(self, device):
         """Positions for the chunk now being generated, and for the cached chunks it attends to.
-
-        (D12) Keys are cached before RoPE and rotated here, at each chunk's *slot*: the sink keeps
-        positions 0, 1, ...; every other chunk j sits at j - position_shift(c), so the window ends
-        where the sink would end if the chunks between them had never been made. Distances inside
-        the window are the true ones; the sink is always just before the window."""
+        (D12) Keys are cached before RoPE and rotated here, at each chunk's slot: the sink keeps
+        positions 0, 1, ...; every other chunk j sits at j - position_shift(c), right after the sink."""
         cfg, c, hw = self.cfg, self.next_chunk, self.cfg.tokens_per_frame
         shift = position_shift(c, cfg, self.mode)
-        sink = sink_and_window(cfg, self.mode)[0] if self.mode != "full" else 0
+        sink = sink_and_window(cfg, self.mode)[0]
         slot = lambda j: j if j < sink else j - shift                   # chunk index -> slot position
         frames_at = lambda j: slot(j) * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)
         query_frames = frames_at(c)                                                    # (chunk_frames,)
@@ -766,9 +733,9 @@ class StreamCache:
         self.chunks.append(c)
         self.frames.append(frames)
         visible_next, leaving = visible_chunks(c + 1, self.cfg, self.mode)  # leaving: to M, in modes with memory
+        tokens = self.cfg.chunk_frames * self.cfg.tokens_per_frame
         for j in [j for j in self.chunks if j not in visible_next]:
             index = self.chunks.index(j)
-            tokens = self.cfg.chunk_frames * self.cfg.tokens_per_frame
             for layer, memory in zip(self.layers, memories):
                 k, v, (g, beta) = layer.pop(index * tokens, tokens)
                 if j == leaving:
@@ -785,7 +752,7 @@ def recache(model, cache, text):
     """(D10) LongLive's prompt-switch re-cache: new cross-attention K/V, and the clean frames still
     in the window re-encoded under the new prompt. The sink's K/V and the memory M are kept."""
     cache.set_prompt(model, text)
-    sink = sink_and_window(cache.cfg, cache.mode)[0] if cache.mode != "full" else 0
+    sink = sink_and_window(cache.cfg, cache.mode)[0]
     window = [(j, f) for j, f in zip(cache.chunks, cache.frames) if j >= sink]
     if not window:
         return
@@ -803,7 +770,9 @@ def recache(model, cache, text):
 
 def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1,
              exit_step=None, grad_chunks=(), cache=None):
-    """Stream a video chunk by chunk (SPEC section 6). Yields each chunk, (B, chunk_frames, C, H, W).
+    """Stream a video chunk by chunk (SPEC section 6). Yields each chunk, (B, chunk_frames, C, H, W):
+    from noise, at each level predict x0 against the cache and re-noise to the next level with fresh
+    noise; then the clean context pass at t = 0 writes the chunk into the cache (D8).
 
     Args:
         prompts: {chunk index: prompt}; must contain 0. A later entry switches the prompt there (D10).
@@ -815,8 +784,6 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
             denoising step `exit_step` (default: the last) and that prediction is the chunk; chunks
             listed in `grad_chunks` run that step and their clean pass with autograd on. Everything
             else runs without a graph, so plain sampling never builds one.
-    Per chunk: start from noise; at each level predict x0 from the cache, re-noise to the next
-    level with fresh noise; then the clean context pass at t = 0 writes the chunk into the cache.
     """
     cfg = model.cfg
     if 0 not in prompts:
@@ -847,37 +814,3 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         with torch.set_grad_enabled(track):
             model.forward_chunk(x0.detach(), 0.0, cache, write=True)   # (D8) the clean context pass
         yield x0
-
-
-# ----------------------------------------------------------------------------------------------
-# `python tiny_videossm.py`: per-chunk streaming latency, early and late in a long video
-
-
-@torch.no_grad()
-def latency_benchmark(chunks=(10, 200), steps=4, device="cpu"):
-    """Seconds per chunk (steps denoising passes + the clean pass) at chunk 10 and chunk 200, for a
-    random-weight model of the default size: constant in `hybrid`, growing in `full`."""
-    cfg = VideoSSMConfig(causal=True)
-    model = VideoDiT(cfg).to(device).eval()
-    print(f"seconds per chunk ({cfg.chunk_frames} frames, {steps} denoising steps + the clean pass), "
-          f"{cfg.frame_size}x{cfg.frame_size} frames, {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{device}, {torch.get_num_threads()} threads")
-    print("| mode | " + " | ".join(f"chunk {c}" for c in chunks) + " | ratio | cached tokens at the end |")
-    print("|---|" + "--:|" * (len(chunks) + 2))
-    shape = (1, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
-    for mode in ("hybrid", "full"):
-        cache = StreamCache(model, 1, mode, device=device)
-        cache.set_prompt(model, torch.randn(1, 8, cfg.text_dim, device=device))
-        seconds = {}
-        for c in range(max(chunks) + 1):
-            start = time.perf_counter()
-            for _ in range(steps):
-                model.forward_chunk(torch.randn(shape, device=device), 500.0, cache)
-            model.forward_chunk(torch.randn(shape, device=device), 0.0, cache, write=True)
-            seconds[c] = time.perf_counter() - start
-        at = [sorted(seconds[i] for i in range(c - 4, c + 1))[2] for c in chunks]     # median of 5
-        print(f"| {mode} | " + " | ".join(f"{s:.3f}" for s in at) + f" | {at[-1] / at[0]:.2f}x | {cache.length():,} |")
-
-
-if __name__ == "__main__":
-    latency_benchmark(device="cuda" if "--cuda" in sys.argv else "cpu")
