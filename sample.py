@@ -9,9 +9,7 @@ Stream a long video from the trained student, chunk by chunk, with optional prom
 Frames are written to an MP4 as they are made (imageio's ffmpeg plugin), so memory stays flat
 however long the video: the model keeps only its sink, its window and the memory state M
 (tiny_videossm.StreamCache). A GIF is convenient for short clips but is assembled in memory.
-
-Ctrl-C or SIGTERM stops after the chunk being made and keeps the frames so far as a playable video
-(exit status 130 after Ctrl-C, 143 after SIGTERM: 128 + the signal's number, as shells report it).
+Ctrl-C or SIGTERM keeps the frames made so far as a playable video (EPILOG, stop_signals).
 """
 
 import argparse
@@ -301,18 +299,15 @@ def benchmark(args, model, text_encoder, preset):
                 bar.update()
     per_video = {}                                                          # measure -> mode -> (N,)
     for name, video in video_of.items():
-        for measure, score in [("fidelity", train.fidelity), ("sprite presence", train.sprite_presence),
-                               ("shape match", lambda v, s: train.shape_match(v, s)),
-                               ("identity kept", None), ("subject consistency", train.subject_consistency),
-                               ("background consistency", train.background_consistency),
-                               ("dynamic degree", train.dynamic_degree), ("flicker", train.flicker)]:
-            if measure == "identity kept":
-                values = train.identity_kept(video)
-            elif measure == "shape match":
-                values = torch.tensor([score(v[None], s[None]) for v, s in zip(video, shapes)])
-            else:
-                values = torch.tensor([score(v[None]) for v in video])
-            per_video.setdefault(measure, {})[name] = values
+        clips = [v[None] for v in video]                                    # each video on its own
+        scores = {"fidelity": map(train.fidelity, clips), "sprite presence": map(train.sprite_presence, clips),
+                  "shape match": map(train.shape_match, clips, shapes[:, None]),
+                  "identity kept": train.identity_kept(video).tolist(),
+                  "subject consistency": map(train.subject_consistency, clips),
+                  "background consistency": map(train.background_consistency, clips),
+                  "dynamic degree": map(train.dynamic_degree, clips), "flicker": map(train.flicker, clips)}
+        for measure, values in scores.items():
+            per_video.setdefault(measure, {})[name] = torch.tensor(list(values))
     per_video["recall"] = {"ground truth": torch.ones(len(probes)), **recalled}
     print(f"\n{len(prompts)} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), one sprite "
           f"each, {args.steps} steps, the same prompts and seeds in every row. Recall: {len(probes)} ground-truth "
@@ -374,8 +369,7 @@ after SIGTERM (128 + the signal's number, as shells report it)."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Each flag's default after its help, except None (its help says what happens instead); the
-    epilog as written."""
+    """Each flag's default after its help, unless None (its help says what happens); the epilog as written."""
 
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)

@@ -192,14 +192,10 @@ class World:
         present = torch.arange(S) < count[:, None]  # (B, S)
         video, visible_area = self.render(background_per_frame, shape_per_frame, colour, present, position)
 
-        def caption_at(b: int, f: int) -> str:
-            named = Caption(int(count[b]), int(shape_per_frame[b, f]), int(background_per_frame[b, f]))
-            return named.text()
-
         # Two strings per clip at most, repeated: long clips stay cheap.
+        text = lambda b, f: Caption(int(count[b]), int(shape_per_frame[b, f]), int(background_per_frame[b, f])).text()
         before = switch_at if switch_at is not None else frames
-        captions = [[caption_at(b, 0)] * before + [caption_at(b, frames - 1)] * (frames - before)
-                    for b in range(B)]
+        captions = [[text(b, 0)] * before + [text(b, frames - 1)] * (frames - before) for b in range(B)]
         return Clips(video, captions, background_per_frame, shape_per_frame, count,
                      torch.where(present, colour, -1), position, visible_area)
 
@@ -228,7 +224,6 @@ class World:
 
         video = BACKGROUND_RGB[background][..., None, None].expand(-1, -1, -1, self.size, self.size)
         sprite_rgb = SPRITE_RGB[colour][:, None, :, :, None, None]  # (B, 1, S, 3, 1, 1)
-        # video: (B, F, 3, H, W) from here on
         coverage = []  # each sprite's share of each pixel, after what was painted over it
         for s in range(MAX_SPRITES):
             a = alpha[:, :, s, None]  # (B, F, 1, H, W)
@@ -396,16 +391,11 @@ def drift(frames: torch.Tensor, chunk_frames: int = 3) -> float:
 def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
                   sprites: int | torch.Tensor = 1) -> dict[str, float]:
     """All the metrics above for frames (B, F, 3, H, W), each averaged over the batch."""
-    return {
-        "fidelity": fidelity(frames),
-        "sprite_presence": sprite_presence(frames),
-        "subject_consistency": subject_consistency(frames, chunk_frames, sprites),
-        "background_consistency": background_consistency(frames, chunk_frames),
-        "dynamic_degree": dynamic_degree(frames),
-        "frozen_fraction": frozen_fraction(frames, chunk_frames),
-        "flicker": flicker(frames),
-        "drift": drift(frames, chunk_frames),
-    }
+    return {"fidelity": fidelity(frames), "sprite_presence": sprite_presence(frames),
+            "subject_consistency": subject_consistency(frames, chunk_frames, sprites),
+            "background_consistency": background_consistency(frames, chunk_frames),
+            "dynamic_degree": dynamic_degree(frames), "frozen_fraction": frozen_fraction(frames, chunk_frames),
+            "flicker": flicker(frames), "drift": drift(frames, chunk_frames)}
 
 
 # ---- does a model show the method? Shapes, identity, and hidden spans (SPEC sections 4 and 8) -----
@@ -625,7 +615,6 @@ def check_preset(preset, chunk_frames):
 
 # ---- stage 0: the teacher ------------------------------------------------------------------------
 
-
 def bin_losses(sigma, per_sample_loss, bins=4):
     """Loss per noise-level bin. Near s = 0 it stays highest: the target's noise can hardly be
     read from an almost clean input, so that bin's loss has a floor."""
@@ -719,7 +708,6 @@ def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_sc
 
 # ---- stage 1: causal ODE distillation ------------------------------------------------------------
 
-
 def student_from_teacher(teacher, mode):
     """(D9) The causal student starts as the teacher: same weights, plus memory weights whose path
     outputs exactly 0 (g_out zero), so at step 0 it is the block-causal teacher."""
@@ -784,16 +772,14 @@ def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
 
 
 class ODEDistillation:
-    """Stage 1. Regress the teacher's ODE solutions: each chunk of a trajectory at one of the student's
-    denoising levels, predict the clean end. One parallel block-causal forward with the clean clip
-    as context (as streaming will see it), memory built in the graph from evicted chunks (D11)."""
+    """Stage 1. Regress the teacher's ODE solutions (ode_pairs, ode_regression_loss); the memory is built
+    in the graph from the evicted chunks (D11), as streaming will build it."""
     name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
 
     def __init__(self, run, preset, preset_name, mode):
         self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
         self.steps = preset.student_steps
-        teacher_checkpoint = load_checkpoint(run.path("teacher.pt"))
-        teacher, self.text_encoder = build(teacher_checkpoint)
+        teacher, self.text_encoder = build(load_checkpoint(run.path("teacher.pt")))
         teacher, self.text_encoder = teacher.to(run.device), self.text_encoder.to(run.device)
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
         self.pairs = ode_pairs(run, preset, preset_name, teacher, self.text_encoder, self.sigmas)
@@ -814,7 +800,6 @@ class ODEDistillation:
 
 
 # ---- stage 2: long self-rollout with DMD (E11) ---------------------------------------------------
-
 
 def dmd_loss(x, x0_real, x0_fake):
     """Distribution matching distillation (DMD, E11). Its gradient with respect to the generated
@@ -867,14 +852,10 @@ class SelfRolloutDMD:
             prompts[int(torch.randint(1, first + 1, (1,), generator=gen))] = caption
         # (D11) autograd on for the window's chunks and for the chunks they evict into memory
         grad_chunks = set(range(max(0, first - cfg.window_chunks), end)) if grad else set()
-        chunks = []
         with run.autocast():
-            for c, chunk in enumerate(tv.generate(self.model, self.text_encoder, prompts, end, self.sigmas, gen,
-                                                  batch_size=preset.dmd_batch, exit_step=exit_step,
-                                                  grad_chunks=grad_chunks)):
-                if c >= first:
-                    chunks.append(chunk)
-        return torch.cat(chunks, 1).float(), caption
+            chunks = list(tv.generate(self.model, self.text_encoder, prompts, end, self.sigmas, gen,
+                                      batch_size=preset.dmd_batch, exit_step=exit_step, grad_chunks=grad_chunks))
+        return torch.cat(chunks[first:], 1).float(), caption
 
     def scores(self, x, caption, gen):
         """The teacher's (with CFG) and the critic's clean predictions for x noised to a random level."""
@@ -938,8 +919,7 @@ class Run:
         self.distributed = "RANK" in os.environ                          # launched by torchrun
         if self.distributed:
             dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         self.device = torch.device(device, torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
@@ -1025,11 +1005,11 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def build(checkpoint, weights="model"):
+def build(checkpoint):
     """The model and text encoder stored in a checkpoint, in float32, in eval mode."""
     cfg = tv.VideoSSMConfig(**checkpoint["config"])
     model = tv.VideoDiT(cfg)
-    model.load_state_dict({k: v.float() for k, v in checkpoint[weights].items()})
+    model.load_state_dict({k: v.float() for k, v in checkpoint["model"].items()})
     text_encoder = tv.TextEncoder(checkpoint["vocab"], cfg.text_dim)
     text_encoder.load_state_dict({k: v.float() for k, v in checkpoint["text_encoder"].items()})
     return model.eval(), text_encoder.eval().requires_grad_(False)
@@ -1117,7 +1097,6 @@ def run_stage(stage, run, stop_at=None):
 
 # ---- a report: samples of every trained model next to ground truth ----------------------------
 
-
 def save_grid(path, clips, scale=3):
     """Clips (B, F, C, H, W) in [-1, 1] -> a PNG, one clip per row, frames left to right."""
     import imageio.v3 as iio
@@ -1183,12 +1162,10 @@ def report(out_dir, clips=16, seed=12345, grid=None):
 
 # ---- the command line ----------------------------------------------------------------------------
 
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Train tiny-videossm: stage 0 the bidirectional teacher, stage 1 the causal student by "
-                    "ODE distillation, stage 2 the student by long self-rollouts with DMD. Each stage resumes "
-                    "from its last checkpoint and skips itself when its released checkpoint exists.")
+    parser = argparse.ArgumentParser(description="Train tiny-videossm: stage 0 the teacher, stage 1 the causal "
+                                     "student by ODE distillation, stage 2 the student by long self-rollouts with DMD. "
+                                     "Each stage resumes from its last checkpoint and is skipped once it is released.")
     parser.add_argument("--preset", default="tiny", help=f"sizes and schedules: {', '.join(PRESETS)} (default tiny)")
     parser.add_argument("--set", default=[], action="append", metavar="FIELD=VALUE",
                         help="change one field of the preset (repeatable): e.g. --set teacher_steps=8000 "
@@ -1203,12 +1180,10 @@ def main(argv=None):
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop each stage at this step, leaving a checkpoint to resume from")
     parser.add_argument("--report", action="store_true",
-                        help="instead of training: sample every trained model in --out next to ground truth "
-                             "and print the metrics (writes --grid if given)")
-    parser.add_argument("--grid", default=None, help="with --report: PNG of sample clips to write")
+                        help="instead of training: the metrics of every trained model in --out next to ground truth")
+    parser.add_argument("--grid", help="with --report: a PNG of sample clips to write")
     parser.add_argument("--world-stats", action="store_true",
-                        help="instead of training: how often and how long sprites are out of sight in the "
-                             "preset's world and in the world with curtains (ground truth)")
+                        help="instead of training: how long sprites stay out of sight in ground truth")
     args = parser.parse_args(argv)
     if args.stop_at is not None and args.stop_at < 1:
         parser.error(f"--stop-at {args.stop_at}: a step number, at least 1")
