@@ -1,0 +1,88 @@
+"""
+Break each equation's line by hand, one at a time, and name the test that goes red.
+
+    python docs/mutations.py                 every break below (about an hour on a 2-core CPU)
+    python docs/mutations.py E9 D12          only the breaks whose label contains E9 or D12
+
+Works on a copy of the committed tree (git archive HEAD) in a temporary folder, so the checkout
+is never touched. A break that leaves the suite green is a test that is missing.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+BREAKS = [
+ # (label, file, old, new)
+ ("E3 W_K used for q", "tiny_videossm.py", "q = self.norm_q(self.q(x)).view(B, L, self.nh, self.hd)       # (E3)", "q = self.norm_q(self.k(x)).view(B, L, self.nh, self.hd)       # (E3)"),
+ ("E4 window one chunk short", "tiny_videossm.py", "set(range(max(0, c - window + 1), c + 1))", "set(range(max(0, c - window + 2), c + 1))"),
+ ("E4 sink dropped from hybrid", "tiny_videossm.py", 'sink = cfg.sink_chunks if mode in ("hybrid", "sink") else 0', 'sink = cfg.sink_chunks if mode in ("sink",) else 0'),
+ ("E5 beta without sigmoid", "tiny_videossm.py", "beta = torch.sigmoid(self.beta_proj(x))", "beta = self.beta_proj(x)"),
+ ("E6 g sign flipped", "tiny_videossm.py", "g = -self.A_log.exp() * F.softplus(", "g = self.A_log.exp() * F.softplus("),
+ ("E6 exp(A) dropped", "tiny_videossm.py", "g = -self.A_log.exp() * F.softplus(", "g = -self.A_log * F.softplus("),
+ ("E6 B dropped", "tiny_videossm.py", "F.softplus(self.alpha_proj(x) + self.dt_bias)", "F.softplus(self.alpha_proj(x))"),
+ ("E7 predict step dropped (naive)", "kernels.py", "u_t = beta[:, t, :, None] * (v_t - prediction)", "u_t = beta[:, t, :, None] * v_t"),
+ ("E7 beta dropped (chunked)", "kernels.py", "U = solve(beta[..., None] * v)", "U = solve(v)"),
+ ("E7 write: values for keys", "tiny_videossm.py", "_, state = gated_delta_rule(k_mem, k_mem, v.to(dtype),", "_, state = gated_delta_rule(k_mem, k_mem, k_mem,"),
+ ("E8 silu dropped", "tiny_videossm.py", "h_global = self.norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))", "h_global = self.norm(read).reshape(B, L, -1) * self.out_gate(x)"),
+ ("E8 norm dropped", "tiny_videossm.py", "h_global = self.norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))", "h_global = read.reshape(B, L, -1) * F.silu(self.out_gate(x))"),
+ ("E9 log dropped", "tiny_videossm.py", "return torch.sigmoid(self.router_w * rho.log()[:, None] + self.router_b)", "return torch.sigmoid(self.router_w * rho[:, None] + self.router_b)"),
+ ("E9 w sign flipped", "tiny_videossm.py", "return torch.sigmoid(self.router_w * rho.log()[:, None] + self.router_b)", "return torch.sigmoid(-self.router_w * rho.log()[:, None] + self.router_b)"),
+ ("E9/D6 clamp removed", "tiny_videossm.py", "rho = ((frame_index + 1) / self.router_horizon).clamp(max=1.0)", "rho = ((frame_index + 1) / self.router_horizon)"),
+ ("E10 gamma dropped", "tiny_videossm.py", "return self.router(frame_index).to(h_global.dtype) * h_global", "return h_global"),
+ ("E10 memory subtracted", "tiny_videossm.py", "out = out + self.memory(x, q, states, state_of_token, frame_index)", "out = out - self.memory(x, q, states, state_of_token, frame_index)"),
+ ("E11 DMD normaliser removed", "train.py", "direction = (x0_fake - x0_real) / normaliser.view(-1, *[1] * (x.dim() - 1))", "direction = (x0_fake - x0_real)"),
+ ("E11 DMD direction flipped", "train.py", "direction = (x0_fake - x0_real) / normaliser", "direction = (x0_real - x0_fake) / normaliser"),
+ ("E11 CFG dropped from real score", "train.py", "v_real = v_uncond + self.preset.cfg_scale * (v_cond - v_uncond)", "v_real = v_cond"),
+ ("stage 1 target: noisy input", "train.py", "return (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()", "return (tv.x0_from_velocity(x, velocity.float(), sigma) - x).square().mean()"),
+ ("D1 gates per channel", "tiny_videossm.py", "self.beta_proj = nn.Linear(dim, n_heads, bias=False)", "self.beta_proj = nn.Linear(dim, dim, bias=False)"),
+ ("D2 memory query L2 norm dropped", "tiny_videossm.py", "q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5", "q_mem = q * self.hd ** -0.5"),
+ ("D2 memory query scale dropped", "tiny_videossm.py", "q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5", "q_mem = F.normalize(q, dim=-1)"),
+ ("D2 memory key L2 norm dropped", "tiny_videossm.py", "k_mem = F.normalize(k.to(dtype), dim=-1)", "k_mem = k.to(dtype)"),
+ ("D2 parallel memory uses rotated keys", "tiny_videossm.py", "states = self.memory.scan_chunks(k, v, *gates, pattern.evicted_before)", "states = self.memory.scan_chunks(k_rot, v, *gates, pattern.evicted_before)"),
+ ("D3 decay after predict (naive)", "kernels.py", "        M = M * g[:, t].exp()[..., None, None]                              # decay\n        prediction = (M * k_t[..., None]).sum(-2)", "        prediction = (M * k_t[..., None]).sum(-2)\n        M = M * g[:, t].exp()[..., None, None]"),
+ ("D4 gate inside the norm", "tiny_videossm.py", "h_global = self.norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))", "h_global = self.norm(read * F.silu(self.out_gate(x)).view(B, L, self.nh, self.hd)).reshape(B, L, -1)"),
+ ("D5 fusion after W_o", "tiny_videossm.py", "        return self.o(out)\n\n    def forward_parallel", "        return self.o(local.flatten(2)) + (out - local.flatten(2))\n\n    def forward_parallel"),
+ ("D6 router t relative to the chunk", "tiny_videossm.py", "frame_index = (c * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)).repeat_interleave(hw)", "frame_index = torch.arange(cfg.chunk_frames, device=device).repeat_interleave(hw)"),
+ ("D7 evicted chunk's tokens reversed", "tiny_videossm.py", "layer.state = memory.write(layer.state, k, v, g, beta)", "layer.state = memory.write(layer.state, k.flip(1), v.flip(1), g.flip(1), beta.flip(1))"),
+ ("D7 wrong chunk leaves", "tiny_videossm.py", "leaving = c - window                            # the chunk", "leaving = c - window - 1                        # the chunk"),
+ ("D8 denoising steps write the cache", "tiny_videossm.py", "            if write:\n                layer.append(*new[\"kv\"])", "            if True:\n                layer.append(*new[\"kv\"])"),
+ ("D9 g_out not zero-initialised", "tiny_videossm.py", "        nn.init.zeros_(self.out_gate.weight)\n", ""),
+ ("D9 A range", "tiny_videossm.py", "uniform_(0, 16)", "uniform_(0, 64)"),
+ ("D10 switch drops M", "tiny_videossm.py", "    cache.set_prompt(model, text)\n    sink = sink_and_window", "    cache.set_prompt(model, text)\n    for layer in cache.layers:\n        layer.state = torch.zeros_like(layer.state)\n    sink = sink_and_window"),
+ ("D10 switch keeps the old window", "tiny_videossm.py", "    if not window:\n        return\n", "    if True:\n        return\n"),
+ ("D11 parallel states detached", "tiny_videossm.py", "        return torch.stack(states, dim=1)                                             # (B, n, nh, hd, hd)", "        return torch.stack(states, dim=1).detach()"),
+ ("D11 recache without graph (bug 1)", "tiny_videossm.py", "        with torch.set_grad_enabled(training):\n            if c in prompts:", "        with torch.no_grad():\n            if c in prompts:"),
+ ("D12 absolute positions (no shift) in streaming", "tiny_videossm.py", "        shift = position_shift(c, cfg, self.mode)\n", "        shift = 0\n"),
+ ("D12 sink queries unshifted in parallel", "tiny_videossm.py", "frame_angles(cfg, frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames)", "frame_angles(cfg, frame_pos)"),
+ ("bf16 state (bug 2)", "tiny_videossm.py", "dtype = torch.promote_types(state.dtype, torch.float32)", "dtype = k.dtype"),
+]
+
+
+def main(only):
+    root = tempfile.mkdtemp(prefix="mutations-")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(f"git -C {repo} archive HEAD | tar -x -C {root}", shell=True, check=True)
+    print("| break | the first test that fails |\n|---|---|")
+    for label, file, old, new in BREAKS:
+        if only and not any(word in label for word in only):
+            continue
+        path = os.path.join(root, file)
+        source = open(path).read()
+        if source.count(old) != 1:
+            print(f"| {label} | the line to break is not in {file} once: update this table |")
+            continue
+        open(path, "w").write(source.replace(old, new))
+        try:
+            run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                  "-k", "not notebook and not torchrun"], cwd=root, capture_output=True, text=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+            failed = re.findall(r"FAILED (\S+)", run.stdout)
+            print(f"| {label} | {failed[0].split('::')[-1] if failed else 'NONE: the suite stays green'} |", flush=True)
+        finally:
+            open(path, "w").write(source)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
