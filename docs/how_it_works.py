@@ -46,7 +46,7 @@ LABELS = {
 def roles(c, cfg, mode):
     """The role of every chunk 0..CHUNKS-1 for a query in chunk c, and the chunk evicted just before c."""
     visible, evicted = tv.visible_chunks(c, cfg, mode)
-    sink = cfg.sink_chunks if mode in ("sink", "hybrid") else 0
+    sink = tv.sink_and_window(cfg, mode)[0]
     out = []
     for j in range(CHUNKS):
         if j > c:
@@ -56,7 +56,7 @@ def roles(c, cfg, mode):
         elif j in visible:
             out.append("all" if mode == "full" else "sink" if j < sink else "window")
         else:
-            out.append("memory" if mode == "hybrid" else "unseen")
+            out.append("memory" if tv.uses_memory(mode) else "unseen")
     return out, evicted
 
 
@@ -73,7 +73,7 @@ def draw_row(ax, y, row, evicted):
 
 def main():
     cfg = tv.VideoSSMConfig(causal=True, **train.PRESETS["tiny"].model)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 9.2), gridspec_kw=dict(height_ratios=[CHUNKS, 4]))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 9.2), gridspec_kw=dict(height_ratios=[CHUNKS, len(tv.MODES)]))
 
     for c in range(CHUNKS):  # one row per chunk being made, the first at the top
         row, evicted = roles(c, cfg, "hybrid")
@@ -84,7 +84,7 @@ def main():
     top.set_title(f"What each chunk sees in hybrid mode (the shipped student: chunks of {cfg.chunk_frames} frames, "
                   f"sink {cfg.sink_chunks} chunk, window {cfg.window_chunks} chunks)", fontsize=11)
 
-    modes = ("hybrid", "sink", "window", "full")
+    modes = tv.MODES
     for i, mode in enumerate(modes):
         row, evicted = roles(HIGHLIGHT, cfg, mode)
         draw_row(bottom, len(modes) - 1 - i, row, evicted)
