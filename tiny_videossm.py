@@ -775,7 +775,8 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
     noise; then the clean context pass at t = 0 writes the chunk into the cache (D8).
 
     Args:
-        prompts: {chunk index: prompt}; must contain 0. A later entry switches the prompt there (D10).
+        prompts: {chunk index: prompt, or a list of one per video}; must contain 0. A later entry
+            switches the prompt there (D10).
         sigmas: the few denoising noise levels, high to low (denoising_sigmas)
         generator: torch.Generator for the noise (same seed, same video)
         mode: memory mode override, one of MODES
@@ -799,7 +800,7 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         # in a rollout that trains, the prompt's K/V and a re-cached window stay in the graph (D11)
         with torch.set_grad_enabled(training):
             if c in prompts:
-                text = text_encoder([prompts[c]] * batch_size).to(param.dtype)
+                text = text_encoder(prompts[c] if isinstance(prompts[c], list) else [prompts[c]] * batch_size).to(param.dtype)
                 if c == 0:
                     cache.set_prompt(model, text)
                 else:
