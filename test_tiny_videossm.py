@@ -1371,3 +1371,35 @@ def test_an_interrupted_sample_keeps_the_frames_made_so_far(student, tmp_path, s
     assert process.returncode == status and kept and "Traceback" not in err, err[-2000:]
     assert read_video(out).shape[0] == int(kept[1]) > 0
     assert os.listdir(tmp_path) == ["v.mp4"]                    # no hidden temporary file
+
+
+# ----------------------------------------------------------------------------------------------
+# notebooks/: committed with their outputs, so a code host shows every figure and number unrun
+
+NOTEBOOKS_MAX_MB = 5      # all of them together; figures at a modest dpi keep well under it
+
+
+def test_committed_notebooks_have_their_outputs():
+    """Every code cell of every committed notebook carries its outputs and none of them is an error;
+    together the notebooks stay under NOTEBOOKS_MAX_MB. To refresh them, from notebooks/:
+    run each top to bottom in place (nbclient, or `jupyter nbconvert --execute --inplace`)."""
+    import json
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks")
+    missing, errors, total = [], [], 0
+    for name in NOTEBOOKS:
+        path = os.path.join(folder, name)
+        total += os.path.getsize(path)
+        with open(path, encoding="utf-8") as file:
+            cells = json.load(file)["cells"]
+        for i, cell in enumerate(cells):
+            if cell["cell_type"] != "code":
+                continue
+            if not cell.get("outputs"):
+                missing.append(f"{name} cell {i}")
+            errors += [f"{name} cell {i}: {out.get('ename')}" for out in cell.get("outputs", [])
+                       if out.get("output_type") == "error"]
+    assert NOTEBOOKS, "no notebooks found"
+    assert not missing, f"code cells without outputs (run the notebook in place; a cell that prints nothing " \
+                        f"should show something): {', '.join(missing)}"
+    assert not errors, f"cells whose committed output is an error: {', '.join(errors)}"
+    assert total <= NOTEBOOKS_MAX_MB * 2 ** 20, f"the notebooks take {total / 2 ** 20:.1f} MB, over {NOTEBOOKS_MAX_MB} MB"
