@@ -410,8 +410,11 @@ def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
     index, distance = _nearest_palette(frames)  # (B, F, H, W)
     colours = torch.arange(len(SPRITE_COLOURS), device=frames.device) + len(BACKGROUNDS)
     mask = (index[:, :, None] == colours[:, None, None]) & (distance < SPRITE_TOLERANCE)[:, :, None]  # (B, F, 4, H, W)
-    band = nnf.max_pool2d((index == len(PALETTE) - 1).float().flatten(0, 1)[:, None], 3, 1, 1)  # occluder, grown
-    near_band = (mask & (band.view(*index.shape)[:, :, None] > 0)).flatten(-2).any(-1)  # (B, F, 4)
+    # the curtains: columns that are mostly grey (a sprite's soft edge can be greyish too), grown by a pixel
+    grey = (index == len(PALETTE) - 1) & (distance < SPRITE_TOLERANCE)  # (B, F, H, W)
+    curtain = grey.float().mean(-2) > 0.75  # (B, F, W)
+    curtain = nnf.max_pool1d(curtain.float().flatten(0, 1)[:, None], 3, 1, 1).view(curtain.shape) > 0
+    near_band = (mask & curtain[:, :, None, None]).flatten(-2).any(-1)  # (B, F, 4)
     rows, columns = mask.any(-1), mask.any(-2)  # (B, F, 4, H), (B, F, 4, W)
 
     def extent(line):  # first and last occupied position along a line of booleans
@@ -430,12 +433,12 @@ def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
 
 def shape_match(frames: torch.Tensor, shapes: torch.Tensor) -> float:
     """Is the named shape drawn? Of the sprites whose shape can be read (shape_readings), the share
-    that read as the shape the caption names, `shapes` (B, F) an index into SHAPES. In [0, 1];
-    0 when no sprite can be read (a blob for a square reads as a circle)."""
+    that read as the shape the caption names, `shapes` (B, F) an index into SHAPES. In [0, 1] (a
+    blob for a square reads as a circle); NaN when no sprite can be read, as when none is drawn."""
     readings = shape_readings(frames)  # (B, F, 4)
     readable = readings >= 0
     if not readable.any():
-        return 0.0
+        return math.nan
     return (readings == shapes.to(readings.device)[..., None])[readable].float().mean().item()
 
 
