@@ -432,6 +432,15 @@ def test_kernel_inputs_are_checked_at_the_door():
             kernels.gated_delta_rule(q, k, v, g, beta, initial_state=torch.zeros(2, 3, 4, 4), backend=backend)
     with pytest.raises(ValueError, match="chunk_size >= 1"):
         kernels.chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=0)
+    memory = tv.GatedDeltaMemory(16, 2, router_horizon=8)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, L, 16\)"):
+        memory.gates(torch.randn(1, 5, 12))
+    with pytest.raises(ValueError, match="q must have shape"):
+        memory(torch.randn(1, 5, 16), torch.randn(1, 5, 8, 2), torch.zeros(1, 1, 2, 8, 8),
+               torch.zeros(5, dtype=torch.long), torch.arange(5))
+    with pytest.raises(ValueError, match="g must have shape"):              # write: through the kernel's door
+        memory.write(torch.zeros(1, 2, 8, 8), torch.randn(1, 5, 2, 8), torch.randn(1, 5, 2, 8),
+                     *memory.gates(torch.randn(1, 4, 16)))
 
 
 def test_memory_module_copies_out_with_kernels_alone():

@@ -235,6 +235,8 @@ class GatedDeltaMemory(nn.Module):
 
     def gates(self, x):
         """x: (B, L, d) -> g (B, L, nh) log decay <= 0, and beta (B, L, nh) in (0, 1)."""
+        if x.dim() != 3 or x.shape[-1] != self.nh * self.hd:
+            raise ValueError(f"x must have shape (B, L, {self.nh * self.hd}), got {tuple(x.shape)}")
         beta = torch.sigmoid(self.beta_proj(x))                                       # (E5) (B, L, nh)
         g = -self.A_log.exp() * F.softplus(self.alpha_proj(x) + self.dt_bias)         # (E6) (B, L, nh)
         return g, beta
@@ -269,6 +271,9 @@ class GatedDeltaMemory(nn.Module):
         Returns: (B, L, d)
         """
         B, L, _ = x.shape
+        if q.shape != (B, L, self.nh, self.hd) or states.shape[2:] != (self.nh, self.hd, self.hd):
+            raise ValueError(f"q must have shape ({B}, {L}, {self.nh}, {self.hd}) and states (B, S, {self.nh}, "
+                             f"{self.hd}, {self.hd}); got {tuple(q.shape)} and {tuple(states.shape)}")
         q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5                              # (D2) (B, L, nh, hd)
         read = torch.einsum("blhk,bshkv->bslhv", q_mem, states.to(q.dtype))           # (E8) Q M, (B, S, L, nh, hd)
         read = read[:, state_of_token, torch.arange(L, device=x.device)]             # each token its own, (B, L, nh, hd)
