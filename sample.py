@@ -209,13 +209,6 @@ def paired_interval(a, b, draws=2000, seed=0):
     return difference.mean().item(), low.item(), high.item()
 
 
-def teacher_force(model, cache, frames):
-    """Feed clean frames (B, F, C, H, W), F whole chunks, through the clean context pass as if the
-    model had made them: the cache (sink, window, M) ends up as after streaming those frames."""
-    for chunk in frames.split(model.cfg.chunk_frames, dim=1):
-        model.forward_chunk(chunk, 0.0, cache, write=True)
-
-
 def recall_clips(world, cfg, count, frames, seed):
     """Ground-truth clips for the recall probe: one sprite, out of sight in the sink's chunks (so the
     sink cannot show it), then seen, then hidden for so long that the window holds none of it, and
@@ -251,7 +244,7 @@ def recall(model, text_encoder, clip, prompt, colour, context, returns, mode, si
     cf = model.cfg.chunk_frames
     cache = tv.StreamCache(model, 1, mode)
     cache.set_prompt(model, text_encoder([prompt]))
-    teacher_force(model, cache, clip[:, :context * cf])
+    tv.teacher_force(model, cache, clip[:, :context * cf])
     made = math.ceil(returns / cf) + 4 - context
     video = torch.cat(list(tv.generate(model, text_encoder, {0: prompt}, made, sigmas,
                                        torch.Generator().manual_seed(seed), cache=cache)), 1)
@@ -262,7 +255,7 @@ def recall(model, text_encoder, clip, prompt, colour, context, returns, mode, si
 
 @torch.no_grad()
 def benchmark(args, model, text_encoder, preset):
-    """Every mode streams the same prompts (one sprite each) and seeds for `--frames` frames (default
+    """Every mode of `--modes` streams the same prompts (one sprite each) and seeds for `--frames` frames (default
     20 teacher clips): the world's measures per video, frames/s and the cache's peak size, ground
     truth on top; then the recall probe; then hybrid minus each other mode with paired intervals."""
     model, text_encoder, cfg = model.to(args.device), text_encoder.to(args.device), model.cfg
@@ -281,8 +274,8 @@ def benchmark(args, model, text_encoder, preset):
     probes = recall_clips(recall_world, cfg, args.videos, frames, args.seed)
     speed, peak, recalled = {}, {}, {}
     batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
-    with tqdm(total=len(tv.MODES) * (len(batches) + 1 + len(probes)), desc="benchmark", unit="step") as bar:
-        for mode in tv.MODES:
+    with tqdm(total=len(args.modes) * (len(batches) + 1 + len(probes)), desc="benchmark", unit="step") as bar:
+        for mode in args.modes:
             bar.set_description(f"benchmark: {mode}")
             videos = []
             for n, batch in enumerate(batches):
@@ -323,7 +316,7 @@ def benchmark(args, model, text_encoder, preset):
     for name in video_of:
         print(f"| {name} | " + " | ".join(f"{values[name].nanmean():.3f}" for values in per_video.values())
               + (f" | {speed[name]:.1f} | {peak[name] / 2 ** 20:.2f} MB |" if name in speed else " | | |"))
-    others = [mode for mode in tv.MODES if mode != "hybrid"]
+    others = [mode for mode in args.modes if mode != "hybrid"]
     print(f"\nhybrid minus each mode: the mean difference [paired bootstrap 95% interval]; ** where the interval "
           f"excludes 0\n\n| | " + " | ".join(f"hybrid - {m}" for m in others) + " |\n|---|" + "--:|" * len(others))
     for measure, values in per_video.items():
@@ -411,6 +404,8 @@ def main(argv=None):
                       help="print the five memory modes side by side on the world's own prompts (--frames "
                            "defaults to 20 teacher clips)")
     parser.add_argument("--videos", type=int, default=32, help="with --benchmark: videos per mode")
+    parser.add_argument("--modes", help=f"with --benchmark: the modes to compare, comma-separated, hybrid among "
+                                        f"them (default all: {','.join(tv.MODES)}; full takes most of the time)")
     runs.add_argument("--memory-trace", action="store_true",
                       help="stream --frames frames (default 10000) in --mode without writing them and print "
                            "the cache size and the peak process memory ten times along the way")
@@ -420,6 +415,13 @@ def main(argv=None):
                                           ("--switch", args.switch)] if value is not None]
         if given:
             parser.error(f"--benchmark runs every mode on the world's own prompts; drop {'/'.join(given)}")
+        args.modes = tv.MODES if args.modes is None else tuple(m.strip() for m in args.modes.split(","))
+        unknown = [m for m in args.modes if m not in tv.MODES]
+        if unknown or "hybrid" not in args.modes or len(set(args.modes)) != len(args.modes):
+            parser.error(f"--modes {','.join(args.modes)}: name each of {', '.join(tv.MODES)} at most once, "
+                         f"hybrid among them (the others are compared with it)")
+    elif args.modes is not None:
+        parser.error("--modes is for --benchmark; a video streams in one --mode")
     # The defaults, filled in only now so that --benchmark could tell which flags were given.
     args.prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
     args.mode = args.mode or "hybrid"

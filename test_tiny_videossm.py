@@ -705,6 +705,49 @@ def test_hidden_spans_count_only_absences_that_end():
     assert train.hidden_spans(clips).tolist() == [2]                       # the trailing absence never ended
 
 
+def test_memory_return_chunk_is_where_only_the_memory_saw_the_sprite():
+    """Against the model's own visible_chunks: chunk r is a memory return when a sprite is seen there,
+    in no earlier chunk r attends to (sink or window), and in some chunk evicted before r."""
+    gen = torch.Generator().manual_seed(0)
+    for window in (2, 3):
+        cfg = tv.VideoSSMConfig(**{**train.PRESETS["test"].model, "window_chunks": window})
+        n, cf = 8, cfg.chunk_frames
+        clips = World(16).sample(256, n * cf, seed=0)
+        seen = torch.rand(256, n, generator=gen) < 0.5                        # one sprite, chunk by chunk
+        clips.visible_area = seen.repeat_interleave(cf, 1).float()[..., None].repeat(1, 1, 2) * 5
+        clips.visible_area[..., 1] = 0
+        expected = []
+        for track in seen.tolist():
+            evicted, first = set(), -1
+            for r in range(n):
+                chunks, leaving = tv.visible_chunks(r, cfg, "hybrid")
+                evicted |= {leaving} if leaving is not None else set()
+                if (first < 0 and track[r] and not any(track[c] for c in set(chunks) - {r})
+                        and any(track[c] for c in evicted)):
+                    first = r
+            expected.append(first)
+        assert train.memory_return_chunk(clips, cfg).tolist() == expected
+        assert 0.05 < sum(e >= 0 for e in expected) / 256 < 0.5
+
+
+def test_recall_regression_streams_the_worlds_clip_and_trains_the_write_path(trained):
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "world": {"occluder": 3}, "recall_frames": 32})
+    stage = train.ODEDistillation(train.Run("cpu", trained, seed=0), preset, "test", "hybrid")
+    wake_memory(stage.model)
+    calls, forward_chunk = [], stage.model.forward_chunk
+    stage.model.forward_chunk = lambda x, t, cache, write=False: calls.append((write, cache.next_chunk)) or \
+        forward_chunk(x, t, cache, write)
+    loss = train.recall_regression_loss(stage.run, preset, stage.model, stage.text_encoder, stage.sigmas,
+                                        torch.Generator().manual_seed(0))
+    writes, (last_write, scored_chunk) = calls[:-1], calls[-1]
+    assert all(w for w, _ in writes) and not last_write and scored_chunk == len(writes)   # context, then one chunk
+    assert scored_chunk >= 3                                     # after the sink and the window lost the sprite
+    loss.backward()
+    assert all(total > 0 for total in memory_gradients(stage.model).values())         # (D11) through M
+    del stage.model.forward_chunk
+    assert stage.train_step(0)["recall"] > 0
+
+
 def test_shape_match_reads_the_named_shape_and_not_a_blob():
     world = World()
     truth = world.sample(16, 48, seed=1)
@@ -1192,6 +1235,10 @@ def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
         assert f"| {row} |" in table
     assert "| hybrid - sink | hybrid - window | hybrid - full | hybrid - memory |" in table
     assert "3 videos of 40 frames" in table and "Recall: 3 ground-truth clips with curtains" in table
+    sample.main(["--checkpoint", student, "--benchmark", "--frames", "12", "--videos", "2", "--steps", "1",
+                 "--modes", "sink,hybrid"])
+    table = capsys.readouterr().out
+    assert "| sink |" in table and "| window |" not in table and "| hybrid - sink |\n" in table
 
 
 def test_paired_interval_covers_a_known_difference_and_excludes_zero_only_when_it_should():
@@ -1212,7 +1259,7 @@ def test_recall_probe_context_is_ground_truth():
     clip, text = random_clip(10)
     cache = tv.StreamCache(model, 1, dtype=torch.float64)
     cache.set_prompt(model, text)
-    sample.teacher_force(model, cache, clip[:, :8])
+    tv.teacher_force(model, cache, clip[:, :8])
     assert cache.next_chunk == 4 and cache.chunks == [0, 3] and all(layer.state.abs().max() > 0 for layer in cache.layers)
     noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
     streamed = model.forward_chunk(noisy, 500.0, cache)
@@ -1300,6 +1347,9 @@ BAD_ARGUMENTS = [  # (flags, what the one message says); the test student makes 
     (["--benchmark", "--frames", "4", "--videos", "1", "--mode", "sink"], "drop --mode"),
     (["--benchmark", "--frames", "4", "--videos", "0"], "--videos 0: must be at least 1"),
     (["--benchmark", "--frames", "1", "--videos", "1"], "at least two chunks"),
+    (["--benchmark", "--modes", "sink,window"], "hybrid among them"),
+    (["--benchmark", "--modes", "hybrid,sinks"], "name each of hybrid, sink"),
+    (["--frames", "2", "--modes", "hybrid"], "--modes is for --benchmark"),
     (["--frames", "2", "--seed", "99999999999999999999999"], "use a seed from 0 to 2**63 - 1"),
     (["--frames", "2", "--seed", "-1"], "use a seed from 0 to 2**63 - 1"),
     (["--switch", "infs:a circle on red"], "expected FRAME:PROMPT"),

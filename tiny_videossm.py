@@ -773,6 +773,13 @@ def recache(model, cache, text):
     cache.next_chunk = next_chunk
 
 
+def teacher_force(model, cache, frames):
+    """Feed clean frames (B, F, C, H, W), F whole chunks, through the clean context pass as if the
+    model had made them: the cache (sink, window, M) ends up as after streaming those frames."""
+    for chunk in frames.split(model.cfg.chunk_frames, dim=1):
+        model.forward_chunk(chunk, 0.0, cache, write=True)
+
+
 def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1,
              exit_step=None, grad_chunks=(), cache=None):
     """Stream a video chunk by chunk (SPEC section 6). Yields each chunk, (B, chunk_frames, C, H, W):

@@ -471,6 +471,22 @@ def hidden_spans(clips: Clips) -> torch.Tensor:
     return torch.tensor(lengths, dtype=torch.long)
 
 
+def memory_return_chunk(clips: Clips, cfg) -> torch.Tensor:
+    """(B,) long: per clip, the first chunk r in which a sprite comes back into sight while no chunk
+    r attends to shows it (neither the sink nor the window's earlier chunks), after it was seen in a
+    chunk already evicted into the memory: there only the memory can tell the sprite's colour.
+    -1 for a clip without one."""
+    n, window, sink = clips.video.shape[1] // cfg.chunk_frames, cfg.window_chunks, cfg.sink_chunks
+    seen = clips.visible[:, :n * cfg.chunk_frames].unflatten(1, (n, cfg.chunk_frames)).any(2)   # (B, n, S)
+    in_sink = seen[:, :sink].any(1)                                                           # (B, S)
+    first = torch.full((seen.shape[0],), -1)
+    for r in range(sink + window, n):                  # the window includes r itself (visible_chunks)
+        evicted, in_window = seen[:, sink:r - window + 1].any(1), seen[:, r - window + 1:r].any(1)  # (B, S)
+        returns = (seen[:, r] & ~in_sink & ~in_window & evicted).any(1) & (first < 0)
+        first[returns] = r
+    return first
+
+
 def world_statistics(preset, clips=256, frames=240, seed=5):
     """A markdown table: how often and how long sprites are out of sight in ground truth, for this
     preset's world and with an occluder, against what the student's sink and window can bridge."""
@@ -528,6 +544,8 @@ class Preset:
     student_steps: int = 600
     student_batch: int = 8
     student_lr: float = 3e-4
+    recall_frames: int = 0        # >0: stages 1 and 2 also regress world clips this long that need the memory (ours)
+    recall_batch: int = 1         # clips per step of that regression (recall_regression_loss)
     # stage 2: self-rollout with DMD
     dmd_steps: int = 200
     dmd_batch: int = 4
@@ -599,7 +617,7 @@ def preset_from(spec: str) -> Preset:
 
 def check_preset(preset, chunk_frames):
     """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
-    may_be_zero = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
+    may_be_zero = {"image_batch", "recall_frames", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
                    "text_dropout", "switch_probability", "ema_decay"}
     for f in fields(Preset):
         value = getattr(preset, f.name)
@@ -612,6 +630,8 @@ def check_preset(preset, chunk_frames):
     if preset.clip_frames % chunk_frames or preset.rollout_frames % chunk_frames:
         raise ValueError(f"clip_frames={preset.clip_frames} and rollout_frames={preset.rollout_frames} must be "
                          f"whole chunks of {chunk_frames} frames")
+    if preset.recall_frames % chunk_frames:
+        raise ValueError(f"recall_frames={preset.recall_frames} must be whole chunks of {chunk_frames} frames")
     if preset.rollout_frames < preset.clip_frames or preset.critic_warmup >= preset.dmd_steps:
         raise ValueError("rollout_frames must be >= clip_frames, and critic_warmup < dmd_steps")
 
@@ -774,9 +794,47 @@ def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
     return (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
 
 
+def recall_regression_loss(run, preset, model, text_encoder, sigmas, gen):
+    """Ours, not the paper's: regression on the world's own clips at the moment only the memory can
+    help. A clip of `recall_frames` frames in which a sprite comes back after the sink and the window
+    lost sight of it (memory_return_chunk) is streamed as context (teacher forcing, in the graph so
+    the write path learns, D11) up to that chunk; the chunk is noised to one of the student's levels
+    and its predicted clean frames regress onto the world's, sprite pixels counted 1 + sprite_weight
+    times. The teacher's 12-frame clips never ask the memory for what the window has lost; these do."""
+    cfg, cf = model.cfg, model.cfg.chunk_frames
+    world = World(cfg.frame_size, **preset.world)
+    for _ in range(64):                                           # a search: about 1 clip in 8 has one
+        clips = world.sample(16, preset.recall_frames, seed=int(torch.randint(2 ** 62, (1,), generator=gen)))
+        returns = memory_return_chunk(clips, cfg)
+        found = torch.nonzero(returns >= 0).flatten()[:preset.recall_batch].tolist()
+        if len(found) == preset.recall_batch:
+            break
+    else:
+        raise ValueError(f"no sprite in 1024 world clips of {preset.recall_frames} frames comes back after the "
+                         f"window lost sight of it: raise recall_frames (or hide sprites longer, world.occluder)")
+    weight = 1 + preset.sprite_weight * sprite_pixels(clips)                           # (B, F, 1, H, W)
+    loss = 0.0
+    for b in found:
+        r, clip = int(returns[b]), clips.video[b:b + 1].to(run.device)
+        cache = tv.StreamCache(model, 1, device=run.device)
+        level = int(torch.randint(len(sigmas), (1,), generator=gen))
+        target = clip[:, r * cf:(r + 1) * cf]
+        sigma = torch.full((1,), sigmas[level], device=run.device)
+        x = tv.add_noise(target, torch.randn(target.shape, generator=gen).to(run.device), sigma)
+        with run.autocast():
+            cache.set_prompt(model, text_encoder([clips.captions[b][0]]))
+            tv.teacher_force(model, cache, clip[:, :r * cf])
+            velocity = model.forward_chunk(x, 1000 * sigma, cache)
+        error = (tv.x0_from_velocity(x, velocity.float(), sigma) - target).square()
+        loss = loss + (weight[b:b + 1, r * cf:(r + 1) * cf].to(run.device) * error).mean() / len(found)
+    return loss
+
+
 class ODEDistillation:
     """Stage 1. Regress the teacher's ODE solutions (ode_pairs, ode_regression_loss); the memory is built
-    in the graph from the evicted chunks (D11), as streaming will build it."""
+    in the graph from the evicted chunks (D11), as streaming will build it. With `recall_frames`, each
+    step also regresses a world clip where only the memory knows a returning sprite's colour
+    (recall_regression_loss)."""
     name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
 
     def __init__(self, run, preset, preset_name, mode):
@@ -794,9 +852,13 @@ class ODEDistillation:
         run, preset = self.run, self.preset
         loss = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs, self.sigmas,
                                    run.generator(1, step))
+        recall = torch.zeros(())
+        if preset.recall_frames:
+            recall = recall_regression_loss(run, preset, self.model, self.text_encoder, self.sigmas,
+                                            run.generator(1, step, 1))
         optimizer_step(run, self.optimizer, list(self.model.parameters()),
-                       learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss)
-        return {"loss": loss.item()}
+                       learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss + recall)
+        return {"loss": loss.item(), "recall": recall.item()}
 
     def finish(self):
         release(self.run.path("student_stage1.pt"), 1, self.preset_name, self.model, self.text_encoder, self.log)
@@ -820,8 +882,9 @@ class SelfRolloutDMD:
     teacher-length window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake
     score = a critic trained on the student's samples. Some rollouts switch prompt before the
     window. DMD alone drifts towards the teacher's commonest mode (plain backgrounds, no sprites),
-    so, as in the DMD paper, stage 1's regression on the teacher's ODE pairs stays in the
-    generator's loss with weight `dmd_regression` as an anchor."""
+    so, as in the DMD paper, stage 1's regressions (the teacher's ODE pairs, and the world's recall
+    clips when `recall_frames` is set) stay in the generator's loss with weight `dmd_regression` as an
+    anchor: the teacher sees only the window, so DMD alone cannot ask for what the window lost."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
     def __init__(self, run, preset, preset_name):
@@ -887,6 +950,9 @@ class SelfRolloutDMD:
             if preset.dmd_regression > 0:
                 regression = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs,
                                                  self.sigmas, run.generator(3, step))
+                if preset.recall_frames:
+                    regression = regression + recall_regression_loss(run, preset, self.model, self.text_encoder,
+                                                                     self.sigmas, run.generator(3, step, 1))
             lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
                                preset.warmup)
             optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
@@ -1152,11 +1218,11 @@ def report(out_dir, clips=16, seed=12345, grid=None):
     bar.close()
     names = list(video_metrics(truth.video, cfg.chunk_frames))
     print(f"{clips} clips of {preset.clip_frames} frames, the same captions for every row (seed {seed})\n")
-    print("| | prompt match | " + " | ".join(n.replace("_", " ") for n in names) + " |")
-    print("|---|--:|" + "--:|" * len(names))
+    print("| | prompt match | shape match | " + " | ".join(n.replace("_", " ") for n in names) + " |")
+    print("|---|--:|--:|" + "--:|" * len(names))
     for name, video in rows.items():
         metrics = video_metrics(video, cfg.chunk_frames, sprites=truth.count)
-        print(f"| {name} | {prompt_match(video, truth.background):.3f} | "
+        print(f"| {name} | {prompt_match(video, truth.background):.3f} | {shape_match(video, truth.shape):.3f} | "
               + " | ".join(f"{metrics[n]:.3f}" for n in names) + " |")
     if grid:
         save_grid(grid, torch.cat([rows[name][:4] for name in rows]))
