@@ -255,9 +255,10 @@ def recall(model, text_encoder, clip, prompt, colour, context, returns, mode, si
 
 @torch.no_grad()
 def benchmark(args, model, text_encoder, preset):
-    """Every mode of `--modes` streams the same prompts (one sprite each) and seeds for `--frames` frames (default
-    20 teacher clips): the world's measures per video, frames/s and the cache's peak size, ground
-    truth on top; then the recall probe; then hybrid minus each other mode with paired intervals."""
+    """Every mode of `--modes` streams the same prompts (one sprite each) and seeds for `--frames`
+    frames (default 20 teacher clips): the world's measures per video, frames/s and the cache's peak
+    size, ground truth on top; then the recall probe; then hybrid minus each other mode with paired
+    intervals."""
     model, text_encoder, cfg = model.to(args.device), text_encoder.to(args.device), model.cfg
     frames = 20 * preset.clip_frames if args.frames is None else args.frames
     if frames < 2 * cfg.chunk_frames:

@@ -617,8 +617,8 @@ def preset_from(spec: str) -> Preset:
 
 def check_preset(preset, chunk_frames):
     """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
-    may_be_zero = {"image_batch", "recall_frames", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
-                   "text_dropout", "switch_probability", "ema_decay"}
+    may_be_zero = {"image_batch", "recall_frames", "warmup", "critic_warmup", "sprite_weight", "dmd_regression",
+                   "cfg_scale", "text_dropout", "switch_probability", "ema_decay"}
     for f in fields(Preset):
         value = getattr(preset, f.name)
         if f.name in ("model", "world") or isinstance(value, bool):
