@@ -162,6 +162,25 @@ def test_flow_matching_direction_of_time():
     assert tv.shift_sigma(torch.tensor(0.5), 3.0) == 0.75                  # shift > 1 leans to noise
 
 
+def test_x0_prediction_gives_the_head_output_back():
+    """prediction="x0": the head's output is the clean clip, turned into a velocity that
+    x0_from_velocity inverts exactly (s >= 0.05), on both paths; at s = 0 the velocity stays finite."""
+    model = small_model(prediction="x0")
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.linspace(-1, 1, model.head.bias.numel()))
+    clean = model.unpatchify(model.head.bias.expand(1, 4 * 4, -1), 4)     # what the head draws, (1, 4, 3, 8, 8)
+    x, text = random_clip(4)
+    s = torch.tensor([0.7], dtype=torch.float64)
+    velocity = model(x, 1000 * s, text)
+    assert torch.allclose(tv.x0_from_velocity(x, velocity, s), clean)
+    cache = tv.StreamCache(model, batch_size=1, dtype=torch.float64)
+    cache.set_prompt(model, text)
+    chunk_velocity = model.forward_chunk(x[:, :2], 1000 * s, cache)
+    assert torch.allclose(tv.x0_from_velocity(x[:, :2], chunk_velocity, s), clean[:, :2])
+    assert torch.isfinite(model(x, torch.zeros(1), text)).all()
+
+
 def load_wan_weights(ours, wan):
     """Copy a diffusers WanTransformer3DModel's weights into our VideoDiT (names differ, math doesn't)."""
     rename = {"condition_embedder.time_embedder.linear_1": "time_embedding.0",

@@ -59,6 +59,7 @@ class VideoSSMConfig:
     n_layers: int = 4             # transformer blocks
     ffn_dim: int = 512            # hidden width of each block's feed-forward net
     freq_dim: int = 64            # width of the sinusoidal timestep embedding
+    prediction: str = "velocity"  # what the head outputs: "velocity" (Wan) or "x0", the clean frame (see to_velocity)
     text_dim: int = 64            # width of the text encoder's token features
     causal: bool = False          # False: bidirectional (teacher, critic); True: causal student
     chunk_frames: int = 3         # frames generated together; the unit of causality and eviction
@@ -76,6 +77,8 @@ class VideoSSMConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.prediction not in ("velocity", "x0"):
+            raise ValueError(f"prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1 (the current chunk), got {self.window_chunks}")
         if self.sink_chunks < 0 or self.chunk_frames < 1:
@@ -109,6 +112,16 @@ def x0_from_velocity(x_s, velocity, sigma):
     """Invert the above: x0 = x_s - s v."""
     sigma = sigma.reshape(*sigma.shape, *([1] * (x_s.dim() - sigma.dim())))
     return x_s - sigma * velocity
+
+
+def velocity_from_x0(x_s, x0, sigma, min_sigma=0.05):
+    """v = (x_s - x0) / s, for a network that predicts the clean frame (VideoSSMConfig.prediction
+    "x0"). s is clamped at min_sigma so the clean pass (s = 0) and the lowest levels stay finite; at
+    s >= min_sigma, x0_from_velocity gives x0 back exactly. A p x p x 3 patch holds more values than
+    a narrow network carries through: the clean frame is smooth, the velocity holds the noise
+    (arXiv 2511.13720, JiT, which also clamps)."""
+    sigma = sigma.reshape(*sigma.shape, *([1] * (x_s.dim() - sigma.dim())))
+    return (x_s - x0) / sigma.clamp(min=min_sigma)
 
 
 def shift_sigma(sigma, shift):
@@ -538,6 +551,10 @@ class VideoDiT(nn.Module):
         shift, scale = (self.head_modulation + e[:, :, None]).unbind(2)                # (B, L, d) each
         return self.unpatchify(self.head(self.head_norm(x) * (1 + scale) + shift), frames)
 
+    def to_velocity(self, out, x_s, timestep):
+        """The head's output as a velocity, whatever the head predicts (cfg.prediction)."""
+        return out if self.cfg.prediction == "velocity" else velocity_from_x0(x_s, out, timestep / 1000)
+
     def text_context(self, text):
         """text: (B, Lt, text_dim) -> per block the cross-attention K, V (computed once per prompt)."""
         context = self.text_embedding(text)                                            # (B, Lt, d)
@@ -614,7 +631,8 @@ class VideoDiT(nn.Module):
         tokens, e0, e = self.embed(x, timestep)
         for block, kv in zip(self.blocks, self.text_context(text)):
             tokens = block(tokens, e0, kv, lambda h: block.self_attn.forward_parallel(h, pattern))
-        return self.head_out(tokens, e, x.shape[1])[:, -F_:]                     # drop the clean copy's outputs
+        out = self.head_out(tokens, e, x.shape[1])[:, -F_:]                      # drop the clean copy's outputs
+        return self.to_velocity(out, x[:, -F_:], timestep[:, -F_:])
 
     # --- the streaming path
 
@@ -651,7 +669,7 @@ class VideoDiT(nn.Module):
                 layer.append(*new["kv"])
         if write:
             cache.commit(x, [block.self_attn.memory for block in self.blocks])
-        return self.head_out(tokens, e, cfg.chunk_frames)
+        return self.to_velocity(self.head_out(tokens, e, cfg.chunk_frames), x, timestep)
 
 
 # ---- the streaming cache -------------------------------------------------------------------------
