@@ -115,11 +115,8 @@ def x0_from_velocity(x_s, velocity, sigma):
 
 
 def velocity_from_x0(x_s, x0, sigma, min_sigma=0.05):
-    """v = (x_s - x0) / s, for a network that predicts the clean frame (VideoSSMConfig.prediction
-    "x0"). s is clamped at min_sigma so the clean pass (s = 0) and the lowest levels stay finite; at
-    s >= min_sigma, x0_from_velocity gives x0 back exactly. A p x p x 3 patch holds more values than
-    a narrow network carries through: the clean frame is smooth, the velocity holds the noise
-    (arXiv 2511.13720, JiT, which also clamps)."""
+    """v = (x_s - x0) / s for a head that predicts the clean frame (prediction "x0", as arXiv 2511.13720);
+    s clamped at min_sigma keeps the clean pass (s = 0) finite; x0_from_velocity inverts it for s >= min_sigma."""
     sigma = sigma.reshape(*sigma.shape, *([1] * (x_s.dim() - sigma.dim())))
     return (x_s - x0) / sigma.clamp(min=min_sigma)
 
