@@ -9,14 +9,12 @@ makes chunks r and r + 1 with its own few-step chain, the last step (a random ex
 on, and a frozen copy of the starting student predicts from the same input. Loss: where the frozen copy
 draws a sprite, a per-pixel cross-entropy over the four sprite colours (the pixel may move towards the
 true colour, not out of the sprite colours); everywhere else, the squared difference to the frozen
-copy's output. About 30-40 minutes for 300 steps alone on the 2-core CPU (run t43; with
---per-chunk-time-constants, run t42). Writes OUT_DIR/student.pt, for
+copy's output. About 30-40 minutes for 300 steps alone on the 2-core CPU (run t43). Writes OUT_DIR/student.pt, for
 `python sample.py --benchmark --checkpoint OUT_DIR/student.pt`, and OUT_DIR/probes.png (per probe:
 ground truth, hybrid, sink; the last 3 context frames, then 15 made).
 """
 
 import argparse
-import math
 import os
 import pathlib
 import sys
@@ -28,17 +26,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))   # the 
 import sample  # noqa: E402
 import tiny_videossm as tv  # noqa: E402
 import train  # noqa: E402
-
-
-def per_chunk_time_constants(model, generator):
-    """D9's dt, log-uniform in [1e-3, 1e-1], divided by the tokens a chunk writes at once, so that a
-    chunk, not a token, is one step of M's decay (runs t38-t42)."""
-    with torch.no_grad():
-        for memory in (m for m in model.modules() if isinstance(m, tv.GatedDeltaMemory)):
-            dt = torch.exp(torch.empty_like(memory.dt_bias).uniform_(math.log(1e-3), math.log(1e-1),
-                                                                     generator=generator))
-            dt = dt / (model.cfg.chunk_frames * model.cfg.tokens_per_frame)
-            memory.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))     # softplus^-1(dt)
 
 
 def recall_clips(world, cfg, count, frames, generator):
@@ -123,8 +110,6 @@ def main():
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps, two clips each (default 300)")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate for the memory's weights")
     parser.add_argument("--anchor", type=float, default=10.0, help="weight of the squared difference off the sprite")
-    parser.add_argument("--per-chunk-time-constants", action="store_true",
-                        help="reset dt to D9's range counted per chunk, as run t42 (default: keep the checkpoint's)")
     args = parser.parse_args()
     if args.steps < 1 or args.lr <= 0 or args.anchor < 0:
         parser.error("--steps must be at least 1, --lr above 0 and --anchor at least 0")
@@ -137,8 +122,6 @@ def main():
     frozen = train.build(checkpoint)[0].eval().requires_grad_(False)
     preset = train.preset_from(checkpoint["preset"])
     generator = torch.Generator().manual_seed(0)
-    if args.per_chunk_time_constants:
-        per_chunk_time_constants(model, generator)
     memory = [p for name, p in model.named_parameters() if ".memory." in name]
     for name, p in model.named_parameters():
         p.requires_grad_(".memory." in name)
