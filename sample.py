@@ -271,7 +271,7 @@ def benchmark(args, model, text_encoder, preset):
     keep = torch.nonzero(truth.count == 1).flatten()[:args.videos]        # one sprite: identity is defined
     video_of = {"ground truth": truth.video[keep]}
     prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
-    recall_world = world if world.occluder else train.World(cfg.frame_size, **{**preset.world, "occluder": 4})
+    recall_world = train.recall_world(preset, cfg)
     probes = recall_clips(recall_world, cfg, args.videos, frames, args.seed)
     speed, peak, recalled = {}, {}, {}
     batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
@@ -310,7 +310,7 @@ def benchmark(args, model, text_encoder, preset):
     per_video["recall"] = {"ground truth": torch.ones(len(probes)), **recalled}
     print(f"\n{len(prompts)} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), one sprite "
           f"each, {args.steps} steps, the same prompts and seeds in every row. Recall: {len(probes)} ground-truth "
-          f"clips{' with curtains (world.occluder=4)' if recall_world is not world else ''} fed as context until "
+          f"clips{' with curtains (world.occluder=4)' if not world.occluder else ''} fed as context until "
           f"the sprite has been out of sight longer than sink + window hold; chance {1 / len(train.SPRITE_COLOURS):.2f}\n")
     print("| | " + " | ".join(per_video) + " | frames/s, one stream | peak cache |\n|---|"
           + "--:|" * (len(per_video) + 2))

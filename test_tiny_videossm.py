@@ -749,24 +749,6 @@ def test_memory_return_chunk_is_where_only_the_memory_saw_the_sprite():
         assert 0.05 < sum(e >= 0 for e in expected) / 256 < 0.5
 
 
-def test_recall_regression_streams_the_worlds_clip_and_trains_the_write_path(trained):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "world": {"occluder": 3}, "recall_frames": 32})
-    stage = train.ODEDistillation(train.Run("cpu", trained, seed=0), preset, "test", "hybrid")
-    wake_memory(stage.model)
-    calls, forward_chunk = [], stage.model.forward_chunk
-    stage.model.forward_chunk = lambda x, t, cache, write=False: calls.append((write, cache.next_chunk)) or \
-        forward_chunk(x, t, cache, write)
-    loss = train.recall_regression_loss(stage.run, preset, stage.model, stage.text_encoder, stage.sigmas,
-                                        torch.Generator().manual_seed(0))
-    writes, (last_write, scored_chunk) = calls[:-1], calls[-1]
-    assert all(w for w, _ in writes) and not last_write and scored_chunk == len(writes)   # context, then one chunk
-    assert scored_chunk >= 3                                     # after the sink and the window lost the sprite
-    loss.backward()
-    assert all(total > 0 for total in memory_gradients(stage.model).values())         # (D11) through M
-    del stage.model.forward_chunk
-    assert stage.train_step(0)["recall"] > 0
-
-
 def test_shape_match_reads_the_named_shape_and_not_a_blob():
     world = World()
     truth = world.sample(16, 48, seed=1)
@@ -1144,7 +1126,7 @@ def test_stage1_regresses_onto_the_teachers_clean_clip(trained):
 def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
     run = train.Run("cpu", trained, seed=0)
     train.main(["--preset", "test", "--stage", "2", "--out", trained])        # runs end to end
-    assert os.path.exists(os.path.join(trained, "student.pt"))
+    assert os.path.exists(os.path.join(trained, "student_dmd.pt")) and os.path.exists(os.path.join(trained, "student.pt"))
     os.remove(os.path.join(trained, "student.pt"))
     stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
     generator, critic = copy.deepcopy(stage.model.state_dict()), copy.deepcopy(stage.critic.state_dict())
@@ -1188,6 +1170,47 @@ def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(trained):
     assert losses[-1]["regression"] < 0.9 * losses[0]["regression"]
     off = train.SelfRolloutDMD(run, train.Preset(**{**vars(preset), "dmd_regression": 0.0}), "test")
     assert off.pairs is None and off.train_step(0)["regression"] == 0
+
+
+def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
+    frozen = train.BACKGROUND_RGB[2].view(1, 1, 3, 1, 1).repeat(1, 2, 1, 8, 8)     # blue, with a white sprite
+    frozen[..., 2:5, 2:5] = train.SPRITE_RGB[0].view(1, 1, 3, 1, 1)
+    losses = {}
+    for name, colour in {"white": 0, "cyan": 2}.items():
+        x0 = frozen.clone()
+        x0[..., 2:5, 2:5] = train.SPRITE_RGB[colour].view(1, 1, 3, 1, 1)
+        losses[name] = train.colour_loss(x0, frozen, background=2, colour=2)
+    (ce_white, off_white, right_white), (ce_cyan, off_cyan, right_cyan) = losses["white"], losses["cyan"]
+    assert ce_cyan < 0.1 and ce_white > 1 and right_cyan and not right_white           # the true colour is cyan
+    assert off_white == off_cyan == 0                                             # the rest is as frozen
+    grain = frozen + 0.1 * torch.randn(frozen.shape, generator=torch.Generator().manual_seed(0))
+    assert train.colour_loss(grain, frozen, 2, 2)[1] > 0
+
+
+def test_memory_recall_trains_only_the_memory_and_its_write_path(trained):
+    run = train.Run("cpu", trained, seed=0)
+    assert os.path.exists(run.path("student_dmd.pt"))          # left by the end-to-end stage-2 run above
+    stage = train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt")
+    wake_memory(stage.model)
+    before = copy.deepcopy(stage.model.state_dict())
+    frozen = copy.deepcopy(stage.frozen.state_dict())
+    calls, forward_chunk = [], stage.model.forward_chunk
+    stage.model.forward_chunk = lambda x, t, cache, write=False: calls.append((write, cache.next_chunk)) or \
+        forward_chunk(x, t, cache, write)
+    losses = stage.train_step(0)
+    del stage.model.forward_chunk
+    assert losses["colour"] > 0 and losses["free"] >= 0 and 0 <= losses["right"] <= 1
+    context = next(i for i, (write, _) in enumerate(calls) if not write)   # the return clip's context chunks
+    assert context >= 3 and calls[context][1] == context                 # past the sink and the window
+    moved = {k for k, v in stage.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert moved and all(".memory." in k for k in moved)
+    assert {"alpha_proj.weight", "beta_proj.weight"} <= {k.rsplit(".memory.", 1)[1] for k in moved}   # (D11)
+    assert all(torch.equal(frozen[k], v) for k, v in stage.frozen.state_dict().items())
+    window_student = train.student_from_teacher(train.build(train.load_checkpoint(run.path("teacher.pt")))[0], "window")
+    train.release(run.path("window_dmd.pt"), 2, "test", window_student, stage.text_encoder, [])
+    with pytest.raises(SystemExit, match="no memory to train"):
+        train.MemoryRecall(run, train.PRESETS["test"], "test", "window_dmd.pt")
+    os.remove(run.path("window_dmd.pt"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -514,6 +514,7 @@ def world_statistics(preset, clips=256, frames=240, seed=5):
 # ---- presets: every size and schedule of a run ---------------------------------------------------
 #
 #     python train.py --preset tiny                 all three stages on a 2-core CPU
+#     python train.py --preset quick                the same without stage 2's memory phase, in half the time
 #     python train.py --preset tiny --stage 0       one stage (resumes if interrupted)
 #     python train.py --stage 0 --set teacher_steps=8000 --out runs/longer   an experiment
 #     torchrun --nproc_per_node 2 train.py ...      data parallel (gloo on CPU, nccl on CUDA)
@@ -544,8 +545,6 @@ class Preset:
     student_steps: int = 600
     student_batch: int = 8
     student_lr: float = 3e-4
-    recall_frames: int = 0        # >0: stages 1 and 2 also regress world clips this long that need the memory (ours)
-    recall_batch: int = 1         # clips per step of that regression (recall_regression_loss)
     # stage 2: self-rollout with DMD
     dmd_steps: int = 200
     dmd_batch: int = 4
@@ -556,7 +555,23 @@ class Preset:
     critic_lr: float = 2e-4
     switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
     dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2 (DMD's anchor against collapse)
+    # stage 2's last phase: the memory recalls what left the window (MemoryRecall; 0 steps: none)
+    memory_steps: int = 0
+    memory_lr: float = 3e-3
+    memory_clips: int = 2         # world clips with a sprite's return per step
+    memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
+    memory_free_frames: int = 36  # the free rollout the anchor covers
+    memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
+    memory_free_anchor: float = 100.0  # and on the free rollout
 
+
+# the shipped model: the whole pipeline in about 80 minutes on a 2-core CPU (README)
+TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
+                         freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
+              compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, clip_every=2, warmup=200,
+              sprite_weight=1.0,
+              ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
+              memory_steps=300, save_every=25)
 
 PRESETS = {
     # seconds: for the tests
@@ -564,19 +579,15 @@ PRESETS = {
                               freq_dim=16, chunk_frames=2, sink_chunks=1, window_chunks=2, router_horizon=12),
                    clip_frames=8, teacher_steps=6, teacher_batch=2, warmup=2, save_every=3, ode_clips=4, ode_steps=4,
                    student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, critic_warmup=1, rollout_frames=12,
-                   denoising_steps=2),
-    # the shipped model: the whole pipeline in under an hour on a 2-core CPU
-    "tiny": Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
-                              freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-                   compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, clip_every=2, warmup=200,
-                   sprite_weight=1.0,
-                   ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
-                   save_every=25),
+                   denoising_steps=2, memory_steps=2, memory_clips=1, memory_clip_frames=32, memory_free_frames=8),
+    # tiny without the memory's recall phase: about 40 minutes, a memory that forgets colours (README)
+    "quick": replace(TINY, memory_steps=0),
+    "tiny": TINY,
     # a GPU run: wider, deeper, longer
     "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
                              freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),
                   teacher_steps=20000, teacher_batch=32, teacher_lr=5e-4, ode_clips=4096, student_steps=6000,
-                  student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96),
+                  student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96, memory_steps=1000),
 }
 
 
@@ -617,7 +628,7 @@ def preset_from(spec: str) -> Preset:
 
 def check_preset(preset, chunk_frames):
     """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
-    may_be_zero = {"image_batch", "recall_frames", "warmup", "critic_warmup", "sprite_weight", "dmd_regression",
+    may_be_zero = {"image_batch", "memory_steps", "memory_anchor", "memory_free_anchor", "warmup", "critic_warmup", "sprite_weight", "dmd_regression",
                    "cfg_scale", "text_dropout", "switch_probability", "ema_decay"}
     for f in fields(Preset):
         value = getattr(preset, f.name)
@@ -630,8 +641,9 @@ def check_preset(preset, chunk_frames):
     if preset.clip_frames % chunk_frames or preset.rollout_frames % chunk_frames:
         raise ValueError(f"clip_frames={preset.clip_frames} and rollout_frames={preset.rollout_frames} must be "
                          f"whole chunks of {chunk_frames} frames")
-    if preset.recall_frames % chunk_frames:
-        raise ValueError(f"recall_frames={preset.recall_frames} must be whole chunks of {chunk_frames} frames")
+    if preset.memory_clip_frames % chunk_frames or preset.memory_free_frames % chunk_frames:
+        raise ValueError(f"memory_clip_frames={preset.memory_clip_frames} and memory_free_frames="
+                         f"{preset.memory_free_frames} must be whole chunks of {chunk_frames} frames")
     if preset.rollout_frames < preset.clip_frames or preset.critic_warmup >= preset.dmd_steps:
         raise ValueError("rollout_frames must be >= clip_frames, and critic_warmup < dmd_steps")
 
@@ -794,47 +806,9 @@ def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
     return (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
 
 
-def recall_regression_loss(run, preset, model, text_encoder, sigmas, gen):
-    """Ours, not the paper's: regression on the world's own clips at the moment only the memory can
-    help. A clip of `recall_frames` frames in which a sprite comes back after the sink and the window
-    lost sight of it (memory_return_chunk) is streamed as context (teacher forcing, in the graph so
-    the write path learns, D11) up to that chunk; the chunk is noised to one of the student's levels
-    and its predicted clean frames regress onto the world's, sprite pixels counted 1 + sprite_weight
-    times. The teacher's 12-frame clips never ask the memory for what the window has lost; these do."""
-    cfg, cf = model.cfg, model.cfg.chunk_frames
-    world = World(cfg.frame_size, **preset.world)
-    for _ in range(64):                                           # a search: about 1 clip in 8 has one
-        clips = world.sample(16, preset.recall_frames, seed=int(torch.randint(2 ** 62, (1,), generator=gen)))
-        returns = memory_return_chunk(clips, cfg)
-        found = torch.nonzero(returns >= 0).flatten()[:preset.recall_batch].tolist()
-        if len(found) == preset.recall_batch:
-            break
-    else:
-        raise ValueError(f"no sprite in 1024 world clips of {preset.recall_frames} frames comes back after the "
-                         f"window lost sight of it: raise recall_frames (or hide sprites longer, world.occluder)")
-    weight = 1 + preset.sprite_weight * sprite_pixels(clips)                           # (B, F, 1, H, W)
-    loss = 0.0
-    for b in found:
-        r, clip = int(returns[b]), clips.video[b:b + 1].to(run.device)
-        cache = tv.StreamCache(model, 1, device=run.device)
-        level = int(torch.randint(len(sigmas), (1,), generator=gen))
-        target = clip[:, r * cf:(r + 1) * cf]
-        sigma = torch.full((1,), sigmas[level], device=run.device)
-        x = tv.add_noise(target, torch.randn(target.shape, generator=gen).to(run.device), sigma)
-        with run.autocast():
-            cache.set_prompt(model, text_encoder([clips.captions[b][0]]))
-            tv.teacher_force(model, cache, clip[:, :r * cf])
-            velocity = model.forward_chunk(x, 1000 * sigma, cache)
-        error = (tv.x0_from_velocity(x, velocity.float(), sigma) - target).square()
-        loss = loss + (weight[b:b + 1, r * cf:(r + 1) * cf].to(run.device) * error).mean() / len(found)
-    return loss
-
-
 class ODEDistillation:
     """Stage 1. Regress the teacher's ODE solutions (ode_pairs, ode_regression_loss); the memory is built
-    in the graph from the evicted chunks (D11), as streaming will build it. With `recall_frames`, each
-    step also regresses a world clip where only the memory knows a returning sprite's colour
-    (recall_regression_loss)."""
+    in the graph from the evicted chunks (D11), as streaming will build it."""
     name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
 
     def __init__(self, run, preset, preset_name, mode):
@@ -852,13 +826,9 @@ class ODEDistillation:
         run, preset = self.run, self.preset
         loss = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs, self.sigmas,
                                    run.generator(1, step))
-        recall = torch.zeros(())
-        if preset.recall_frames:
-            recall = recall_regression_loss(run, preset, self.model, self.text_encoder, self.sigmas,
-                                            run.generator(1, step, 1))
         optimizer_step(run, self.optimizer, list(self.model.parameters()),
-                       learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss + recall)
-        return {"loss": loss.item(), "recall": recall.item()}
+                       learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss)
+        return {"loss": loss.item()}
 
     def finish(self):
         release(self.run.path("student_stage1.pt"), 1, self.preset_name, self.model, self.text_encoder, self.log)
@@ -882,14 +852,14 @@ class SelfRolloutDMD:
     teacher-length window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake
     score = a critic trained on the student's samples. Some rollouts switch prompt before the
     window. DMD alone drifts towards the teacher's commonest mode (plain backgrounds, no sprites),
-    so, as in the DMD paper, stage 1's regressions (the teacher's ODE pairs, and the world's recall
-    clips when `recall_frames` is set) stay in the generator's loss with weight `dmd_regression` as an
-    anchor: the teacher sees only the window, so DMD alone cannot ask for what the window lost."""
+    so, as in the DMD paper, stage 1's regression on the teacher's ODE pairs stays in the generator's
+    loss with weight `dmd_regression` as an anchor. The teacher sees only the window, so DMD cannot ask
+    for what the window lost: the memory's recall phase (MemoryRecall) follows."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
-    def __init__(self, run, preset, preset_name):
+    def __init__(self, run, preset, preset_name, released="student.pt"):
         self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
-        self.steps = preset.dmd_steps
+        self.steps, self.released = preset.dmd_steps, released
         self.teacher, self.text_encoder = build(load_checkpoint(run.path("teacher.pt")))
         self.teacher = self.teacher.to(run.device).requires_grad_(False)
         self.text_encoder = self.text_encoder.to(run.device)
@@ -950,9 +920,6 @@ class SelfRolloutDMD:
             if preset.dmd_regression > 0:
                 regression = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs,
                                                  self.sigmas, run.generator(3, step))
-                if preset.recall_frames:
-                    regression = regression + recall_regression_loss(run, preset, self.model, self.text_encoder,
-                                                                     self.sigmas, run.generator(3, step, 1))
             lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
                                preset.warmup)
             optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
@@ -972,6 +939,137 @@ class SelfRolloutDMD:
         return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
 
     def finish(self):
+        release(self.run.path(self.released), 2, self.preset_name, self.model, self.text_encoder, self.log)
+
+
+# ---- stage 2, last phase: the memory asked for what left the window (ours) -------------------------
+
+def recall_world(preset, cfg):
+    """The preset's world, with curtains (world.occluder = 4) if it has none: sprites hide behind
+    them longer than the sink and the window can bridge, then come back."""
+    world = World(cfg.frame_size, **preset.world)
+    return world if world.occluder else World(cfg.frame_size, **{**preset.world, "occluder": 4})
+
+
+def return_clips(world, cfg, count, frames, gen):
+    """`count` one-sprite world clips whose sprite comes back where only the memory saw it
+    (memory_return_chunk r), at least two chunks before the end: (clip (1, F, C, H, W), caption,
+    colour index, r) each."""
+    found = []
+    for _ in range(64):                                           # a search: about 1 clip in 8 has one
+        clips = world.sample(16, frames, seed=int(torch.randint(2 ** 62, (1,), generator=gen)))
+        returns = memory_return_chunk(clips, cfg)
+        usable = (returns >= 0) & (returns <= frames // cfg.chunk_frames - 2) & (clips.count == 1)
+        found += [(clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]), int(returns[b]))
+                  for b in torch.nonzero(usable).flatten().tolist()]
+        if len(found) >= count:
+            return found[:count]
+    raise ValueError(f"no sprite in 1024 world clips of {frames} frames comes back after the window lost "
+                     f"sight of it: raise memory_clip_frames")
+
+
+def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
+    """The trained student makes `num_chunks` chunks with its own few-step chain, stopping at
+    `exit_step`, whose prediction is in the graph; the frozen student predicts from the same input
+    at that step. Both caches get the trained student's chunks (the trained one's clean pass in the
+    graph, so the memory's write path learns, D11). Returns both predictions, (B, F, C, H, W)."""
+    cfg, device, made, frozen_made = model.cfg, next(model.parameters()).device, [], []
+    shape = (1, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
+    noise = lambda: torch.randn(shape, generator=gen).to(device)
+    for _ in range(num_chunks):
+        x = noise()
+        for i in range(exit_step + 1):
+            sigma = torch.full((1,), sigmas[i], device=device)
+            with torch.set_grad_enabled(i == exit_step):
+                x0 = tv.x0_from_velocity(x, model.forward_chunk(x, 1000 * sigma, caches[0]), sigma)
+            if i < exit_step:
+                x = tv.add_noise(x0, noise(), torch.full_like(sigma, sigmas[i + 1]))
+        with torch.no_grad():
+            frozen_made.append(tv.x0_from_velocity(x, frozen.forward_chunk(x, 1000 * sigma, caches[1]), sigma))
+            frozen.forward_chunk(x0.detach(), 0.0, caches[1], write=True)
+        model.forward_chunk(x0.detach(), 0.0, caches[0], write=True)       # (D8) the clean pass
+        made.append(x0)
+    return torch.cat(made, 1), torch.cat(frozen_made, 1)
+
+
+def colour_loss(x0, frozen_x0, background, colour):
+    """Where the frozen student draws a sprite: cross-entropy of each pixel over the four sprite
+    colours (logits: minus the squared distance to each), the true colour the target, so a pixel
+    may move towards it but not out of the sprite colours. Elsewhere: the squared difference to the
+    frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's
+    pixels, summed, pick the true colour."""
+    away = lambda rgb: (frozen_x0 - rgb.view(1, 1, 3, 1, 1)).square().sum(2, keepdim=True) > 0.25
+    sprite = (away(BACKGROUND_RGB[background].to(x0.device)) & away(OCCLUDER_RGB.to(x0.device))).float()  # (1, F, 1, H, W)
+    logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
+    log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
+    cross_entropy = -(log_p[..., colour] * where).sum() / where.sum().clamp_min(1.0)
+    outside = ((x0 - frozen_x0).square() * (1 - sprite)).mean()
+    right = bool((log_p.exp() * where[..., None]).flatten(0, -2).sum(0).argmax() == colour)
+    return cross_entropy, outside, right
+
+
+class MemoryRecall:
+    """Stage 2's last phase (ours, not the paper's). Only the memory's weights (GatedDeltaMemory)
+    train, on one question: after ground truth in which a sprite left sight for longer than the
+    sink and the window hold, does the sprite the student brings back have its colour? Neither
+    stage asks it: stage 1's teacher clips are too short to hide a sprite that long, and DMD's
+    teacher sees only the window. Per step, `memory_clips` world clips go into the cache as context
+    (in the graph) up to the sprite's return; the student makes that chunk and the next, and
+    colour_loss scores them against the true colour. An anchor keeps the rest as it was: the
+    squared difference to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor`
+    times) and everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
+    (`memory_free_anchor` times)."""
+    name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
+
+    def __init__(self, run, preset, preset_name, dmd_file):
+        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+        self.steps = preset.memory_steps
+        checkpoint = load_checkpoint(run.path(dmd_file))
+        self.model, self.text_encoder = (m.to(run.device) for m in build(checkpoint))
+        self.frozen = build(checkpoint)[0].to(run.device).requires_grad_(False)
+        self.memory = [p for name, p in self.model.named_parameters() if ".memory." in name]
+        if not tv.uses_memory(self.model.cfg.mode):
+            raise SystemExit(f"{run.path(dmd_file)} has no memory to train (mode {self.model.cfg.mode}): set "
+                             f"memory_steps=0 for sink and window students")
+        self.model.requires_grad_(False).train()
+        for p in self.memory:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(self.memory, lr=preset.memory_lr, betas=(0.9, 0.99))
+        self.modules = {"model": self.model, "optimizer": self.optimizer}
+        self.world = recall_world(preset, self.model.cfg)
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+
+    def train_step(self, step):
+        preset, model, frozen, cf = self.preset, self.model, self.frozen, self.model.cfg.chunk_frames
+        gen = self.run.generator(4, step)
+        exit_step = int(torch.randint(len(self.sigmas), (1,), generator=gen))
+        colour, anchor, right = 0.0, 0.0, 0
+        for clip, caption, true_colour, r in return_clips(self.world, model.cfg, preset.memory_clips,
+                                                          preset.memory_clip_frames, gen):
+            caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
+            for student, cache in zip((model, frozen), caches):
+                with torch.set_grad_enabled(student is model):
+                    cache.set_prompt(student, self.text_encoder([caption]))
+                    tv.teacher_force(student, cache, clip[:, :r * cf].to(self.run.device))
+            made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
+            background = parse_caption(caption).background
+            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, true_colour)
+            colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
+            right += clip_right
+        caption = random_caption(gen)
+        caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
+        for student, cache in zip((model, frozen), caches):
+            cache.set_prompt(student, self.text_encoder([caption]))
+        made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
+                                          self.sigmas, gen)
+        free = (made - frozen_made).square().mean()
+        optimizer_step(self.run, self.optimizer, self.memory, preset.memory_lr,
+                       colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
+        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
+                "right": right / preset.memory_clips}
+
+    def finish(self):
+        self.model.eval()
         release(self.run.path("student.pt"), 2, self.preset_name, self.model, self.text_encoder, self.log)
 
 
@@ -1233,7 +1331,8 @@ def report(out_dir, clips=16, seed=12345, grid=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train tiny-videossm: stage 0 the teacher, stage 1 the causal "
-                                     "student by ODE distillation, stage 2 the student by long self-rollouts with DMD. "
+                                     "student by ODE distillation, stage 2 the student by long self-rollouts with DMD, "
+                                     "then (tiny, gpu) its memory alone on sprites that come back after a long absence. "
                                      "Each stage resumes from its last checkpoint and is skipped once it is released.")
     parser.add_argument("--preset", default="tiny", help=f"sizes and schedules: {', '.join(PRESETS)} (default tiny)")
     parser.add_argument("--set", default=[], action="append", metavar="FIELD=VALUE",
@@ -1268,20 +1367,28 @@ def main(argv=None):
     if args.world_stats:
         return world_statistics(preset)
     run = Run(args.device, args.out, args.seed)
-    stages = {"0": ("teacher.pt", lambda: Teacher(run, preset, spec)),
-              "1": ("student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.memory)),
-              "2": ("student.pt", lambda: SelfRolloutDMD(run, preset, spec))}
+    # stage 2 ends with the memory's recall phase when the student has a memory and the preset asks
+    dmd_file = "student_dmd.pt" if preset.memory_steps and tv.uses_memory(args.memory) else "student.pt"
+    stages = {"0": [("teacher.pt", lambda: Teacher(run, preset, spec))],
+              "1": [("student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.memory))],
+              "2": [(dmd_file, lambda: SelfRolloutDMD(run, preset, spec, dmd_file))]}
+    if dmd_file != "student.pt":
+        stages["2"].append(("student.pt", lambda: MemoryRecall(run, preset, spec, dmd_file)))
+    finished = True
     for number in (["0", "1", "2"] if args.stage == "all" else [args.stage]):
-        released, make = stages[number]
-        if os.path.exists(run.path(released)):
+        for released, make in stages[number]:
+            if os.path.exists(run.path(released)) or os.path.exists(run.path(stages[number][-1][0])):
+                if run.rank == 0:
+                    print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
+                continue
+            started = time.time()
+            finished = run_stage(make(), run, args.stop_at)
+            if not finished:
+                break
             if run.rank == 0:
-                print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
-            continue
-        started = time.time()
-        if not run_stage(make(), run, args.stop_at):
+                print(f"stage {number}: {released} in {(time.time() - started) / 60:.1f} min (setup included)")
+        if not finished:
             break
-        if run.rank == 0:
-            print(f"stage {number}: finished in {(time.time() - started) / 60:.1f} min (setup included)")
     if run.distributed:
         dist.barrier()                   # every rank done talking before any tears its connections down
         dist.destroy_process_group()

@@ -1,0 +1,57 @@
+"""
+`python docs/recall_probes.py CHECKPOINT OUT.png`: the recall probes of `python sample.py --benchmark`
+(its first six, `sample.recall_clips`) as a picture. Per probe three rows: ground truth, the hybrid
+student, the sink student (the same weights in sink mode); each row the last 3 frames of the
+ground-truth context, then 15 frames the student made. The context runs until the sprite has been out
+of sight for longer than the sink and the window hold, so a sprite that comes back in its colour in
+the hybrid row was kept by the memory. About a minute on a 2-core CPU.
+"""
+
+import argparse
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))   # the repo root
+import sample  # noqa: E402
+import tiny_videossm as tv  # noqa: E402
+import train  # noqa: E402
+
+
+@torch.no_grad()
+def probe_grid(path, model, text_encoder, preset, count=6):
+    cfg, cf = model.cfg, model.cfg.chunk_frames
+    world = train.recall_world(preset, cfg)
+    sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+    rows = []
+    for i, (clip, caption, _, context, _) in enumerate(sample.recall_clips(world, cfg, count, 20 * preset.clip_frames, 0)):
+        start = context * cf - 3
+        rows.append(clip[:, start:start + 18])
+        for mode in ("hybrid", "sink"):
+            cache = tv.StreamCache(model, 1, mode)
+            cache.set_prompt(model, text_encoder([caption]))
+            tv.teacher_force(model, cache, clip[:, :context * cf])
+            made = tv.generate(model, text_encoder, {0: caption}, 5, sigmas, torch.Generator().manual_seed(i), cache=cache)
+            rows.append(torch.cat([clip[:, start:context * cf], *made], 1))
+    train.save_grid(path, torch.cat(rows))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a released student, e.g. checkpoints/student.pt")
+    parser.add_argument("out", help="the PNG to write")
+    args = parser.parse_args()
+    if not args.out.endswith(".png"):
+        parser.error(f"{args.out}: the picture is a PNG; name it NAME.png")
+    checkpoint = train.load_checkpoint(args.checkpoint)
+    model, text_encoder = train.build(checkpoint)
+    if not model.cfg.causal:
+        sys.exit(f"error: {args.checkpoint} is the bidirectional teacher; the probes stream, so pass a student")
+    probe_grid(args.out, model, text_encoder, train.preset_from(checkpoint["preset"]))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
