@@ -1285,7 +1285,8 @@ def report(out_dir, clips=16, seed=12345, grid=None):
     """Teacher-length clips from each trained model for the same captions as ground-truth clips:
     a markdown table of the metrics, and optionally a PNG grid (ground truth on top)."""
     found = [(name, f) for name, f in [("teacher", "teacher.pt"), ("student after stage 1", "student_stage1.pt"),
-                                       ("student", "student.pt")] if os.path.exists(os.path.join(out_dir, f))]
+                                       ("student after DMD", "student_dmd.pt"), ("student", "student.pt")]
+             if os.path.exists(os.path.join(out_dir, f))]
     if not found:
         raise SystemExit(f"no trained model in {out_dir}: run `python train.py` first")
     try:
