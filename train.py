@@ -565,7 +565,7 @@ class Preset:
     memory_free_anchor: float = 100.0  # and on the free rollout
 
 
-# the shipped model: the whole pipeline in about 80 minutes on a 2-core CPU (README)
+# the shipped model: the whole pipeline in about 76 minutes on a 2-core CPU (README)
 TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
               compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, clip_every=2, warmup=200,
@@ -628,8 +628,9 @@ def preset_from(spec: str) -> Preset:
 
 def check_preset(preset, chunk_frames):
     """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
-    may_be_zero = {"image_batch", "memory_steps", "memory_anchor", "memory_free_anchor", "warmup", "critic_warmup", "sprite_weight", "dmd_regression",
-                   "cfg_scale", "text_dropout", "switch_probability", "ema_decay"}
+    may_be_zero = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
+                   "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_anchor",
+                   "memory_free_anchor"}
     for f in fields(Preset):
         value = getattr(preset, f.name)
         if f.name in ("model", "world") or isinstance(value, bool):
@@ -998,8 +999,8 @@ def colour_loss(x0, frozen_x0, background, colour):
     may move towards it but not out of the sprite colours. Elsewhere: the squared difference to the
     frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's
     pixels, summed, pick the true colour."""
-    away = lambda rgb: (frozen_x0 - rgb.view(1, 1, 3, 1, 1)).square().sum(2, keepdim=True) > 0.25
-    sprite = (away(BACKGROUND_RGB[background].to(x0.device)) & away(OCCLUDER_RGB.to(x0.device))).float()  # (1, F, 1, H, W)
+    away = lambda rgb: (frozen_x0 - rgb.to(x0.device).view(1, 1, 3, 1, 1)).square().sum(2, keepdim=True) > 0.25
+    sprite = (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()              # (1, F, 1, H, W)
     logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
     cross_entropy = -(log_p[..., colour] * where).sum() / where.sum().clamp_min(1.0)
