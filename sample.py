@@ -318,6 +318,8 @@ def benchmark(args, model, text_encoder, preset):
         print(f"| {name} | " + " | ".join(f"{values[name].nanmean():.3f}" for values in per_video.values())
               + (f" | {speed[name]:.1f} | {peak[name] / 2 ** 20:.2f} MB |" if name in speed else " | | |"))
     others = [mode for mode in args.modes if mode != "hybrid"]
+    if not others:
+        return
     print(f"\nhybrid minus each mode: the mean difference [paired bootstrap 95% interval]; ** where the interval "
           f"excludes 0\n\n| | " + " | ".join(f"hybrid - {m}" for m in others) + " |\n|---|" + "--:|" * len(others))
     for measure, values in per_video.items():

@@ -1281,6 +1281,10 @@ def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
                  "--modes", "sink,hybrid"])
     table = capsys.readouterr().out
     assert "| sink |" in table and "| window |" not in table and "| hybrid - sink |\n" in table
+    sample.main(["--checkpoint", student, "--benchmark", "--frames", "12", "--videos", "2", "--steps", "1",
+                 "--modes", "hybrid"])
+    table = capsys.readouterr().out
+    assert "| hybrid |" in table and "hybrid minus" not in table              # nothing to compare it with
 
 
 def test_paired_interval_covers_a_known_difference_and_excludes_zero_only_when_it_should():
