@@ -514,7 +514,7 @@ def world_statistics(preset, clips=256, frames=240, seed=5):
 # ---- presets: every size and schedule of a run ---------------------------------------------------
 #
 #     python train.py --preset tiny                 all three stages on a 2-core CPU
-#     python train.py --preset quick                the same without stage 2's memory phase, in half the time
+#     python train.py --preset quick                stages 0-2, each shorter: a third of the time
 #     python train.py --preset tiny --stage 0       one stage (resumes if interrupted)
 #     python train.py --stage 0 --set teacher_steps=8000 --out runs/longer   an experiment
 #     torchrun --nproc_per_node 2 train.py ...      data parallel (gloo on CPU, nccl on CUDA)
@@ -565,7 +565,7 @@ class Preset:
     memory_free_anchor: float = 100.0  # and on the free rollout
 
 
-# the shipped model: the whole pipeline in about 76 minutes on a 2-core CPU (README)
+# the shipped models' recipe: the whole pipeline in about 90 minutes alone on a 2-core CPU (README)
 TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
               compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, clip_every=2, warmup=200,
@@ -580,8 +580,9 @@ PRESETS = {
                    clip_frames=8, teacher_steps=6, teacher_batch=2, warmup=2, save_every=3, ode_clips=4, ode_steps=4,
                    student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, critic_warmup=1, rollout_frames=12,
                    denoising_steps=2, memory_steps=2, memory_clips=1, memory_clip_frames=32, memory_free_frames=8),
-    # tiny without the memory's recall phase: about 40 minutes, a memory that forgets colours (README)
-    "quick": replace(TINY, memory_steps=0),
+    # tiny's stages 0-2, each shorter, without the memory's phase: under 30 minutes on a 2-core CPU, a memory
+    # that forgets (README)
+    "quick": replace(TINY, teacher_steps=2000, ode_clips=128, student_steps=150, dmd_steps=100, memory_steps=0),
     "tiny": TINY,
     # a GPU run: wider, deeper, longer
     "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
