@@ -59,7 +59,6 @@ class VideoSSMConfig:
     n_layers: int = 4             # transformer blocks
     ffn_dim: int = 512            # hidden width of each block's feed-forward net
     freq_dim: int = 64            # width of the sinusoidal timestep embedding
-    prediction: str = "velocity"  # what the head outputs: "velocity" (Wan) or "x0", the clean frame (see to_velocity)
     text_dim: int = 64            # width of the text encoder's token features
     causal: bool = False          # False: bidirectional (teacher, critic); True: causal student
     chunk_frames: int = 3         # frames generated together; the unit of causality and eviction
@@ -77,8 +76,6 @@ class VideoSSMConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
-        if self.prediction not in ("velocity", "x0"):
-            raise ValueError(f"prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1 (the current chunk), got {self.window_chunks}")
         if self.sink_chunks < 0 or self.chunk_frames < 1:
@@ -112,13 +109,6 @@ def x0_from_velocity(x_s, velocity, sigma):
     """Invert the above: x0 = x_s - s v."""
     sigma = sigma.reshape(*sigma.shape, *([1] * (x_s.dim() - sigma.dim())))
     return x_s - sigma * velocity
-
-
-def velocity_from_x0(x_s, x0, sigma, min_sigma=0.05):
-    """v = (x_s - x0) / s for a head that predicts the clean frame (prediction "x0", as arXiv 2511.13720);
-    s clamped at min_sigma keeps the clean pass (s = 0) finite; x0_from_velocity inverts it for s >= min_sigma."""
-    sigma = sigma.reshape(*sigma.shape, *([1] * (x_s.dim() - sigma.dim())))
-    return (x_s - x0) / sigma.clamp(min=min_sigma)
 
 
 def shift_sigma(sigma, shift):
@@ -484,6 +474,43 @@ def position_shift(c, cfg, mode):
     return max(0, c - (sink + window - 1))
 
 
+def parallel_pattern(cfg, frames, clean_frames, mode, device):
+    """The Pattern of VideoDiT.forward for `frames` frames to predict, after `clean_frames` context
+    frames (0, or the same clip clean: teacher forcing with a clean copy, see VideoDiT.forward)."""
+    hw = cfg.tokens_per_frame
+    frame_pos = torch.arange(frames, device=device)
+    if clean_frames:
+        frame_pos = torch.cat([frame_pos, frame_pos])                               # clean copy, then noisy
+    frame_index = frame_pos.repeat_interleave(hw)                                   # (L,)
+    if not cfg.causal:
+        return Pattern(frame_angles(cfg, frame_pos), frame_index, torch.zeros_like(frame_index))
+    n, chunk_tokens = frames // cfg.chunk_frames, cfg.chunk_frames * hw
+    chunk_of_frame = frame_pos // cfg.chunk_frames
+    token_chunk = chunk_of_frame.repeat_interleave(hw)                              # (L,)
+    # key chunk j is visible to a query in chunk c if j is in c's visible set; a query
+    # sees other chunks through the clean copy (when there is one) and its own chunk as itself
+    visible = torch.zeros(n, n, dtype=torch.bool, device=device)
+    evicted_before = []                     # as token slices: context tokens come first either way
+    for c in range(n):
+        chunks, evicted = visible_chunks(c, cfg, mode)
+        visible[c, chunks] = True
+        evicted_before.append(None if evicted is None else
+                              slice(evicted * chunk_tokens, (evicted + 1) * chunk_tokens))
+    mask = visible[token_chunk][:, token_chunk]                                     # (L, L)
+    if clean_frames:
+        is_clean = torch.arange(len(token_chunk), device=device) < frames * hw      # the clean copy comes first
+        same_chunk = token_chunk[:, None] == token_chunk[None, :]
+        mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
+    pattern = Pattern(frame_angles(cfg, frame_pos), frame_index, token_chunk, mask,
+                      evicted_before=evicted_before, memory_on=uses_memory(mode))
+    sink = sink_and_window(cfg, mode)[0]
+    if sink:                                                # (D12) the sink's own query positions
+        shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
+        pattern.sink_columns = torch.arange(sink * chunk_tokens, device=device)    # clean copy's sink if any
+        pattern.sink_query_angles = frame_angles(cfg, frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames)
+    return pattern
+
+
 # ---- the model -----------------------------------------------------------------------------------
 
 class VideoDiT(nn.Module):
@@ -548,52 +575,12 @@ class VideoDiT(nn.Module):
         shift, scale = (self.head_modulation + e[:, :, None]).unbind(2)                # (B, L, d) each
         return self.unpatchify(self.head(self.head_norm(x) * (1 + scale) + shift), frames)
 
-    def to_velocity(self, out, x_s, timestep):
-        """The head's output as a velocity, whatever the head predicts (cfg.prediction)."""
-        return out if self.cfg.prediction == "velocity" else velocity_from_x0(x_s, out, timestep / 1000)
-
     def text_context(self, text):
         """text: (B, Lt, text_dim) -> per block the cross-attention K, V (computed once per prompt)."""
         context = self.text_embedding(text)                                            # (B, Lt, d)
         return [block.cross_attn.context_kv(context) for block in self.blocks]
 
     # --- the parallel path
-
-    def pattern(self, frames, clean_frames, mode, device):
-        """Build the Pattern for `frames` frames to predict, after `clean_frames` context frames
-        (0, or the same clip clean: teacher forcing with a clean copy, see forward)."""
-        cfg, hw = self.cfg, self.cfg.tokens_per_frame
-        frame_pos = torch.arange(frames, device=device)
-        if clean_frames:
-            frame_pos = torch.cat([frame_pos, frame_pos])                               # clean copy, then noisy
-        frame_index = frame_pos.repeat_interleave(hw)                                   # (L,)
-        if not cfg.causal:
-            return Pattern(frame_angles(cfg, frame_pos), frame_index, torch.zeros_like(frame_index))
-        n, chunk_tokens = frames // cfg.chunk_frames, cfg.chunk_frames * hw
-        chunk_of_frame = frame_pos // cfg.chunk_frames
-        token_chunk = chunk_of_frame.repeat_interleave(hw)                              # (L,)
-        # key chunk j is visible to a query in chunk c if j is in c's visible set; a query
-        # sees other chunks through the clean copy (when there is one) and its own chunk as itself
-        visible = torch.zeros(n, n, dtype=torch.bool, device=device)
-        evicted_before = []                     # as token slices: context tokens come first either way
-        for c in range(n):
-            chunks, evicted = visible_chunks(c, cfg, mode)
-            visible[c, chunks] = True
-            evicted_before.append(None if evicted is None else
-                                  slice(evicted * chunk_tokens, (evicted + 1) * chunk_tokens))
-        mask = visible[token_chunk][:, token_chunk]                                     # (L, L)
-        if clean_frames:
-            is_clean = torch.arange(len(token_chunk), device=device) < frames * hw      # the clean copy comes first
-            same_chunk = token_chunk[:, None] == token_chunk[None, :]
-            mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
-        pattern = Pattern(frame_angles(cfg, frame_pos), frame_index, token_chunk, mask,
-                          evicted_before=evicted_before, memory_on=uses_memory(mode))
-        sink = sink_and_window(cfg, mode)[0]
-        if sink:                                                # (D12) the sink's own query positions
-            shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
-            pattern.sink_columns = torch.arange(sink * chunk_tokens, device=device)    # clean copy's sink if any
-            pattern.sink_query_angles = frame_angles(cfg, frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames)
-        return pattern
 
     def forward(self, x, timestep, text, clean_context=None, mode=None):
         """The parallel path: predict the velocity for every frame of a clip in one pass.
@@ -624,12 +611,11 @@ class VideoDiT(nn.Module):
             self.check_clip(clean_context, "clean_context")
             x = torch.cat([clean_context, x], dim=1)
             timestep = torch.cat([torch.zeros_like(timestep), timestep], dim=1)
-        pattern = self.pattern(F_, clean_context is not None, mode, x.device)
+        pattern = parallel_pattern(cfg, F_, clean_context is not None, mode, x.device)
         tokens, e0, e = self.embed(x, timestep)
         for block, kv in zip(self.blocks, self.text_context(text)):
             tokens = block(tokens, e0, kv, lambda h: block.self_attn.forward_parallel(h, pattern))
-        out = self.head_out(tokens, e, x.shape[1])[:, -F_:]                      # drop the clean copy's outputs
-        return self.to_velocity(out, x[:, -F_:], timestep[:, -F_:])
+        return self.head_out(tokens, e, x.shape[1])[:, -F_:]                      # drop the clean copy's outputs
 
     # --- the streaming path
 
@@ -666,7 +652,7 @@ class VideoDiT(nn.Module):
                 layer.append(*new["kv"])
         if write:
             cache.commit(x, [block.self_attn.memory for block in self.blocks])
-        return self.to_velocity(self.head_out(tokens, e, cfg.chunk_frames), x, timestep)
+        return self.head_out(tokens, e, cfg.chunk_frames)
 
 
 # ---- the streaming cache -------------------------------------------------------------------------
@@ -707,10 +693,24 @@ class StreamStep:
 
 
 class StreamCache:
-    """What the streaming generator remembers, for every layer: the sink and window chunks
-    (LayerCache) and the memory state M. Its size is constant in video length in every mode but
-    `full`. `chunks` lists the chunk index of each cached chunk; `frames` keeps their clean frames
-    for the prompt-switch re-cache (D10)."""
+    """Everything the streaming path remembers of the video so far; its size is constant in video
+    length in every mode but `full`.
+
+    What it holds, per layer (LayerCache): the prompt's cross-attention K/V; the pre-RoPE K, V and
+    gates g, beta of the cached chunks (the sink and the window, in chunk order); the memory state M
+    (zeros at first, float32). For the whole cache: `chunks`, the index of each cached chunk;
+    `frames`, their clean frames (for the re-cache); `next_chunk`, the index of the chunk being made.
+
+    Its life, one chunk at a time (generate does this):
+        set_prompt(model, text)    before chunk 0: each layer's cross-attention K/V, computed once
+        step(device)               each forward_chunk: the RoPE positions of the chunk and of the cached
+                                   keys (D12); denoising steps read the cache and M and write nothing
+        forward_chunk(write=True)  the clean pass at t = 0 appends the chunk's K, V, g, beta (D8)
+        commit(frames, memories)   then the chunk that left the window is popped and written into M (E7,
+                                   D7), chunks no mode attends to are dropped, and next_chunk moves on
+        recache(model, cache, text)   a prompt switch: new cross-attention K/V, the window re-encoded
+                                   under the new prompt; the sink's K/V and M are kept (D10)
+    """
 
     def __init__(self, model, batch_size, mode=None, dtype=torch.float32, device="cpu"):
         cfg = model.cfg
@@ -788,6 +788,21 @@ def recache(model, cache, text):
     cache.next_chunk = next_chunk
 
 
+def denoise_chunk(model, cache, sigmas, last, noise, grad=False):
+    """One chunk's few-step chain: from noise, at each level up to sigmas[last] predict x0 against the
+    cache, then re-noise it to the next level with fresh noise(). Reads the cache, never writes it.
+    grad: the last step's prediction in the graph (the others never are).
+    Returns the last step's input x_s and level s, (B,), and its prediction x0, (B, chunk_frames, C, H, W)."""
+    x = noise()
+    for i in range(last + 1):
+        s = torch.full((x.shape[0],), sigmas[i], dtype=x.dtype, device=x.device)
+        with torch.set_grad_enabled(grad and i == last):
+            x0 = x0_from_velocity(x, model.forward_chunk(x, 1000 * s, cache), s)
+        if i < last:
+            x = add_noise(x0, noise(), torch.full_like(s, sigmas[i + 1]))
+    return x, s, x0
+
+
 def teacher_force(model, cache, frames):
     """Feed clean frames (B, F, C, H, W), F whole chunks, through the clean context pass as if the
     model had made them: the cache (sink, window, M) ends up as after streaming those frames."""
@@ -807,7 +822,10 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         sigmas: the few denoising noise levels, high to low (denoising_sigmas)
         generator: torch.Generator for the noise (same seed, same video)
         mode: memory mode override, one of MODES
-        cache: a fresh StreamCache to stream with, to look inside it while streaming (default: a new one)
+        cache: a StreamCache to stream with (default: a new one), to look inside it while streaming or
+            to continue from one that already holds chunks (teacher_force). The call's chunks are
+            counted from 0 whatever the cache holds: keys of `prompts` and `grad_chunks` count from
+            the call's first chunk, and prompts[0] only sets the cross-attention K/V (no re-cache).
         exit_step, grad_chunks: for stage 2's self-rollout (Self-Forcing). Every chunk stops at
             denoising step `exit_step` (default: the last) and that prediction is the chunk; chunks
             listed in `grad_chunks` run that step and their clean pass with autograd on. Everything
@@ -832,13 +850,7 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
                     cache.set_prompt(model, text)
                 else:
                     recache(model, cache, text)
-        x = noise()
-        for i in range(last + 1):
-            s = torch.full((batch_size,), sigmas[i], dtype=param.dtype, device=param.device)
-            with torch.set_grad_enabled(track and i == last):
-                x0 = x0_from_velocity(x, model.forward_chunk(x, 1000 * s, cache), s)
-            if i < last:
-                x = add_noise(x0, noise(), torch.full_like(s, sigmas[i + 1]))
+        _, _, x0 = denoise_chunk(model, cache, sigmas, last, noise, grad=track)
         with torch.set_grad_enabled(track):
             model.forward_chunk(x0.detach(), 0.0, cache, write=True)   # (D8) the clean context pass
         yield x0

@@ -1,0 +1,153 @@
+"""
+The memory modes side by side on long videos: every mode streams the same one-sprite prompts with the
+same seeds, each video is measured on its own (measure.metrics), and hybrid is compared with each other
+mode by paired bootstrap intervals. Then the recall probe: ground truth fed as context until a sprite has
+been out of sight longer than the sink and the window hold; does the sprite that comes back have its colour?
+
+    python -m measure.benchmark --threads 2                         all five modes (full takes most of the time)
+    python -m measure.benchmark --modes hybrid,sink,window --videos 8
+"""
+
+import argparse
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+import sample
+import tiny_videossm as tv
+import train
+from measure import metrics
+
+
+def cache_bytes(cache):
+    """What a StreamCache holds: K, V, gates and M over all layers, in bytes."""
+    tensors = [t for layer in cache.layers for t in (layer.k, layer.v, layer.g, layer.beta, layer.state)
+               if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def paired_interval(a, b, draws=2000, seed=0):
+    """The mean of a - b over the videos both scored (a, b: (N,) per video, NaN = not scored), and its
+    paired bootstrap 95% interval: resample the videos, not the two modes separately."""
+    difference = (a - b)[~(a.isnan() | b.isnan())]
+    if len(difference) < 2:
+        return math.nan, math.nan, math.nan
+    picks = torch.randint(len(difference), (draws, len(difference)), generator=torch.Generator().manual_seed(seed))
+    low, high = difference[picks].mean(1).quantile(torch.tensor([0.025, 0.975]))
+    return difference.mean().item(), low.item(), high.item()
+
+
+@torch.no_grad()
+def recall(model, text_encoder, probe, mode, sigmas, seed):
+    """The recall probe on one train.Return: ground truth through the clean pass up to chunk
+    `probe.context` (the sink and the window then show none of the sprite), then the model streams
+    until four chunks after the sprite is clearly back. 1 if the sprite colour it shows most is the
+    sprite's own, else 0. Ground truth scores 1; a model without memory of the clip, chance (1 / 4)."""
+    cf, device = model.cfg.chunk_frames, next(model.parameters()).device
+    cache = tv.StreamCache(model, 1, mode, device=device)
+    cache.set_prompt(model, text_encoder([probe.caption]))
+    tv.teacher_force(model, cache, probe.video[:, :probe.context * cf].to(device))
+    made = math.ceil(probe.clear / cf) + 4 - probe.context
+    video = torch.cat(list(tv.generate(model, text_encoder, {0: probe.caption}, made, sigmas,
+                                       torch.Generator().manual_seed(seed), cache=cache)), 1)
+    _, sprite = metrics.read_attributes(video)                 # (1, frames made)
+    shown = sprite[sprite >= 0]
+    return float(len(shown) > 0 and shown.mode().values.item() == probe.colour)
+
+
+@torch.no_grad()
+def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed):
+    """Every mode of `modes` streams the same prompts (one sprite each) and seeds for `frames` frames:
+    the measures per video, frames/s and the cache's peak size, ground truth on top; then the recall
+    probe; then hybrid minus each other mode with paired intervals. Prints the tables."""
+    cfg = model.cfg
+    sigmas = tv.denoising_sigmas(steps, preset.shift)
+    world = train.World(cfg.frame_size, **preset.world)
+    truth = world.sample(4 * videos, frames, seed=seed)
+    keep = torch.nonzero(truth.count == 1).flatten()[:videos]             # one sprite: identity is defined
+    video_of = {"ground truth": truth.video[keep]}
+    prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
+    probes = train.sprite_returns(train.recall_world(preset, cfg), cfg, videos, frames, seed)
+    speed, peak, recalled = {}, {}, {}
+    batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
+    with tqdm(total=len(modes) * (len(batches) + 1 + len(probes)), desc="benchmark", unit="step") as bar:
+        for mode in modes:
+            bar.set_description(f"benchmark: {mode}")
+            made = []
+            for n, batch in enumerate(batches):
+                made.append(torch.cat(list(tv.generate(model, text_encoder, {0: [prompts[i] for i in batch]},
+                                                       frames // cfg.chunk_frames, sigmas,
+                                                       torch.Generator().manual_seed(seed + n), mode,
+                                                       batch_size=len(batch))), 1).cpu())
+                bar.update()
+            video_of[mode] = torch.cat(made)
+            cache = tv.StreamCache(model, 1, mode, device=next(model.parameters()).device)
+            started, peak[mode] = time.time(), 0
+            for _ in tv.generate(model, text_encoder, {0: prompts[0]}, frames // cfg.chunk_frames, sigmas,
+                                 torch.Generator().manual_seed(seed), cache=cache):   # one stream, timed
+                peak[mode] = max(peak[mode], cache_bytes(cache))
+            speed[mode] = frames / (time.time() - started)
+            bar.update()
+            recalled[mode] = torch.zeros(len(probes))
+            for i, probe in enumerate(probes):
+                recalled[mode][i] = recall(model, text_encoder, probe, mode, sigmas, seed + i)
+                bar.update()
+    per_video = {}                                                          # measure -> mode -> (N,)
+    for name, video in video_of.items():
+        clips = [v[None] for v in video]                                    # each video on its own
+        scores = {"fidelity": map(metrics.fidelity, clips), "sprite presence": map(metrics.sprite_presence, clips),
+                  "shape match": map(metrics.shape_match, clips, shapes[:, None]),
+                  "identity kept": metrics.identity_kept(video).tolist(),
+                  "subject consistency": map(metrics.subject_consistency, clips),
+                  "background consistency": map(metrics.background_consistency, clips),
+                  "dynamic degree": map(metrics.dynamic_degree, clips), "flicker": map(metrics.flicker, clips)}
+        for measure, values in scores.items():
+            per_video.setdefault(measure, {})[name] = torch.tensor(list(values))
+    per_video["recall"] = {"ground truth": torch.ones(len(probes)), **recalled}
+    print(f"\n{len(prompts)} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), one sprite "
+          f"each, {steps} steps, the same prompts and seeds in every row. Recall: {len(probes)} ground-truth "
+          f"clips{' with curtains (world.occluder=4)' if not world.occluder else ''} fed as context until "
+          f"the sprite has been out of sight longer than sink + window hold; chance {1 / len(train.SPRITE_COLOURS):.2f}\n")
+    print("| | " + " | ".join(per_video) + " | frames/s, one stream | peak cache |\n|---|"
+          + "--:|" * (len(per_video) + 2))
+    for name in video_of:
+        print(f"| {name} | " + " | ".join(f"{values[name].nanmean():.3f}" for values in per_video.values())
+              + (f" | {speed[name]:.1f} | {peak[name] / 2 ** 20:.2f} MB |" if name in speed else " | | |"))
+    others = [mode for mode in modes if mode != "hybrid"]
+    if not others:
+        return
+    print("\nhybrid minus each mode: the mean difference [paired bootstrap 95% interval]; ** where the interval "
+          "excludes 0\n\n| | " + " | ".join(f"hybrid - {m}" for m in others) + " |\n|---|" + "--:|" * len(others))
+    for measure, values in per_video.items():
+        cells = [paired_interval(values["hybrid"], values[m]) for m in others]
+        print(f"| {measure} | " + " | ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' **' if lo > 0 or hi < 0 else ''}"
+                                            for d, lo, hi in cells) + " |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m measure.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default=",".join(tv.MODES),
+                        help="the modes to compare, comma-separated, hybrid among them (default: all five)")
+    parser.add_argument("--videos", type=int, default=32, help="videos per mode, and recall probes (default 32)")
+    parser.add_argument("--frames", type=int, help="frames per video (default: 20 teacher clips)")
+    sample.add_student_arguments(parser)
+    args = parser.parse_args(argv)
+    modes = tuple(m.strip() for m in args.modes.split(","))
+    if any(m not in tv.MODES for m in modes) or "hybrid" not in modes or len(set(modes)) != len(modes):
+        parser.error(f"--modes {args.modes}: name each of {', '.join(tv.MODES)} at most once, hybrid among them "
+                     f"(the others are compared with it)")
+    if args.videos < 1:
+        parser.error(f"--videos {args.videos}: must be at least 1")
+    model, text_encoder, preset = sample.load_student(parser, args)
+    cf = model.cfg.chunk_frames
+    frames = 20 * preset.clip_frames if args.frames is None else args.frames
+    if frames < 2 * cf:
+        parser.error(f"--frames {frames}: the benchmark compares whole chunks, at least two ({2 * cf} frames)")
+    benchmark(model, text_encoder, preset, modes, args.videos, frames - frames % cf, args.steps, args.seed)
+
+
+if __name__ == "__main__":
+    main()
