@@ -1,14 +1,17 @@
-"""Tests that define done (SPEC.md section 9), in the order of the modules: kernels, model,
-world, training, sampling, notebooks. Run: python -m pytest"""
+"""Tests that define done (SPEC.md section 9), in the order of the modules: kernels, the model, the
+world, training, sampling, then the yardstick (measure/) and the notebooks. Each test makes what it
+needs (a fixture, a temporary folder) and passes alone and in any order. Run: python -m pytest"""
 
 import copy
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import imageio.v3
 import numpy as np
@@ -19,9 +22,20 @@ import kernels
 import sample
 import tiny_videossm as tv
 import train
-from train import (BACKGROUNDS, MAX_SPRITES, SHAPES, VOCAB, World, drift, dynamic_degree,
-                   fidelity, flicker, frozen_fraction, parse_caption, random_caption,
-                   read_attributes, sprite_presence, video_metrics)
+from measure import benchmark, memory_trace, metrics, report, world_stats
+from measure.metrics import (drift, dynamic_degree, fidelity, flicker, frozen_fraction, read_attributes,
+                             sprite_presence, video_metrics)
+from train import BACKGROUNDS, MAX_SPRITES, SHAPES, VOCAB, World, parse_caption, random_caption
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """sample.py and measure/ set torch's threads, as a command line should; every test starts from the same."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def relative_error(actual, expected):
@@ -29,7 +43,8 @@ def relative_error(actual, expected):
 
 
 # ----------------------------------------------------------------------------------------------
-# kernels.py: the chunked gated delta rule against the naive scan
+# kernels.py: the gated delta rule, chunked against the naive loop
+
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -108,17 +123,51 @@ def test_compiled_matches_eager_on_cpu():
     assert relative_error(o_c, o) < 1e-5 and relative_error(state_c, state) < 1e-5
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
+    """auto: the compiled chunked form for CUDA tensors, the eager one elsewhere; an unknown name is refused."""
     inputs = kernels.random_inputs(1, 10, 1, 4, 4, torch.float64)
-    o_auto, _ = kernels.gated_delta_rule(*inputs)            # eager chunked on the CPU
+    o_auto, _ = kernels.gated_delta_rule(*inputs)
     o_naive, _ = kernels.gated_delta_rule(*inputs, backend="naive")
     assert relative_error(o_auto, o_naive) < 1e-12
     with pytest.raises(ValueError, match="unknown backend"):
         kernels.gated_delta_rule(*inputs, backend="triton")
+    called = []
+    for name in ("naive_gated_delta_rule", "chunk_gated_delta_rule", "compiled_chunk_gated_delta_rule"):
+        monkeypatch.setattr(kernels, name, lambda *args, name=name: called.append(name))
+    kernels.gated_delta_rule(*inputs)
+    kernels.gated_delta_rule(types.SimpleNamespace(is_cuda=True), *inputs[1:])      # what auto reads of q
+    assert called == ["chunk_gated_delta_rule", "compiled_chunk_gated_delta_rule"]
+
+
+def test_kernel_inputs_are_checked_at_the_door():
+    q, k, v, g, beta = kernels.random_inputs(2, 10, 3, 4, 5)
+    cases = [((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g, beta), "must have shape"),  # (B, H, T, K)
+             ((q, k, v[:1], g, beta), "v must have shape"),                      # another batch
+             ((q, k, v, g[..., 0], beta), "g must have shape"),                  # no head axis
+             ((q[:, :0], k[:, :0], v[:, :0], g[:, :0], beta[:, :0]), "at least one token"),
+             ((q.bfloat16(), k.bfloat16(), v.bfloat16(), g.bfloat16(), beta.bfloat16()), "float32")]
+    for backend in ("naive", "chunked"):
+        for args, message in cases:
+            with pytest.raises(ValueError, match=message):
+                kernels.gated_delta_rule(*args, backend=backend)
+        with pytest.raises(ValueError, match="initial_state must have shape"):
+            kernels.gated_delta_rule(q, k, v, g, beta, initial_state=torch.zeros(2, 3, 4, 4), backend=backend)
+    with pytest.raises(ValueError, match="chunk_size >= 1"):
+        kernels.chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=0)
+    memory = tv.GatedDeltaMemory(16, 2, router_horizon=8)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, L, 16\)"):
+        memory.gates(torch.randn(1, 5, 12))
+    with pytest.raises(ValueError, match="q must have shape"):
+        memory(torch.randn(1, 5, 16), torch.randn(1, 5, 8, 2), torch.zeros(1, 1, 2, 8, 8),
+               torch.zeros(5, dtype=torch.long), torch.arange(5))
+    with pytest.raises(ValueError, match="g must have shape"):              # write: through the kernel's door
+        memory.write(torch.zeros(1, 2, 8, 8), torch.randn(1, 5, 2, 8), torch.randn(1, 5, 2, 8),
+                     *memory.gates(torch.randn(1, 4, 16)))
 
 
 # ----------------------------------------------------------------------------------------------
-# tiny_videossm.py: the network
+# tiny_videossm.py: the network, its two paths, the streaming cache
+
 
 
 def small_config(**overrides):
@@ -160,25 +209,6 @@ def test_flow_matching_direction_of_time():
     sigmas = tv.denoising_sigmas(4, shift=3.0)
     assert sigmas[0] == 1.0 and all(a > b > 0 for a, b in zip(sigmas, sigmas[1:]))
     assert tv.shift_sigma(torch.tensor(0.5), 3.0) == 0.75                  # shift > 1 leans to noise
-
-
-def test_x0_prediction_gives_the_head_output_back():
-    """prediction="x0": the head's output is the clean clip, turned into a velocity that
-    x0_from_velocity inverts exactly (s >= 0.05), on both paths; at s = 0 the velocity stays finite."""
-    model = small_model(prediction="x0")
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.copy_(torch.linspace(-1, 1, model.head.bias.numel()))
-    clean = model.unpatchify(model.head.bias.expand(1, 4 * 4, -1), 4)     # what the head draws, (1, 4, 3, 8, 8)
-    x, text = random_clip(4)
-    s = torch.tensor([0.7], dtype=torch.float64)
-    velocity = model(x, 1000 * s, text)
-    assert torch.allclose(tv.x0_from_velocity(x, velocity, s), clean)
-    cache = tv.StreamCache(model, batch_size=1, dtype=torch.float64)
-    cache.set_prompt(model, text)
-    chunk_velocity = model.forward_chunk(x[:, :2], 1000 * s, cache)
-    assert torch.allclose(tv.x0_from_velocity(x[:, :2], chunk_velocity, s), clean[:, :2])
-    assert torch.isfinite(model(x, torch.zeros(1), text)).all()
 
 
 def load_wan_weights(ours, wan):
@@ -376,92 +406,6 @@ def test_gradients_reach_the_memory_write_path():
             assert grad is not None and grad.abs().max() > 0, name
 
 
-def test_generate_is_seeded_and_a_prompt_switch_keeps_the_past():
-    model = small_model(dtype=torch.float32)
-    encoder = tv.TextEncoder(["a", "circle", "on", "red", "blue"], text_dim=8)
-    sigmas = tv.denoising_sigmas(2)
-
-    def run(prompts):
-        with torch.no_grad():
-            return torch.cat(list(tv.generate(model, encoder, prompts, 6, sigmas, torch.Generator().manual_seed(7))), 1)
-    base = run({0: "a circle on red"})
-    assert base.shape == (1, 12, 3, 8, 8) and torch.isfinite(base).all()
-    assert torch.equal(base, run({0: "a circle on red"}))
-    switched = run({0: "a circle on red", 4: "a circle on blue"})
-    assert torch.equal(switched[:, :8], base[:, :8]) and not torch.allclose(switched[:, 8:], base[:, 8:])
-
-
-def test_recache_keeps_sink_and_memory_and_rewrites_the_window():
-    model = small_model(dtype=torch.float32)
-    cache = tv.StreamCache(model, 1)
-    text_a, text_b = torch.randn(1, 5, 8), torch.randn(1, 5, 8)
-    cache.set_prompt(model, text_a)
-    with torch.no_grad():
-        for _ in range(5):
-            model.forward_chunk(torch.randn(1, 2, 3, 8, 8), 0.0, cache, write=True)
-        before = [(layer.k.clone(), layer.state.clone()) for layer in cache.layers]
-        tv.recache(model, cache, text_b)
-    sink = 2 * 4
-    for (k, state), layer in zip(before, cache.layers):
-        assert torch.equal(layer.state, state) and torch.equal(layer.k[:, :sink], k[:, :sink])
-        assert layer.k.shape == k.shape
-    assert cache.chunks == [0, 4] and cache.next_chunk == 5
-    assert not torch.equal(cache.layers[-1].k[:, sink:], before[-1][0][:, sink:])   # deeper layers see the prompt
-
-
-def test_bad_inputs_give_clear_errors():
-    model = small_model(dtype=torch.float32)
-    text = torch.randn(1, 5, 8)
-    with pytest.raises(ValueError, match="must have shape"):
-        model(torch.randn(1, 4, 3, 8), torch.zeros(1), text)
-    with pytest.raises(ValueError, match="not a multiple of chunk_frames"):
-        model(torch.randn(1, 3, 3, 8, 8), torch.zeros(1), text)
-    with pytest.raises(ValueError, match="text must have shape"):
-        model(torch.randn(1, 4, 3, 8, 8), torch.zeros(1), torch.randn(1, 5, 7))
-    with pytest.raises(ValueError, match="not divisible by patch_size"):
-        small_config(frame_size=10)
-    with pytest.raises(ValueError, match="window_chunks must be >= 1"):
-        small_config(window_chunks=0)
-    with pytest.raises(ValueError, match="unknown mode"):
-        small_config(mode="sliding")
-    with pytest.raises(ValueError, match="unknown mode"):
-        tv.StreamCache(model, 1, mode="sliding")
-    encoder = tv.TextEncoder(["a", "circle", "on", "red"], text_dim=8)
-    with pytest.raises(ValueError, match="unknown word 'triangle'.*a circle on red"):
-        encoder(["a triangle on red"])
-    assert encoder([""]).shape == (1, 8, 8)                   # the empty prompt: unconditional
-    with pytest.raises(ValueError, match="unknown mode 'bogus'"):
-        model(torch.randn(1, 4, 3, 8, 8), torch.zeros(1), text, mode="bogus")
-    with pytest.raises(ValueError, match="set_prompt"):
-        model.forward_chunk(torch.randn(1, 2, 3, 8, 8), 0.0, tv.StreamCache(model, 1))
-
-
-def test_kernel_inputs_are_checked_at_the_door():
-    q, k, v, g, beta = kernels.random_inputs(2, 10, 3, 4, 5)
-    cases = [((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g, beta), "must have shape"),  # (B, H, T, K)
-             ((q, k, v[:1], g, beta), "v must have shape"),                      # another batch
-             ((q, k, v, g[..., 0], beta), "g must have shape"),                  # no head axis
-             ((q[:, :0], k[:, :0], v[:, :0], g[:, :0], beta[:, :0]), "at least one token"),
-             ((q.bfloat16(), k.bfloat16(), v.bfloat16(), g.bfloat16(), beta.bfloat16()), "float32")]
-    for backend in ("naive", "chunked"):
-        for args, message in cases:
-            with pytest.raises(ValueError, match=message):
-                kernels.gated_delta_rule(*args, backend=backend)
-        with pytest.raises(ValueError, match="initial_state must have shape"):
-            kernels.gated_delta_rule(q, k, v, g, beta, initial_state=torch.zeros(2, 3, 4, 4), backend=backend)
-    with pytest.raises(ValueError, match="chunk_size >= 1"):
-        kernels.chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=0)
-    memory = tv.GatedDeltaMemory(16, 2, router_horizon=8)
-    with pytest.raises(ValueError, match=r"x must have shape \(B, L, 16\)"):
-        memory.gates(torch.randn(1, 5, 12))
-    with pytest.raises(ValueError, match="q must have shape"):
-        memory(torch.randn(1, 5, 16), torch.randn(1, 5, 8, 2), torch.zeros(1, 1, 2, 8, 8),
-               torch.zeros(5, dtype=torch.long), torch.arange(5))
-    with pytest.raises(ValueError, match="g must have shape"):              # write: through the kernel's door
-        memory.write(torch.zeros(1, 2, 8, 8), torch.randn(1, 5, 2, 8), torch.randn(1, 5, 2, 8),
-                     *memory.gates(torch.randn(1, 4, 16)))
-
-
 def test_memory_module_copies_out_with_kernels_alone():
     """GatedDeltaMemory built from its source with nothing but torch and kernels.gated_delta_rule,
     inside a toy attention: writing a sequence in pieces gives the state of writing it at once,
@@ -534,6 +478,55 @@ def test_sink_positions_keep_every_query_key_distance_bounded_over_10000_frames(
     assert steps[-1].frame_index.tolist() == [9996, 9997, 9998, 9999]      # the router still sees the truth
 
 
+def test_memory_mode_sees_earlier_chunks_only_through_M():
+    """The state-space-only mode: nothing cached but M, and the output follows M."""
+    model = small_model(mode="memory")
+    cache = tv.StreamCache(model, 1, dtype=torch.float64)
+    clip, text = random_clip(8)
+    cache.set_prompt(model, text)
+    for c in range(4):
+        model.forward_chunk(clip[:, 2 * c:2 * c + 2], 0.0, cache, write=True)
+    assert cache.length() == 0 and cache.chunks == [] and cache.next_chunk == 4
+    noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
+    out = model.forward_chunk(noisy, 500.0, cache)
+    for layer in cache.layers:
+        layer.state = layer.state * 1.5
+    assert (model.forward_chunk(noisy, 500.0, cache) - out).abs().max() > 1e-3
+
+
+def test_generate_is_seeded_and_a_prompt_switch_keeps_the_past():
+    model = small_model(dtype=torch.float32)
+    encoder = tv.TextEncoder(["a", "circle", "on", "red", "blue"], text_dim=8)
+    sigmas = tv.denoising_sigmas(2)
+
+    def run(prompts):
+        with torch.no_grad():
+            return torch.cat(list(tv.generate(model, encoder, prompts, 6, sigmas, torch.Generator().manual_seed(7))), 1)
+    base = run({0: "a circle on red"})
+    assert base.shape == (1, 12, 3, 8, 8) and torch.isfinite(base).all()
+    assert torch.equal(base, run({0: "a circle on red"}))
+    switched = run({0: "a circle on red", 4: "a circle on blue"})
+    assert torch.equal(switched[:, :8], base[:, :8]) and not torch.allclose(switched[:, 8:], base[:, 8:])
+
+
+def test_recache_keeps_sink_and_memory_and_rewrites_the_window():
+    model = small_model(dtype=torch.float32)
+    cache = tv.StreamCache(model, 1)
+    text_a, text_b = torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    cache.set_prompt(model, text_a)
+    with torch.no_grad():
+        for _ in range(5):
+            model.forward_chunk(torch.randn(1, 2, 3, 8, 8), 0.0, cache, write=True)
+        before = [(layer.k.clone(), layer.state.clone()) for layer in cache.layers]
+        tv.recache(model, cache, text_b)
+    sink = 2 * 4
+    for (k, state), layer in zip(before, cache.layers):
+        assert torch.equal(layer.state, state) and torch.equal(layer.k[:, :sink], k[:, :sink])
+        assert layer.k.shape == k.shape
+    assert cache.chunks == [0, 4] and cache.next_chunk == 5
+    assert not torch.equal(cache.layers[-1].k[:, sink:], before[-1][0][:, sink:])   # deeper layers see the prompt
+
+
 def test_a_prompt_switch_keeps_the_rollouts_write_path_in_the_graph():
     """(D11) (D10) in a self-rollout, the window re-cached at a switch keeps its gates' gradients:
     chunk 2 is re-encoded at the switch to chunk 3, evicted into M after chunk 3, and read by chunk 4."""
@@ -551,24 +544,85 @@ def test_a_prompt_switch_keeps_the_rollouts_write_path_in_the_graph():
     assert without_switch > 0 and with_switch > 0.1 * without_switch
 
 
-def test_memory_mode_sees_earlier_chunks_only_through_M():
-    """The state-space-only mode: nothing cached but M, and the output follows M."""
-    model = small_model(mode="memory")
+def test_a_chunk_stops_at_its_exit_step_and_the_cache_gets_that_prediction():
+    """Self-Forcing's exit step (stage 2): with exit_step k every chunk runs denoising steps 0..k at the
+    sampler's levels, re-noised in between with fresh noise; the chunk generate yields, and the one the
+    clean pass writes into the cache, is step k's prediction from step k's input."""
+    model = small_model(dtype=torch.float32)
+    encoder = tv.TextEncoder(["a", "circle", "on", "red"], text_dim=8)
+    sigmas = tv.denoising_sigmas(3)
+    calls, forward_chunk = [], model.forward_chunk
+
+    def recording(x, timestep, cache, write=False):
+        out = forward_chunk(x, timestep, cache, write)
+        calls.append((x, torch.as_tensor(timestep).reshape(-1)[0].item(), out, write))
+        return out
+    model.forward_chunk = recording
+    for exit_step in range(3):
+        calls.clear()
+        with torch.no_grad():
+            chunk, = tv.generate(model, encoder, {0: "a circle on red"}, 1, sigmas,
+                                 torch.Generator().manual_seed(0), exit_step=exit_step)
+        *steps, clean_pass = calls
+        assert [t for _, t, _, _ in steps] == pytest.approx([1000 * s for s in sigmas[:exit_step + 1]])
+        assert not any(write for *_, write in steps) and clean_pass[3] and clean_pass[1] == 0
+        x, t, velocity, _ = steps[-1]
+        assert torch.allclose(chunk, tv.x0_from_velocity(x, velocity, torch.tensor([t / 1000])))
+        assert torch.equal(clean_pass[0], chunk)
+        noises = torch.randn((exit_step + 1, 1, 2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+        for i in range(exit_step):                                   # the next input: x0 re-noised to the next level
+            x0 = tv.x0_from_velocity(steps[i][0], steps[i][2], torch.tensor([sigmas[i]]))
+            assert torch.allclose(steps[i + 1][0], tv.add_noise(x0, noises[i + 1], torch.tensor([sigmas[i + 1]])),
+                                  atol=1e-6)
+    del model.forward_chunk
+
+
+def test_teacher_force_leaves_the_cache_as_streaming_those_frames_would():
+    """teacher_force (the recall probe's and the memory phase's context) goes through the clean pass:
+    the next chunk's prediction equals the parallel path's with those frames as the clean context."""
+    model = small_model(mode="hybrid")
+    clip, text = random_clip(10)
     cache = tv.StreamCache(model, 1, dtype=torch.float64)
-    clip, text = random_clip(8)
     cache.set_prompt(model, text)
-    for c in range(4):
-        model.forward_chunk(clip[:, 2 * c:2 * c + 2], 0.0, cache, write=True)
-    assert cache.length() == 0 and cache.chunks == [] and cache.next_chunk == 4
+    tv.teacher_force(model, cache, clip[:, :8])
+    assert cache.next_chunk == 4 and cache.chunks == [0, 3] and all(layer.state.abs().max() > 0 for layer in cache.layers)
     noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
-    out = model.forward_chunk(noisy, 500.0, cache)
-    for layer in cache.layers:
-        layer.state = layer.state * 1.5
-    assert (model.forward_chunk(noisy, 500.0, cache) - out).abs().max() > 1e-3
+    streamed = model.forward_chunk(noisy, 500.0, cache)
+    t = torch.cat([torch.zeros(1, 8), torch.full((1, 2), 500.0)], 1).double()
+    parallel = model(torch.cat([clip[:, :8], noisy], 1), t, text)[:, -2:]
+    assert (streamed - parallel).abs().max() < 1e-8
+
+
+def test_bad_inputs_give_clear_errors():
+    model = small_model(dtype=torch.float32)
+    text = torch.randn(1, 5, 8)
+    with pytest.raises(ValueError, match="must have shape"):
+        model(torch.randn(1, 4, 3, 8), torch.zeros(1), text)
+    with pytest.raises(ValueError, match="not a multiple of chunk_frames"):
+        model(torch.randn(1, 3, 3, 8, 8), torch.zeros(1), text)
+    with pytest.raises(ValueError, match="text must have shape"):
+        model(torch.randn(1, 4, 3, 8, 8), torch.zeros(1), torch.randn(1, 5, 7))
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        small_config(frame_size=10)
+    with pytest.raises(ValueError, match="window_chunks must be >= 1"):
+        small_config(window_chunks=0)
+    with pytest.raises(ValueError, match="unknown mode"):
+        small_config(mode="sliding")
+    with pytest.raises(ValueError, match="unknown mode"):
+        tv.StreamCache(model, 1, mode="sliding")
+    encoder = tv.TextEncoder(["a", "circle", "on", "red"], text_dim=8)
+    with pytest.raises(ValueError, match="unknown word 'triangle'.*a circle on red"):
+        encoder(["a triangle on red"])
+    assert encoder([""]).shape == (1, 8, 8)                   # the empty prompt: unconditional
+    with pytest.raises(ValueError, match="unknown mode 'bogus'"):
+        model(torch.randn(1, 4, 3, 8, 8), torch.zeros(1), text, mode="bogus")
+    with pytest.raises(ValueError, match="set_prompt"):
+        model.forward_chunk(torch.randn(1, 2, 3, 8, 8), 0.0, tv.StreamCache(model, 1))
 
 
 # ----------------------------------------------------------------------------------------------
-# train.py, first part: the world and its metrics
+# train.py, the world: ground truth that every measure is calibrated on
+
 
 
 @pytest.fixture(scope="module")
@@ -663,43 +717,6 @@ def test_parse_caption_errors_and_round_trip():
     assert all(parse_caption(caption).text() == caption for caption in captions)
 
 
-def test_read_attributes_recovers_ground_truth(long_clips):
-    background, sprite = read_attributes(long_clips.video)
-    assert (background == long_clips.background).float().mean() >= 0.99
-    area = long_clips.visible_area.sort(-1, descending=True)  # (B, F, S)
-    well_visible = (area.values[..., 0] >= 20) & (area.values[..., 0] >= 2 * area.values[..., 1])
-    colours = long_clips.sprite_colour[:, None].expand_as(area.indices)
-    dominant = colours.gather(2, area.indices[..., :1])[..., 0]  # (B, F)
-    assert well_visible.float().mean() > 0.2
-    assert (sprite[well_visible] == dominant[well_visible]).float().mean() >= 0.99
-    assert (sprite[long_clips.visible_area.sum(-1) == 0] == -1).all()
-
-
-def test_metrics_calibration(long_clips):
-    video = long_clips.video
-    truth = video_metrics(video, chunk_frames=3, sprites=long_clips.count)
-    assert truth["fidelity"] > 0.9
-    assert truth["subject_consistency"] > 0.9 and truth["background_consistency"] > 0.9
-    assert truth["dynamic_degree"] > 0.005 and truth["frozen_fraction"] < 0.5
-
-    assert truth["sprite_presence"] > 0.5
-    empty = train.BACKGROUND_RGB[long_clips.background][..., None, None].expand_as(video)   # sprites removed
-    assert sprite_presence(empty) == 0 and fidelity(empty) > truth["fidelity"]             # why presence exists
-
-    frozen = video[:, :1].expand_as(video)
-    assert dynamic_degree(frozen) == 0 and frozen_fraction(frozen) == 1
-
-    noisy = video + 0.1 * torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
-    assert fidelity(noisy) < truth["fidelity"] - 0.2
-    assert flicker(noisy) > truth["flicker"] + 0.05
-
-    ramp = torch.linspace(0, 0.5, video.shape[1])[None, :, None, None, None]
-    assert drift(video + ramp) > 2 * truth["drift"]
-
-    with pytest.raises(ValueError, match="shape"):
-        fidelity(video[0])
-
-
 def test_curtains_hide_sprites_for_long_spans_and_keep_the_worlds_physics():
     plain, curtained = World(), World(occluder=4)
     a, b = plain.sample(16, 120, seed=4), curtained.sample(16, 120, seed=4)
@@ -710,97 +727,47 @@ def test_curtains_hide_sprites_for_long_spans_and_keep_the_worlds_physics():
     assert torch.equal(a.video[..., 4:-4], b.video[..., 4:-4])                              # the rest as before
     hidden = lambda clips: (~clips.visible & (clips.sprite_colour >= 0)[:, None]).sum()       # present sprites
     assert (b.visible_area <= a.visible_area + 1e-4).all() and hidden(b) > 3 * hidden(a)
-    spans_plain, spans_curtained = train.hidden_spans(a), train.hidden_spans(b)
+    spans_plain, spans_curtained = metrics.hidden_spans(a), metrics.hidden_spans(b)
     assert (spans_curtained > 9).sum() > 5 * max(1, (spans_plain > 9).sum())               # longer than sink + window
-    assert train.sprite_pixels(b).sum() < train.sprite_pixels(a).sum()                     # curtains are not sprites
+    assert train.sprite_mask(b.video, b.background).sum() < train.sprite_mask(a.video, a.background).sum()   # curtains are not
     with pytest.raises(ValueError, match="occluder"):
         World(occluder=16)
 
 
-def test_hidden_spans_count_only_absences_that_end():
-    clips = World().sample(1, 6, seed=0)
-    clips.sprite_colour = torch.tensor([[0, -1]])
-    clips.visible_area = torch.tensor([[1, 0, 0, 1, 0, 0]]).float()[..., None].repeat(1, 1, 2) * 5
-    assert train.hidden_spans(clips).tolist() == [2]                       # the trailing absence never ended
+def test_sprite_mask_is_where_the_world_painted_sprites():
+    clips = World().sample(16, 12, seed=5)
+    found = train.sprite_mask(clips.video, clips.background).sum((2, 3, 4))           # (B, F) pixels marked as sprite
+    painted = clips.visible_area.sum(-1)                         # (B, F) sprite pixels the world drew
+    assert (found[painted == 0] == 0).all() and (found[painted >= 4] > 0).all()
+    assert 0.8 < found.sum() / painted.sum() < 1.3               # soft edges count when mostly covered
 
 
-def test_memory_return_chunk_is_where_only_the_memory_saw_the_sprite():
-    """Against the model's own visible_chunks: chunk r is a memory return when a sprite is seen there,
-    in no earlier chunk r attends to (sink or window), and in some chunk evicted before r."""
-    gen = torch.Generator().manual_seed(0)
-    for window in (2, 3):
-        cfg = tv.VideoSSMConfig(**{**train.PRESETS["test"].model, "window_chunks": window})
-        n, cf = 8, cfg.chunk_frames
-        clips = World(16).sample(256, n * cf, seed=0)
-        seen = torch.rand(256, n, generator=gen) < 0.5                        # one sprite, chunk by chunk
-        clips.visible_area = seen.repeat_interleave(cf, 1).float()[..., None].repeat(1, 1, 2) * 5
-        clips.visible_area[..., 1] = 0
-        expected = []
-        for track in seen.tolist():
-            evicted, first = set(), -1
-            for r in range(n):
-                chunks, leaving = tv.visible_chunks(r, cfg, "hybrid")
-                evicted |= {leaving} if leaving is not None else set()
-                if (first < 0 and track[r] and not any(track[c] for c in set(chunks) - {r})
-                        and any(track[c] for c in evicted)):
-                    first = r
-            expected.append(first)
-        assert train.memory_return_chunk(clips, cfg).tolist() == expected
-        assert 0.05 < sum(e >= 0 for e in expected) / 256 < 0.5
-
-
-def test_shape_match_reads_the_named_shape_and_not_a_blob():
-    world = World()
-    truth = world.sample(16, 48, seed=1)
-    assert train.shape_match(truth.video, truth.shape) > 0.95
-    one_by_one = torch.tensor([train.shape_match(truth.video[b:b + 1], truth.shape[b:b + 1]) for b in range(16)])
-    assert one_by_one.nan_to_num(1.0).min() > 0.9 and one_by_one.isnan().sum() <= 2   # greyish soft edges are no curtain
-    curtained = World(occluder=4).sample(16, 48, seed=1)
-    assert train.shape_match(curtained.video, curtained.shape) > 0.9
-    wrong = (truth.shape + 1) % len(SHAPES)                               # the frames of another shape
-    assert train.shape_match(truth.video, wrong) < 0.05
-    present = truth.sprite_colour >= 0
-    for drawn in range(len(SHAPES)):                                      # each shape drawn, read for what it is
-        video, _ = world.render(truth.background, torch.full_like(truth.shape, drawn), truth.sprite_colour.clamp(min=0),
-                                present, truth.position)
-        readings = train.shape_readings(video)
-        assert (readings[readings >= 0] == drawn).float().mean() > 0.9
-        if drawn == 1:                                                    # discs where the caption says square
-            assert train.shape_match(video, torch.zeros_like(truth.shape)) < 0.1
-    assert math.isnan(train.shape_match(torch.zeros_like(truth.video), truth.shape))    # nothing to read
-
-
-def test_identity_kept_is_one_on_ground_truth_and_halves_when_the_colour_changes_late():
-    truth = World().sample(48, 240, seed=2)
-    one = truth.count == 1
-    video = truth.video[one]
-    kept = train.identity_kept(video)
-    assert kept.nanmean() == 1.0 and kept.isnan().float().mean() < 0.2
-
-    def recoloured(from_frame):                                           # the sprite turns another colour
-        colour = truth.sprite_colour[one].clone()
-        changed = colour.clone()
-        changed[:, 0] = (colour[:, 0] + 1) % len(train.SPRITE_COLOURS)
-        shape, background = truth.shape[one], truth.background[one]
-        present = colour >= 0
-        before, _ = World().render(background, shape, colour.clamp(min=0), present, truth.position[one])
-        after, _ = World().render(background, shape, changed.clamp(min=0), present, truth.position[one])
-        return torch.cat([before[:, :from_frame], after[:, from_frame:]], 1)
-    assert train.identity_kept(recoloured(120)).nanmean() < 0.05         # the whole second half
-    assert 0.3 < train.identity_kept(recoloured(180)).nanmean() < 0.7    # half of the second half
+def test_nearest_palette_names_the_colour_the_world_painted():
+    clips = World(occluder=4).sample(4, 6, seed=1)
+    index, distance = train.nearest_palette(clips.video)
+    background = index == clips.background[..., None, None]                       # (B, F, H, W)
+    grey, exact = index == len(train.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
+    assert (grey & exact)[..., :4].all() and (grey & exact)[..., -4:].all()        # the curtains
+    assert (background & exact).float().mean() > 0.6                             # most of the view: the background
+    assert exact[background].float().mean() > 0.95                               # all but the sprites' soft edges
 
 
 # ----------------------------------------------------------------------------------------------
-# train.py, second part: the three stages on the `test` preset
+# train.py, training: the stages on the `test` preset
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """The test preset's teacher and stage-1 student, trained once for the tests below."""
-    out = str(tmp_path_factory.mktemp("checkpoints"))
-    train.main(["--preset", "test", "--stage", "0", "--out", out])
-    train.main(["--preset", "test", "--stage", "1", "--out", out])
+    """The whole `test` pipeline (teacher, stage 1, DMD, the memory phase), trained once. Tests only read it;
+    one that writes takes a copy (the `run` fixture)."""
+    out = str(tmp_path_factory.mktemp("trained"))
+    train.main(["--preset", "test", "--out", out])
     return out
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A Run in a copy of `trained`, for a test that may write into its folder."""
+    return train.Run("cpu", str(shutil.copytree(trained, tmp_path / "run")), seed=0)
 
 
 def weights(path):
@@ -812,6 +779,17 @@ def same_every_step(run):
     run.generator = lambda *keys: torch.Generator().manual_seed(1234)
 
 
+def test_the_whole_pipeline_runs_and_releases_every_stage(trained):
+    preset = train.PRESETS["test"]
+    steps = {"teacher.pt": preset.teacher_steps, "student_stage1.pt": preset.student_steps,
+             "student_dmd.pt": preset.dmd_steps, "student.pt": preset.memory_steps}
+    for name, count in steps.items():
+        checkpoint = train.load_checkpoint(os.path.join(trained, name))
+        assert checkpoint["preset"] == "test" and len(checkpoint["log"]) == count
+        assert all(math.isfinite(v) for entry in checkpoint["log"] for v in entry.values())
+    assert sorted(f for f in os.listdir(trained) if f.endswith(".pt")) == sorted([*steps, "ode_pairs.pt"])  # no resume files
+
+
 def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
     run = train.Run("cpu", str(tmp_path), seed=0)
     same_every_step(run)
@@ -819,14 +797,6 @@ def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
     stage.steps = 400                                    # a long schedule: the learning rate stays up
     losses = [stage.train_step(step)["loss"] for step in range(25)]
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5])
-
-
-def test_sprite_pixels_are_where_the_world_painted_sprites():
-    clips = World().sample(16, 12, seed=5)
-    found = train.sprite_pixels(clips).sum((2, 3, 4))           # (B, F) pixels marked as sprite
-    painted = clips.visible_area.sum(-1)                         # (B, F) sprite pixels the world drew
-    assert (found[painted == 0] == 0).all() and (found[painted >= 4] > 0).all()
-    assert 0.8 < found.sum() / painted.sum() < 1.3               # soft edges count when mostly covered
 
 
 def test_sprite_weight_raises_the_teacher_loss(tmp_path):
@@ -843,9 +813,9 @@ def test_sprite_weight_raises_the_teacher_loss(tmp_path):
 
 
 def test_teacher_alternates_clips_and_single_frames(tmp_path):
-    """Joint image-video training: with image_batch set, one step in clip_every draws clips and
-    the others draw that many 1-frame clips."""
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "image_batch": 6, "clip_every": 3})
+    """Joint image-video training: with image_batch set, even steps draw clips and odd steps draw that
+    many 1-frame clips."""
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "image_batch": 6})
     stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0), preset, "test")
     drawn, sample = [], stage.world.sample
 
@@ -856,7 +826,7 @@ def test_teacher_alternates_clips_and_single_frames(tmp_path):
     stage.world.sample = recording_sample
     for step in range(4):
         assert math.isfinite(stage.train_step(step)["loss"])
-    assert drawn == [(2, 8), (6, 1), (6, 1), (2, 8)]
+    assert drawn == [(2, 8), (6, 1), (2, 8), (6, 1)]
 
 
 def test_teacher_compiles_only_where_it_can(tmp_path, monkeypatch, capsys):
@@ -868,6 +838,32 @@ def test_teacher_compiles_only_where_it_can(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train.shutil, "which", lambda name: None)                # none: eager, and says so
     stage = train.Teacher(run, preset, "test")
     assert stage.forward is stage.model and "no C++ compiler" in capsys.readouterr().out
+
+
+def test_the_teachers_guided_sampling_solves_its_ode_with_cfg():
+    """teacher_sample (which makes stage 1's ODE pairs): with a stub teacher of constant velocity v the
+    Euler steps from s = 1 to 0 are exact, so each kept state is the clean end plus s v, and v is the
+    guided v_uncond + cfg_scale (v_cond - v_uncond): conditional 1 and unconditional 0 give cfg_scale."""
+    text_encoder = tv.TextEncoder(VOCAB, 8)
+
+    class Stub(torch.nn.Module):
+        cfg = tv.VideoSSMConfig(frame_size=8, patch_size=4, dim=8, n_heads=2, text_dim=8)
+
+        def __init__(self, unconditional):
+            super().__init__()
+            self.unconditional, self.weight = unconditional, torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, text):
+            empty = (text == text_encoder([""])).flatten(1).all(1).view(-1, 1, 1, 1, 1).float()
+            return torch.ones_like(x) * (1 - empty) + self.unconditional * empty
+    keep = tv.denoising_sigmas(3, 3.0)
+    for unconditional, velocity in [(0.0, 2.5), (1.0, 1.0)]:
+        clean, kept = train.teacher_sample(Stub(unconditional), text_encoder, ["a circle on red"] * 2, 4, steps=5,
+                                           shift=3.0, cfg_scale=2.5, generator=torch.Generator().manual_seed(0),
+                                           keep_sigmas=keep)
+        assert clean.shape == (2, 4, 3, 8, 8) and len(kept) == len(keep)
+        for s, state in zip(keep, kept):
+            assert torch.allclose(state - clean, torch.full_like(clean, s * velocity), atol=1e-5)
 
 
 def test_resume_after_interruption_gives_the_same_weights(tmp_path):
@@ -928,8 +924,18 @@ def test_preset_settings_apply_and_are_recorded(tmp_path):
     assert checkpoint["preset"] == "test teacher_steps=2 clip_frames=4" and len(checkpoint["log"]) == 2
     assert train.preset_from(checkpoint["preset"]).clip_frames == 4
     train.save_checkpoint(str(tmp_path / "teacher.pt"), {**checkpoint, "preset": "huge"})
-    with pytest.raises(SystemExit, match="a preset this train.py does not know"):
-        train.report(str(tmp_path))
+    teacher, text_encoder = train.build(checkpoint)
+    train.release(str(tmp_path / "student.pt"), 1, "huge", train.student_from_teacher(teacher, "hybrid"), text_encoder, [])
+    for reads in (lambda: report.report(str(tmp_path)), lambda: sample.load(str(tmp_path / "student.pt"))):
+        with pytest.raises(SystemExit, match="a preset this train.py does not know"):
+            reads()
+
+
+def test_the_gpu_preset_carries_tinys_recipe():
+    gpu, tiny = train.PRESETS["gpu"], train.PRESETS["tiny"]
+    for name in ("compile", "sprite_weight", "clip_frames", "shift", "denoising_steps", "cfg_scale", "ode_steps"):
+        assert getattr(gpu, name) == getattr(tiny, name), name
+    assert gpu.image_batch > 0 and gpu.memory_steps > 0 and gpu.model["dim"] > tiny.model["dim"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -939,6 +945,9 @@ def test_preset_settings_apply_and_are_recorded(tmp_path):
     (["--set", "teacher_batch=-1"], "teacher_batch=-1: must be"),
     (["--set", "switch_probability=2"], "between 0 and 1"),
     (["--set", "clip_frames=7"], "whole chunks"),
+    (["--set", "memory_free_frames=9"], "whole chunks"),
+    (["--set", "critic_warmup=4"], "critic_warmup < dmd_steps"),
+    (["--set", "ema_decay=1.5"], "ema_decay=1.5: must be between 0 and 1"),
     (["--stop-at", "-3"], "--stop-at -3: a step number"),
     (["--seed", "99999999999999999999999"], "--seed .*: use a number"),
 ])
@@ -971,23 +980,18 @@ def test_a_resume_file_is_used_only_by_its_own_run(tmp_path, capsys):
     assert "resuming from step 2" in capsys.readouterr().out and os.path.exists(tmp_path / "teacher.pt")
 
 
-def test_stale_temporary_files_are_cleaned_and_a_broken_pairs_cache_is_made_again(trained, capsys):
+def test_stale_temporary_files_are_cleaned_and_a_broken_pairs_cache_is_made_again(trained, tmp_path, capsys):
+    folder = str(shutil.copytree(trained, tmp_path / "run"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = os.path.join(trained, f"teacher.resume.pt.{dead.stdout.strip()}.tmp")   # a save killed mid-way
-    open(stale, "wb").close()
-    mine = os.path.join(trained, f"x.pt.{os.getpid()}.tmp")                          # a live process's save
-    open(mine, "wb").close()
-    pairs = os.path.join(trained, "ode_pairs.pt")
-    saved = open(pairs, "rb").read()
-    try:
-        open(pairs, "wb").write(b"broken")
-        run = train.Run("cpu", trained, seed=0)
-        assert not os.path.exists(stale) and os.path.exists(mine)
-        stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
-        assert "cannot be read" in capsys.readouterr().out and stage.pairs["clean"].shape[0] == 4
-    finally:
-        open(pairs, "wb").write(saved)
-        os.remove(mine)
+    stale = os.path.join(folder, f"teacher.resume.pt.{dead.stdout.strip()}.tmp")    # a save killed mid-way
+    mine = os.path.join(folder, f"x.pt.{os.getpid()}.tmp")                            # a live process's save
+    for path in (stale, mine):
+        open(path, "wb").close()
+    open(os.path.join(folder, "ode_pairs.pt"), "wb").write(b"broken")
+    run = train.Run("cpu", folder, seed=0)
+    assert not os.path.exists(stale) and os.path.exists(mine)
+    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    assert "cannot be read" in capsys.readouterr().out and stage.pairs["clean"].shape[0] == 4
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
@@ -1016,8 +1020,7 @@ def memory_gradients(model):
                    if b.self_attn.memory.get_parameter(n).grad is not None) for n in names}
 
 
-def test_stage1_student_learns_and_trains_the_write_path(trained):
-    run = train.Run("cpu", trained, seed=0)
+def test_stage1_student_learns_and_trains_the_write_path(run):
     same_every_step(run)
     stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
     assert stage.pairs["noisy"].shape[:2] == (4, 2)                   # clips x the student's 2 levels
@@ -1028,12 +1031,12 @@ def test_stage1_student_learns_and_trains_the_write_path(trained):
     assert all(total > 0 for total in memory_gradients(stage.model).values())
 
 
-def test_ode_pairs_of_another_teacher_are_made_again(trained, capsys):
-    path = os.path.join(trained, "ode_pairs.pt")
+def test_ode_pairs_of_another_teacher_are_made_again(run, capsys):
+    path = run.path("ode_pairs.pt")
     stale = torch.load(path, weights_only=True)
     stale["made_by"][-1] += 1.0                                  # as if the teacher had been retrained since
     torch.save(stale, path)
-    stage = train.ODEDistillation(train.Run("cpu", trained, seed=0), train.PRESETS["test"], "test", "hybrid")
+    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
     assert "made by another teacher" in capsys.readouterr().out
     assert stage.pairs["made_by"] == torch.load(path, weights_only=True)["made_by"] != stale["made_by"]
 
@@ -1048,6 +1051,30 @@ def test_student_starts_as_the_teacher(trained):
     # a clip as short as the window sees no difference between causal and bidirectional in chunk 0
     assert torch.allclose(student(clip[:, :2], torch.full((1,), 300.0), text),
                           teacher(clip[:, :2], torch.full((1,), 300.0), text), atol=1e-5)
+
+
+def test_stage1_regresses_onto_the_teachers_clean_clip(run):
+    """Stage 1's target is the teacher's clean end of the trajectory: a stub student that predicts
+    exactly that clip has zero loss, and one that predicts the noisy input does not."""
+    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+
+    class Stub(torch.nn.Module):
+        cfg = stage.model.cfg
+
+        def __init__(self, predict_clean):
+            super().__init__()
+            self.predict_clean = predict_clean
+
+        def forward(self, x, t, text, clean_context):
+            sigma = (t / 1000)[..., None, None, None]
+            return (x - clean_context) / sigma if self.predict_clean else torch.zeros_like(x)
+    gen = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(4, 8, 3, 16, 16, generator=gen), torch.randn(4, 8, 3, 16, 16, generator=gen)
+    noisy = torch.stack([tv.add_noise(clean, noise, torch.full((4,), s)) for s in stage.sigmas], 1)   # (N, K, F, ...)
+    pairs = {"clean": clean, "noisy": noisy, "captions": ["a circle on red"] * 4}
+    loss = lambda model: train.ode_regression_loss(stage.run, stage.preset, model, stage.text_encoder, pairs,
+                                                   stage.sigmas, torch.Generator().manual_seed(0)).item()
+    assert loss(Stub(predict_clean=True)) < 1e-10 and loss(Stub(predict_clean=False)) > 1e-3
 
 
 def test_dmd_gradient_is_zero_when_real_equals_fake_and_points_from_fake_to_real():
@@ -1073,11 +1100,11 @@ def test_dmd_gradient_has_the_size_of_E11():
         assert torch.allclose(x.grad[b], expected, rtol=1e-5, atol=1e-9)
 
 
-def test_the_real_score_is_the_teacher_with_classifier_free_guidance(trained):
+def test_the_real_score_is_the_teacher_with_classifier_free_guidance(run):
     """(E11) real score = v_uncond + cfg_scale (v_cond - v_uncond): with a stub teacher whose
     conditional velocity is 1 and unconditional 0, x0_fake - x0_real = sigma * cfg_scale; with both
     at 1 it is sigma. Their ratio is cfg_scale whatever sigma was drawn."""
-    stage = train.SelfRolloutDMD(train.Run("cpu", trained, seed=0), train.PRESETS["test"], "test")
+    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
 
     class Stub(torch.nn.Module):
         def __init__(self, unconditional):
@@ -1099,35 +1126,7 @@ def test_the_real_score_is_the_teacher_with_classifier_free_guidance(trained):
     assert torch.allclose(guided / unguided, torch.full_like(x, stage.preset.cfg_scale), rtol=1e-5)
 
 
-def test_stage1_regresses_onto_the_teachers_clean_clip(trained):
-    """Stage 1's target is the teacher's clean end of the trajectory: a stub student that predicts
-    exactly that clip has zero loss, and one that predicts the noisy input does not."""
-    stage = train.ODEDistillation(train.Run("cpu", trained, seed=0), train.PRESETS["test"], "test", "hybrid")
-
-    class Stub(torch.nn.Module):
-        cfg = stage.model.cfg
-
-        def __init__(self, predict_clean):
-            super().__init__()
-            self.predict_clean = predict_clean
-
-        def forward(self, x, t, text, clean_context):
-            sigma = (t / 1000)[..., None, None, None]
-            return (x - clean_context) / sigma if self.predict_clean else torch.zeros_like(x)
-    gen = torch.Generator().manual_seed(0)
-    clean, noise = torch.randn(4, 8, 3, 16, 16, generator=gen), torch.randn(4, 8, 3, 16, 16, generator=gen)
-    noisy = torch.stack([tv.add_noise(clean, noise, torch.full((4,), s)) for s in stage.sigmas], 1)   # (N, K, F, ...)
-    pairs = {"clean": clean, "noisy": noisy, "captions": ["a circle on red"] * 4}
-    loss = lambda model: train.ode_regression_loss(stage.run, stage.preset, model, stage.text_encoder, pairs,
-                                                   stage.sigmas, torch.Generator().manual_seed(0)).item()
-    assert loss(Stub(predict_clean=True)) < 1e-10 and loss(Stub(predict_clean=False)) > 1e-3
-
-
-def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
-    run = train.Run("cpu", trained, seed=0)
-    train.main(["--preset", "test", "--stage", "2", "--out", trained])        # runs end to end
-    assert os.path.exists(os.path.join(trained, "student_dmd.pt")) and os.path.exists(os.path.join(trained, "student.pt"))
-    os.remove(os.path.join(trained, "student.pt"))
+def test_stage2_critic_learns_and_generator_gets_memory_gradients(run):
     stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
     generator, critic = copy.deepcopy(stage.model.state_dict()), copy.deepcopy(stage.critic.state_dict())
     stage.train_step(0)                      # a critic warm-up step (critic_warmup=1): only the critic moves
@@ -1140,23 +1139,56 @@ def test_stage2_critic_learns_and_generator_gets_memory_gradients(trained):
     x0_real, x0_fake = stage.scores(x.detach(), caption, torch.Generator().manual_seed(0))
     train.dmd_loss(x, x0_real, x0_fake).backward()
     assert all(total > 0 for total in memory_gradients(stage.model).values())
-    # the critic alone, on a frozen generator's sample: flow-matching loss goes down
-    sample, gen_noise = x.detach(), torch.Generator().manual_seed(5)
-    noise, sigma = torch.randn(sample.shape, generator=gen_noise), torch.rand(2, generator=gen_noise)
-    text = stage.text_encoder([caption] * 2)
-    losses = []
+    # the critic alone, on a frozen generator's sample, with its own loss: it goes down
+    sample_, losses = x.detach(), []
     for _ in range(20):
-        velocity = stage.critic(tv.add_noise(sample, noise, sigma), 1000 * sigma, text)
-        loss = (velocity - tv.velocity_target(sample, noise)).square().mean()
+        loss = stage.critic_loss(sample_, caption, torch.Generator().manual_seed(5))
         train.optimizer_step(run, stage.critic_optimizer, list(stage.critic.parameters()), 3e-3, loss)
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(trained):
+def test_the_critic_learns_the_flow_of_the_students_samples_at_the_samplers_levels(run, monkeypatch):
+    """The fake score's training: flow matching on the generator's own samples (not the teacher's, not
+    noise), at shifted levels (mostly high noise, where the few-step sampler works). A stub critic that
+    knows the sample and answers the exact velocity (x_s - x) / s scores 0; the levels it is asked at
+    average the shifted mean, above the uniform 0.5; and train_step trains it on the rollout's window."""
+    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    x = torch.randn(4096, 1, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    levels = []
+
+    def exact(x_s, t, text):
+        levels.append(t / 1000)
+        return (x_s - x) / (t / 1000).view(-1, 1, 1, 1, 1)
+    stage.critic, stage.text_encoder = exact, lambda captions: torch.zeros(len(captions), 1, 1)
+    assert stage.critic_loss(x, "a circle on red", torch.Generator().manual_seed(2)) < 1e-8
+    shifted = tv.shift_sigma(torch.rand(100_000, generator=torch.Generator().manual_seed(3)), stage.preset.shift)
+    assert abs(levels[0].mean() - shifted.mean()) < 0.01 and shifted.mean() > 0.6
+    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    window, caption = stage.rollout(0, grad=False)                     # the rollout of step 0, made again
+    seen = []
+    monkeypatch.setattr(stage, "critic_loss", lambda x, caption_, gen: seen.append((x, caption_)) or
+                        train.SelfRolloutDMD.critic_loss(stage, x, caption_, gen))
+    stage.train_step(0)
+    assert len(seen) == stage.preset.critic_updates
+    assert all(torch.equal(x, window) and caption_ == caption for x, caption_ in seen)
+
+
+def test_a_self_rollout_exits_at_every_denoising_step(run, monkeypatch):
+    """Self-Forcing: each rollout draws the step its chunks stop at, among all of the student's steps."""
+    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    exits, generate = [], tv.generate
+    monkeypatch.setattr(tv, "generate", lambda *args, exit_step=None, **kwargs: exits.append(exit_step) or
+                        generate(*args, exit_step=exit_step, **kwargs))
+    with torch.no_grad():
+        for step in range(12):
+            stage.rollout(step, grad=False)
+    assert sorted(set(exits)) == list(range(len(stage.sigmas)))
+
+
+def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(run):
     """With DMD's gradient zero (real == fake), a generator step still moves the student: stage 1's
     regression, kept in stage 2 as DMD's anchor, reaches the optimizer and lowers its own loss."""
-    run = train.Run("cpu", trained, seed=0)
     same_every_step(run)
     preset = train.Preset(**{**vars(train.PRESETS["test"]), "critic_warmup": 0, "dmd_lr": 1e-3, "warmup": 0})
     stage = train.SelfRolloutDMD(run, preset, "test")
@@ -1170,6 +1202,25 @@ def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(trained):
     assert losses[-1]["regression"] < 0.9 * losses[0]["regression"]
     off = train.SelfRolloutDMD(run, train.Preset(**{**vars(preset), "dmd_regression": 0.0}), "test")
     assert off.pairs is None and off.train_step(0)["regression"] == 0
+
+
+def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back():
+    """Against the model's own visible_chunks, read from the pixels: up to the chunk the sprite comes back
+    in, no chunk that chunk attends to shows it, and a chunk already evicted into M showed it in its colour."""
+    for window in (2, 3):
+        cfg = tv.VideoSSMConfig(**{**train.PRESETS["test"].model, "window_chunks": window})
+        cf = cfg.chunk_frames
+        returns = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0)
+        assert len(returns) == 6
+        for clip in returns:
+            _, sprite = read_attributes(clip.video)                                         # (1, F), -1: none
+            r = clip.back // cf
+            chunks, _ = tv.visible_chunks(r, cfg, "hybrid")
+            attended = [f for c in chunks if c < r for f in range(c * cf, (c + 1) * cf)]
+            evicted = [f for c in range(r) if c not in chunks for f in range(c * cf, (c + 1) * cf)]
+            assert parse_caption(clip.caption).count == 1 and (sprite[0, attended] == -1).all()
+            assert (sprite[0, evicted] == clip.colour).any() and sprite[0, clip.clear] == clip.colour
+            assert clip.context <= r and clip.back <= clip.clear <= 60 - 4 * cf
 
 
 def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
@@ -1187,9 +1238,7 @@ def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
     assert train.colour_loss(grain, frozen, 2, 2)[1] > 0
 
 
-def test_memory_recall_trains_only_the_memory_and_its_write_path(trained):
-    run = train.Run("cpu", trained, seed=0)
-    assert os.path.exists(run.path("student_dmd.pt"))          # left by the end-to-end stage-2 run above
+def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     stage = train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt")
     wake_memory(stage.model)
     before = copy.deepcopy(stage.model.state_dict())
@@ -1214,10 +1263,9 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(trained):
 
 
 # ----------------------------------------------------------------------------------------------
-# sample.py: streaming to a file, prompt switches, the benchmark, bad input
+# sample.py: streaming to a file, prompt switches, its errors and Ctrl-C
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def student(trained):
     return os.path.join(trained, "student_stage1.pt")
 
@@ -1230,7 +1278,7 @@ def test_sample_writes_a_video_and_the_same_seed_gives_the_same_video(student, t
     for name in ["a.mp4", "b.mp4", "c.gif"]:
         sample.main(["--checkpoint", student, "--frames", "11", "--fps", "4", "--scale", "2",
                      "--out", str(tmp_path / name), "--prompt", "two squares on red"])
-    assert "wrote" in capsys.readouterr().out
+    assert "wrote" in capsys.readouterr().out and torch.is_grad_enabled()     # no global state left behind
     a, b, c = (read_video(tmp_path / n) for n in ["a.mp4", "b.mp4", "c.gif"])
     assert a.shape == (11, 32, 32, 3) and c.shape[0] == 11
     assert np.array_equal(a, b)
@@ -1240,7 +1288,7 @@ def test_sample_writes_a_video_and_the_same_seed_gives_the_same_video(student, t
 def test_a_switch_leaves_the_frames_before_it_unchanged(student):
     model, text_encoder, preset = sample.load(student)
     chunks = lambda schedule: torch.cat(list(sample.stream(model, text_encoder, schedule, 16, 2, 3.0, 5,
-                                                           "hybrid", "cpu")), 1)
+                                                           "hybrid")), 1)
     base = chunks({0: "a circle on red"})
     schedule = sample.prompt_schedule("a circle on red", [(7, "two squares on green")], 16, 2)
     assert schedule == {0: "a circle on red", 4: "two squares on green"}      # frame 7 -> chunk 4 (frame 8)
@@ -1248,165 +1296,44 @@ def test_a_switch_leaves_the_frames_before_it_unchanged(student):
     assert torch.equal(switched[:, :8], base[:, :8]) and not torch.equal(switched[:, 8:], base[:, 8:])
 
 
-def test_sample_bad_input_gives_one_clear_message(student, tmp_path, capsys):
-    out = str(tmp_path / "v.mp4")
-    cases = [(["--prompt", "a triangle on red"], "unknown word 'triangle'"),
-             (["--frames", "10", "--switch", "30:a circle on red"], "outside the video"),
-             (["--switch", "soon:a circle on red"], "expected FRAME:PROMPT"),
-             (["--switch", "5:"], "expected FRAME:PROMPT"),
-             (["--out", str(tmp_path / "v.avi")], "use a .gif or .mp4"),
-             (["--out", "/proc/no/such/dir/v.mp4"], "cannot write"),
-             (["--checkpoint", str(tmp_path / "missing.pt")], "no checkpoint at")]
-    for flags, message in cases:
-        with pytest.raises(SystemExit, match=message):
-            sample.main(["--checkpoint", student, "--out", out, *flags])
-    with pytest.raises(SystemExit):
-        sample.main(["--mode", "sliding"])
-    assert "invalid choice: 'sliding'" in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        with pytest.raises(SystemExit):
-            sample.main(["--checkpoint", student, "--out", out, "--device", "cuda"])
-        assert "no CUDA device is visible" in capsys.readouterr().err
-    assert os.listdir(tmp_path) == []                                         # nothing half-written
-
-
-def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
-    sample.main(["--checkpoint", student, "--benchmark", "--frames", "40", "--videos", "3", "--steps", "1"])
-    table = capsys.readouterr().out
-    for row in ["ground truth", *tv.MODES, "shape match", "identity kept", "recall"]:
-        assert f"| {row} |" in table
-    assert "| hybrid - sink | hybrid - window | hybrid - full | hybrid - memory |" in table
-    assert "3 videos of 40 frames" in table and "Recall: 3 ground-truth clips with curtains" in table
-    sample.main(["--checkpoint", student, "--benchmark", "--frames", "12", "--videos", "2", "--steps", "1",
-                 "--modes", "sink,hybrid"])
-    table = capsys.readouterr().out
-    assert "| sink |" in table and "| window |" not in table and "| hybrid - sink |\n" in table
-    sample.main(["--checkpoint", student, "--benchmark", "--frames", "12", "--videos", "2", "--steps", "1",
-                 "--modes", "hybrid"])
-    table = capsys.readouterr().out
-    assert "| hybrid |" in table and "hybrid minus" not in table              # nothing to compare it with
-
-
-def test_paired_interval_covers_a_known_difference_and_excludes_zero_only_when_it_should():
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(64, generator=gen)
-    mean, low, high = sample.paired_interval(a + 0.5 + 0.1 * torch.randn(64, generator=gen), a)
-    assert low < 0.5 < high and low > 0 and abs(mean - 0.5) < 0.05          # paired: the shared part cancels
-    mean, low, high = sample.paired_interval(a, a.roll(1))                  # no true difference
-    assert low < 0 < high
-    nan = torch.tensor([math.nan, 1.0, 2.0, 3.0])
-    assert sample.paired_interval(nan, torch.zeros(4))[0] == 2.0           # a video either mode did not score is left out
-
-
-def test_recall_probe_context_is_ground_truth():
-    """The probe's context goes through the clean pass: the next chunk's prediction equals the
-    parallel path's with the ground-truth frames as the clean context."""
-    model = small_model(mode="hybrid")
-    clip, text = random_clip(10)
-    cache = tv.StreamCache(model, 1, dtype=torch.float64)
-    cache.set_prompt(model, text)
-    tv.teacher_force(model, cache, clip[:, :8])
-    assert cache.next_chunk == 4 and cache.chunks == [0, 3] and all(layer.state.abs().max() > 0 for layer in cache.layers)
-    noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
-    streamed = model.forward_chunk(noisy, 500.0, cache)
-    t = torch.cat([torch.zeros(1, 8), torch.full((1, 2), 500.0)], 1).double()
-    parallel = model(torch.cat([clip[:, :8], noisy], 1), t, text)[:, -2:]
-    assert (streamed - parallel).abs().max() < 1e-8
-
-
-def test_recall_clips_hide_the_sprite_longer_than_the_window_holds(student):
-    model = sample.load(student)[0]
-    cfg = model.cfg
-    probes = sample.recall_clips(train.World(cfg.frame_size, occluder=4), cfg, 4, 60, seed=0)
-    assert len(probes) == 4
-    for clip, prompt, colour, context, returns in probes:
-        _, sprite = train.read_attributes(clip)
-        assert (sprite[0, :cfg.sink_chunks * cfg.chunk_frames] == -1).all()               # the sink cannot show it
-        window = slice((context - cfg.window_chunks) * cfg.chunk_frames, context * cfg.chunk_frames)
-        assert (sprite[0, window] == -1).all() and (sprite[0, :window.start] == colour).any()   # seen, then gone
-        assert sprite[0, returns] == colour and returns >= context * cfg.chunk_frames      # and back in its colour
-
-
-def test_memory_trace_is_flat_in_hybrid_and_grows_in_full(student, capsys):
-    cache_mb = {}
-    for mode in ["hybrid", "full"]:
-        sample.main(["--checkpoint", student, "--memory-trace", "--frames", "40", "--steps", "1", "--mode", mode])
-        rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "MB" in line]
-        assert [int(row[1]) for row in rows] == list(range(4, 41, 4))            # ten rows, every tenth of the way
-        cache_mb[mode] = [float(row[2].split()[0]) for row in rows]
-    assert len(set(cache_mb["hybrid"][1:])) == 1                                   # full after 2 chunks, then flat
-    assert all(a < b for a, b in zip(cache_mb["full"], cache_mb["full"][1:]))
-
-
-def test_the_shipped_student_shows_a_switched_prompt():
-    """With the bundled checkpoint: a switch from blue to red shows in the pixels within two chunks."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "student.pt")
-    if not os.path.exists(path):
-        pytest.skip("no bundled checkpoints/student.pt")
-    model, text_encoder, preset = sample.load(path)
-    schedule = sample.prompt_schedule("a circle on blue", [(24, "a circle on red")], 48, model.cfg.chunk_frames)
-    video = torch.cat(list(sample.stream(model, text_encoder, schedule, 48, 4, preset.shift, 0, "hybrid", "cpu")), 1)
-    background, _ = read_attributes(video)                                   # (1, 48) indices
-    blue, red = train.BACKGROUND_NAMES.index("blue"), train.BACKGROUND_NAMES.index("red")
-    assert (background[0, :24] == blue).float().mean() > 0.9
-    assert (background[0, 24 + 2 * model.cfg.chunk_frames:] == red).float().mean() > 0.9
-
-
-# ----------------------------------------------------------------------------------------------
-# notebooks/: each walkthrough runs top to bottom
-
-NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks"))
-                   if f.endswith(".ipynb"))
-
-
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_top_to_bottom(name):
-    nbformat = pytest.importorskip("nbformat", reason="notebooks need: pip install -r requirements-dev.txt")
-    nbclient = pytest.importorskip("nbclient", reason="notebooks need: pip install -r requirements-dev.txt")
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks")
-    notebook = nbformat.read(os.path.join(folder, name), as_version=4)
-    # A cell's limit, not a speed target: the slowest cells take well under a minute on a quiet 2-core
-    # CPU, and 180 s timed out while two training runs shared the machine. A hung cell still fails.
-    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": folder}}).execute()
-
-
-# ----------------------------------------------------------------------------------------------
-# sample.py: bad input and interruption
-
-BAD_ARGUMENTS = [  # (flags, what the one message says); the test student makes chunks of 2 frames
+BAD_ARGUMENTS = [  # (flags, what the one message says); {tmp} is the test's folder; the test student's chunks are 2 frames
+    (["--prompt", "a triangle on red"], "unknown word 'triangle'"),
     (["--prompt", "circle a on blue"], "does not follow the grammar"),
     (["--prompt", "red on blue two"], "does not follow the grammar"),
     (["--prompt", ""], "an empty prompt"),
     (["--prompt", "   "], "an empty prompt"),
     (["--frames", "8", "--switch", "4:circle a on red"], "does not follow the grammar"),
-    (["--frames", "0"], "at least one frame"),
-    (["--memory-trace", "--frames", "0"], "at least one frame"),
-    (["--seconds", "0"], "give a positive length"),
-    (["--seconds", "nan"], "give a positive length"),
+    (["--frames", "10", "--switch", "30:a circle on red"], "outside the video"),
+    (["--switch", "soon:a circle on red"], "expected FRAME:PROMPT"),
+    (["--switch", "5:"], "expected FRAME:PROMPT"),
+    (["--switch", "infs:a circle on red"], "expected FRAME:PROMPT"),
     (["--frames", "30", "--switch", "29:a circle on red"], "the last frame a switch can use is 28"),
     (["--frames", "30", "--switch", "7:a circle on red", "--switch", "8:two squares on green"],
      "both take effect at frame 8"),
     (["--frames", "30", "--switch", "8:two squares on green", "--switch", "8:a circle on red"],
      "both take effect at frame 8"),
-    (["--benchmark", "--frames", "4", "--videos", "1", "--prompt", "a circle on red"], "drop --prompt"),
-    (["--benchmark", "--frames", "4", "--videos", "1", "--mode", "sink"], "drop --mode"),
-    (["--benchmark", "--frames", "4", "--videos", "0"], "--videos 0: must be at least 1"),
-    (["--benchmark", "--frames", "1", "--videos", "1"], "at least two chunks"),
-    (["--benchmark", "--modes", "sink,window"], "hybrid among them"),
-    (["--benchmark", "--modes", "hybrid,sinks"], "name each of hybrid, sink"),
-    (["--frames", "2", "--modes", "hybrid"], "--modes is for --benchmark"),
+    (["--frames", "0"], "at least one frame"),
+    (["--seconds", "0"], "give a positive length"),
+    (["--seconds", "nan"], "give a positive length"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--fps", "0"], "--fps 0: must be at least 1"),
     (["--frames", "2", "--seed", "99999999999999999999999"], "use a seed from 0 to 2**63 - 1"),
     (["--frames", "2", "--seed", "-1"], "use a seed from 0 to 2**63 - 1"),
-    (["--switch", "infs:a circle on red"], "expected FRAME:PROMPT"),
     (["--frames", "2", "--threads", "-1"], "give a number of threads"),
+    (["--mode", "sliding"], "invalid choice: 'sliding'"),
+    (["--out", "{tmp}/v.avi"], "use a .gif or .mp4"),
+    (["--out", "/proc/no/such/dir/v.mp4"], "cannot write"),
+    (["--checkpoint", "{tmp}/missing.pt"], "no checkpoint at"),
+    (["--benchmark"], "unrecognized arguments: --benchmark"),               # the benchmark lives in measure/
+    *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device is visible")]),
 ]
 
 
 @pytest.mark.parametrize("flags, message", BAD_ARGUMENTS, ids=[" ".join(flags) for flags, _ in BAD_ARGUMENTS])
 def test_sample_refuses_bad_arguments_with_one_clear_message(student, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
-        sample.main(["--checkpoint", student, "--out", str(tmp_path / "v.mp4"), *flags])
+        sample.main(["--checkpoint", student, "--out", str(tmp_path / "v.mp4"),
+                     *[flag.format(tmp=tmp_path) for flag in flags]])
     said = capsys.readouterr()
     assert stop.value.code not in (0, None)
     assert message in f"{stop.value.code}{said.out}{said.err}" and "Traceback" not in said.err
@@ -1482,8 +1409,243 @@ def test_an_interrupted_sample_keeps_the_frames_made_so_far(student, tmp_path, s
     assert os.listdir(tmp_path) == ["v.mp4"]                    # no hidden temporary file
 
 
+def test_the_shipped_student_shows_a_switched_prompt():
+    """With the bundled checkpoint: a switch from blue to red shows in the pixels within two chunks."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "student.pt")
+    if not os.path.exists(path):
+        pytest.skip("no bundled checkpoints/student.pt")
+    model, text_encoder, preset = sample.load(path)
+    schedule = sample.prompt_schedule("a circle on blue", [(24, "a circle on red")], 48, model.cfg.chunk_frames)
+    video = torch.cat(list(sample.stream(model, text_encoder, schedule, 48, 4, preset.shift, 0, "hybrid")), 1)
+    background, _ = read_attributes(video)                                   # (1, 48) indices
+    blue, red = train.BACKGROUND_NAMES.index("blue"), train.BACKGROUND_NAMES.index("red")
+    assert (background[0, :24] == blue).float().mean() > 0.9
+    assert (background[0, 24 + 2 * model.cfg.chunk_frames:] == red).float().mean() > 0.9
+
+
 # ----------------------------------------------------------------------------------------------
-# notebooks/: committed with their outputs, so a code host shows every figure and number unrun
+# measure/: the yardstick, each measure calibrated on ground truth, and its commands
+
+def test_the_method_never_imports_the_yardstick():
+    code = "import sys, train, sample; print(sorted(m for m in sys.modules if m.startswith('measure')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+
+
+def test_read_attributes_recovers_ground_truth(long_clips):
+    background, sprite = read_attributes(long_clips.video)
+    assert (background == long_clips.background).float().mean() >= 0.99
+    area = long_clips.visible_area.sort(-1, descending=True)  # (B, F, S)
+    well_visible = (area.values[..., 0] >= 20) & (area.values[..., 0] >= 2 * area.values[..., 1])
+    colours = long_clips.sprite_colour[:, None].expand_as(area.indices)
+    dominant = colours.gather(2, area.indices[..., :1])[..., 0]  # (B, F)
+    assert well_visible.float().mean() > 0.2
+    assert (sprite[well_visible] == dominant[well_visible]).float().mean() >= 0.99
+    assert (sprite[long_clips.visible_area.sum(-1) == 0] == -1).all()
+
+
+def test_metrics_calibration(long_clips):
+    video = long_clips.video
+    truth = video_metrics(video, chunk_frames=3, sprites=long_clips.count)
+    assert truth["fidelity"] > 0.9
+    assert truth["subject_consistency"] > 0.9 and truth["background_consistency"] > 0.9
+    assert truth["dynamic_degree"] > 0.005 and truth["frozen_fraction"] < 0.5
+
+    assert truth["sprite_presence"] > 0.5
+    empty = train.BACKGROUND_RGB[long_clips.background][..., None, None].expand_as(video)   # sprites removed
+    assert sprite_presence(empty) == 0 and fidelity(empty) > truth["fidelity"]             # why presence exists
+
+    frozen = video[:, :1].expand_as(video)
+    assert dynamic_degree(frozen) == 0 and frozen_fraction(frozen) == 1
+
+    noisy = video + 0.1 * torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
+    assert fidelity(noisy) < truth["fidelity"] - 0.2
+    assert flicker(noisy) > truth["flicker"] + 0.05
+
+    ramp = torch.linspace(0, 0.5, video.shape[1])[None, :, None, None, None]
+    assert drift(video + ramp) > 2 * truth["drift"]
+
+    with pytest.raises(ValueError, match="shape"):
+        fidelity(video[0])
+
+
+def test_hidden_spans_count_only_absences_that_end():
+    clips = World().sample(1, 6, seed=0)
+    clips.sprite_colour = torch.tensor([[0, -1]])
+    clips.visible_area = torch.tensor([[1, 0, 0, 1, 0, 0]]).float()[..., None].repeat(1, 1, 2) * 5
+    assert metrics.hidden_spans(clips).tolist() == [2]                       # the trailing absence never ended
+
+
+def test_shape_match_reads_the_named_shape_and_not_a_blob():
+    world = World()
+    truth = world.sample(16, 48, seed=1)
+    assert metrics.shape_match(truth.video, truth.shape) > 0.95
+    one_by_one = torch.tensor([metrics.shape_match(truth.video[b:b + 1], truth.shape[b:b + 1]) for b in range(16)])
+    assert one_by_one.nan_to_num(1.0).min() > 0.9 and one_by_one.isnan().sum() <= 2   # greyish soft edges are no curtain
+    curtained = World(occluder=4).sample(16, 48, seed=1)
+    assert metrics.shape_match(curtained.video, curtained.shape) > 0.9
+    wrong = (truth.shape + 1) % len(SHAPES)                               # the frames of another shape
+    assert metrics.shape_match(truth.video, wrong) < 0.05
+    present = truth.sprite_colour >= 0
+    for drawn in range(len(SHAPES)):                                      # each shape drawn, read for what it is
+        video, _ = world.render(truth.background, torch.full_like(truth.shape, drawn), truth.sprite_colour.clamp(min=0),
+                                present, truth.position)
+        readings = metrics.shape_readings(video)
+        assert (readings[readings >= 0] == drawn).float().mean() > 0.9
+        if drawn == 1:                                                    # discs where the caption says square
+            assert metrics.shape_match(video, torch.zeros_like(truth.shape)) < 0.1
+    assert math.isnan(metrics.shape_match(torch.zeros_like(truth.video), truth.shape))    # nothing to read
+
+
+def test_identity_kept_is_one_on_ground_truth_and_halves_when_the_colour_changes_late():
+    truth = World().sample(48, 240, seed=2)
+    one = truth.count == 1
+    video = truth.video[one]
+    kept = metrics.identity_kept(video)
+    assert kept.nanmean() == 1.0 and kept.isnan().float().mean() < 0.2
+
+    def recoloured(from_frame):                                           # the sprite turns another colour
+        colour = truth.sprite_colour[one].clone()
+        changed = colour.clone()
+        changed[:, 0] = (colour[:, 0] + 1) % len(train.SPRITE_COLOURS)
+        shape, background = truth.shape[one], truth.background[one]
+        present = colour >= 0
+        before, _ = World().render(background, shape, colour.clamp(min=0), present, truth.position[one])
+        after, _ = World().render(background, shape, changed.clamp(min=0), present, truth.position[one])
+        return torch.cat([before[:, :from_frame], after[:, from_frame:]], 1)
+    assert metrics.identity_kept(recoloured(120)).nanmean() < 0.05         # the whole second half
+    assert 0.3 < metrics.identity_kept(recoloured(180)).nanmean() < 0.7    # half of the second half
+
+
+def test_prompt_match_reads_the_named_background():
+    clips = World().sample(8, 12, seed=3, switch_at=6)
+    assert metrics.prompt_match(clips.video, clips.background) == 1.0
+    before = clips.background[:, :1].expand_as(clips.background)           # the caption before the switch
+    assert metrics.prompt_match(clips.video, before) == pytest.approx(0.5, abs=0.1)
+
+
+def test_paired_interval_covers_a_known_difference_and_excludes_zero_only_when_it_should():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(64, generator=gen)
+    mean, low, high = benchmark.paired_interval(a + 0.5 + 0.1 * torch.randn(64, generator=gen), a)
+    assert low < 0.5 < high and low > 0 and abs(mean - 0.5) < 0.05          # paired: the shared part cancels
+    mean, low, high = benchmark.paired_interval(a, a.roll(1))                  # no true difference
+    assert low < 0 < high
+    nan = torch.tensor([math.nan, 1.0, 2.0, 3.0])
+    assert benchmark.paired_interval(nan, torch.zeros(4))[0] == 2.0           # a video either mode did not score is left out
+
+
+def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
+    benchmark.main(["--checkpoint", student, "--frames", "40", "--videos", "3", "--steps", "1"])
+    table = capsys.readouterr().out
+    for row in ["ground truth", *tv.MODES, "shape match", "identity kept", "recall"]:
+        assert f"| {row} |" in table
+    assert "| hybrid - sink | hybrid - window | hybrid - full | hybrid - memory |" in table
+    assert "3 videos of 40 frames" in table and "Recall: 3 ground-truth clips with curtains" in table
+    benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "sink,hybrid"])
+    table = capsys.readouterr().out
+    assert "| sink |" in table and "| window |" not in table and "| hybrid - sink |\n" in table
+    benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "hybrid"])
+    table = capsys.readouterr().out
+    assert "| hybrid |" in table and "hybrid minus" not in table              # nothing to compare it with
+
+
+def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
+    """The probe calls the model; with the frames handed back as its own (a stub that predicts the
+    ground truth's next chunk) it scores 1 on every probe, and with a sprite of another colour 0."""
+    model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
+    cfg = model.cfg
+    probes = train.sprite_returns(train.recall_world(preset, cfg), cfg, 4, 60, seed=0)
+    for probe in probes:
+        made = []
+
+        def truth(x, timestep, cache, write=False, probe=probe):           # the velocity that lands on ground truth
+            c = cache.next_chunk
+            target = probe.video[:, c * cfg.chunk_frames:(c + 1) * cfg.chunk_frames]
+            s = torch.as_tensor(timestep).reshape(-1, 1, 1, 1, 1) / 1000
+            if write:
+                made.append(x)
+                cache.next_chunk += 1
+                return torch.zeros_like(x)
+            return (x - target) / s
+        stub = types.SimpleNamespace(cfg=cfg, parameters=model.parameters, forward_chunk=truth,
+                                     text_context=model.text_context)
+        assert benchmark.recall(stub, text_encoder, probe, "hybrid", tv.denoising_sigmas(2), 0) == 1.0
+        other = probe._replace(colour=(probe.colour + 1) % len(train.SPRITE_COLOURS))
+        assert benchmark.recall(stub, text_encoder, other, "hybrid", tv.denoising_sigmas(2), 0) == 0.0
+
+
+def test_memory_trace_is_flat_in_hybrid_and_grows_in_full(student, capsys):
+    cache_mb = {}
+    for mode in ["hybrid", "full"]:
+        memory_trace.main(["--checkpoint", student, "--frames", "40", "--steps", "1", "--mode", mode])
+        rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "MB" in line]
+        assert [int(row[1]) for row in rows] == list(range(4, 41, 4))            # ten rows, every tenth of the way
+        cache_mb[mode] = [float(row[2].split()[0]) for row in rows]
+    assert len(set(cache_mb["hybrid"][1:])) == 1                                   # full after 2 chunks, then flat
+    assert all(a < b for a, b in zip(cache_mb["full"], cache_mb["full"][1:]))
+
+
+def test_report_and_world_stats_print_their_tables(trained, tmp_path, capsys):
+    report.main(["--checkpoints", trained, "--clips", "2", "--grid", str(tmp_path / "grid.png")])
+    table = capsys.readouterr().out
+    for row in ["ground truth", "teacher", "student after stage 1", "student after DMD", "student"]:
+        assert f"| {row} |" in table
+    assert imageio.v3.imread(tmp_path / "grid.png").shape == (5 * 2 * 16 * 3, 8 * 16 * 3, 3)    # its clips, each model
+    world_stats.main(["--preset", "test", "--clips", "8", "--frames", "60"])
+    table = capsys.readouterr().out
+    assert "| this preset's (the default) |" in table and "| with curtains (world.occluder=4) |" in table
+
+
+MEASURE_BAD_ARGUMENTS = [  # (command, flags, what the one message says)
+    (benchmark, ["--frames", "4", "--videos", "0"], "--videos 0: must be at least 1"),
+    (benchmark, ["--frames", "1", "--videos", "1"], "at least two"),
+    (benchmark, ["--modes", "sink,window"], "hybrid among them"),
+    (benchmark, ["--modes", "hybrid,sinks"], "name each of hybrid, sink"),
+    (benchmark, ["--modes", "hybrid,hybrid"], "at most once"),
+    (benchmark, ["--checkpoint", "{tmp}/missing.pt"], "no checkpoint at"),
+    (memory_trace, ["--frames", "0"], "at least one frame"),
+    (memory_trace, ["--prompt", "a dog on red"], "unknown word 'dog'"),
+    (report, ["--checkpoints", "{tmp}"], "no trained model in"),
+    (report, ["--grid", "{tmp}/grid.jpg"], "use a .png"),
+    (world_stats, ["--preset", "huge"], "unknown preset 'huge'"),
+    (world_stats, ["--set", "world.occluder=99"], "occluder"),
+]
+
+
+@pytest.mark.parametrize("command, flags, message", MEASURE_BAD_ARGUMENTS,
+                         ids=[f"{c.__name__} {' '.join(f)}" for c, f, _ in MEASURE_BAD_ARGUMENTS])
+def test_the_yardsticks_commands_refuse_bad_arguments_with_one_clear_message(student, tmp_path, capsys, command, flags,
+                                                                            message):
+    needs_student = command in (benchmark, memory_trace) and "--checkpoint" not in flags
+    with pytest.raises(SystemExit) as stop:
+        command.main([*(["--checkpoint", student] if needs_student else []), *[f.format(tmp=tmp_path) for f in flags]])
+    said = capsys.readouterr()
+    assert stop.value.code not in (0, None)
+    assert message in f"{stop.value.code}{said.out}{said.err}" and "Traceback" not in said.err
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# notebooks/: each walkthrough runs top to bottom, and is committed with its outputs
+
+NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(ROOT, "notebooks"))
+                   if f.endswith(".ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_top_to_bottom(name):
+    nbformat = pytest.importorskip("nbformat", reason="notebooks need: pip install -r requirements-dev.txt")
+    nbclient = pytest.importorskip("nbclient", reason="notebooks need: pip install -r requirements-dev.txt")
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks")
+    notebook = nbformat.read(os.path.join(folder, name), as_version=4)
+    # A cell's limit, not a speed target: the slowest cells take well under a minute on a quiet 2-core
+    # CPU, and 180 s timed out while two training runs shared the machine. A hung cell still fails.
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": folder}}).execute()
+
 
 NOTEBOOKS_MAX_MB = 5      # all of them together; figures at a modest dpi keep well under it
 

@@ -1,37 +1,27 @@
 """
-Training for tiny-videossm, read top to bottom: the world (the only data) and its metrics (the
-yardstick), the presets, then the three training stages, each as its data, its loss and its update;
-the harness they share (devices, checkpoints, the loop) and the command line come last.
-Imports tiny_videossm.py.
+Training for tiny-videossm, read top to bottom: the world (the only data), the presets, then the
+stages, each as its data, its loss and its update: stage 0 the teacher, stage 1 causal ODE
+distillation, stage 2 self-rollout DMD and its last phase, the memory's recall. The harness they
+share (devices, checkpoints, the loop) and the command line come last. Imports tiny_videossm.py;
+the measures of how well it all works live in measure/, which imports this file.
 
-The world. Every clip is a coloured background with one or two sprites gliding across it.
-The sprites live in an arena one and a half times as wide and tall as the camera's view and
-bounce off its walls, so they leave the picture and come back later. The caption names the
-background colour, the sprite shape and how many sprites there are ("two circles on blue"); it
-does NOT name the sprites' colours. Those are drawn once per clip and never change, so a model that
-paints a returning sprite in its old colour has remembered it: that is the long-range memory
-VideoSSM is about. A clip can switch its caption at a given frame: the named attributes change,
-the sprites keep their colours and their motion, which is what a prompt switch should do.
-
-Everything is closed form and vectorised: a sprite's position at frame f is a triangle wave of
-p0 + v f (elastic bounces without a time loop) and a frame is painted from signed distances,
-so a clip of any length from any seed costs a few tensor operations.
+The world. Every clip is a coloured background with one or two sprites gliding across it, in an
+arena one and a half times as wide and tall as the camera's view: they bounce off its walls, leave
+the picture and come back. The caption names the background colour, the sprite shape and how many
+sprites there are ("two circles on blue"), NOT the sprites' colours: those are drawn once per clip and
+never change, so a model that paints a returning sprite in its old colour has remembered it, the
+long-range memory VideoSSM is about. A caption can switch at a given frame: the named attributes
+change, the sprites keep their colours and motion. All closed form and vectorised (bounces are a
+triangle wave of p0 + v f, shapes signed distances): a clip of any length costs a few tensor ops.
 
     World(size=32).sample(batch_size, frames, seed, switch_at=None) -> Clips (video + truth)
     parse_caption(text) -> Caption      random_caption(generator) -> str      VOCAB
-    read_attributes(frames) -> per frame background and sprite colour, read from pixels
-    sprite_pixels(clips) -> where the clean frames show sprites (the teacher's loss weights them)
+    sprite_mask(frames, background) -> where frames show a sprite (the teacher's loss weights it)
+    nearest_palette(frames) -> the world's colour nearest to each pixel (measure/ reads with it)
 
-The metrics. Model-free analogues of VBench's long-video dimensions, read from the pixels with
-the world's palette: fidelity, sprite presence, subject and background consistency, dynamic
-degree and frozen chunks, flicker, drift; `video_metrics` returns them all. Read them together:
-a frozen video is perfectly consistent, and an empty background is faithful and consistent.
-
-Glossary of dimension letters used in the shape comments:
-    B   clips in the batch            F   frames            S   sprite slots (MAX_SPRITES)
-    H   height, W   width             C   chunks            K   frames per chunk
-    P   colours in the palette (backgrounds, then sprite colours)
-Frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W).
+Glossary of the shape comments (frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W)):
+    B   clips in the batch     F   frames      S   sprite slots (MAX_SPRITES)     H, W   height, width
+    C   chunks                 K   frames per chunk      P   palette colours (PALETTE)
 """
 
 import argparse
@@ -40,12 +30,11 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as nnf
 from tqdm import tqdm
 
 import tiny_videossm as tv
@@ -240,284 +229,25 @@ class World:
         return ((column < self.occluder) | (column >= self.size - self.occluder)).float()
 
 
-# ---- reading frames back: the world's palette as a measuring stick --------------------------
-
-SPRITE_TOLERANCE = 0.3  # a pixel counts for a sprite colour only this close to it: soft edges,
-                        # blends of two colours, would otherwise vote for a third
-
-
-def sprite_pixels(clips: Clips) -> torch.Tensor:
-    """Where the clean frames show a sprite: 1.0 where a pixel is more than 0.5 from its clip's
-    background colour (a sprite, or most of one on its soft edge), else 0.0; shape (B, F, 1, H, W)."""
-    background = BACKGROUND_RGB[clips.background][..., None, None]  # (B, F, 3, 1, 1)
-    away = lambda rgb: (clips.video - rgb).square().sum(2, keepdim=True) > 0.25  # (B, F, 1, H, W)
-    return (away(background) & away(OCCLUDER_RGB[:, None, None])).float()
+def sprite_mask(frames: torch.Tensor, background) -> torch.Tensor:
+    """Where frames show a sprite: 1.0 where a pixel is more than 0.5 from the background colour
+    (`background` an index into BACKGROUNDS, or one per frame, (B, F)) and from the curtains' grey, else
+    0.0; shape (B, F, 1, H, W). On clean frames: a sprite, or most of one on its soft edge."""
+    away = lambda rgb: (frames - rgb.to(frames.device)[..., None, None]).square().sum(2, keepdim=True) > 0.25
+    return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()
 
 
-def _check_frames(frames: torch.Tensor, min_frames: int = 1) -> None:
-    if frames.ndim != 5 or frames.shape[2] != 3:
-        raise ValueError(f"expected frames of shape (B, F, 3, H, W), got {tuple(frames.shape)}")
-    if frames.shape[1] < min_frames:
-        raise ValueError(f"this needs at least {min_frames} frames, got {frames.shape[1]}")
-
-
-def _chunked(x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-    """(B, F, ...) -> (B, C, K, ...) with C = F // K; an incomplete last chunk is left out."""
-    if not 1 <= chunk_frames <= x.shape[1]:
-        raise ValueError(f"chunk_frames={chunk_frames} must be between 1 and the {x.shape[1]} frames")
-    chunks = x.shape[1] // chunk_frames
-    return x[:, :chunks * chunk_frames].unflatten(1, (chunks, chunk_frames))
-
-
-def _nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel, the nearest PALETTE colour: its index and its distance, both (B, F, H, W)."""
+def nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel of frames (B, F, 3, H, W), the nearest PALETTE colour: its index and its distance,
+    both (B, F, H, W). The world's own way of reading pixels back; measure/ reads every frame with it."""
     pixels = frames.movedim(2, -1)  # (B, F, H, W, 3)
     distance = torch.cdist(pixels.reshape(-1, 3), PALETTE.to(frames))  # (B*F*H*W, P)
     distance, index = distance.reshape(*pixels.shape[:-1], -1).min(-1)  # (B, F, H, W)
     return index, distance
 
 
-def _colour_votes(frames: torch.Tensor) -> torch.Tensor:
-    """How many pixels of each frame vote for each palette colour: (B, F, P)."""
-    index, distance = _nearest_palette(frames)  # (B, F, H, W)
-    voting = (distance < SPRITE_TOLERANCE) | (index < len(BACKGROUNDS))  # (B, F, H, W)
-    counts = torch.zeros(*frames.shape[:2], len(PALETTE), device=frames.device)  # (B, F, P)
-    return counts.scatter_add_(2, index.flatten(2), voting.flatten(2).float())  # (B, F, P)
-
-
-def _read_votes(votes: torch.Tensor, min_sprite_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Votes (..., P) -> the winning background index and sprite colour index (-1: none), (...)."""
-    background = votes[..., :len(BACKGROUNDS)].argmax(-1)
-    sprite_votes, sprite = votes[..., len(BACKGROUNDS):len(BACKGROUNDS) + len(SPRITE_COLOURS)].max(-1)
-    return background, torch.where(sprite_votes >= min_sprite_pixels, sprite, -1)
-
-
-def read_attributes(frames: torch.Tensor, min_sprite_pixels: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read each frame's colours back from its pixels, no model involved.
-
-    Args: frames: shape (B, F, 3, H, W) in [-1, 1].
-    Returns background (B, F), the index into BACKGROUNDS most pixels are nearest to, and
-    sprite (B, F), the index into SPRITE_COLOURS most sprite-coloured pixels show, or -1 when
-    fewer than `min_sprite_pixels` pixels show any.
-    """
-    _check_frames(frames)
-    return _read_votes(_colour_votes(frames), min_sprite_pixels)
-
-
-# ---- metrics: model-free analogues of VBench's long-video dimensions (SPEC section 8) ---------
-
-def fidelity(frames: torch.Tensor, sigma: float = 0.2) -> float:
-    """Do the pixels stay on the world's palette? Mean of exp(-d^2 / sigma^2), d the distance to
-    the nearest palette colour. In [0, 1], higher is better; ground truth loses a little on its
-    soft edges."""
-    _check_frames(frames)
-    _, distance = _nearest_palette(frames)  # (B, F, H, W)
-    return (-(distance / sigma) ** 2).exp().mean().item()
-
-
-def sprite_presence(frames: torch.Tensor, min_sprite_pixels: int = 4) -> float:
-    """Are there sprites at all? The share of frames in which some sprite colour covers at least
-    `min_sprite_pixels` pixels. Ground truth is below 1 only while every sprite is out of view. A
-    model that paints empty backgrounds scores 0 here, while its fidelity and consistency look
-    perfect: read the other metrics next to this one."""
-    _, sprite = read_attributes(frames, min_sprite_pixels)  # (B, F), -1 = no sprite
-    return (sprite >= 0).float().mean().item()
-
-
-def subject_consistency(frames: torch.Tensor, chunk_frames: int = 3,
-                        sprites: int | torch.Tensor = 1) -> float:
-    """Do the sprites keep their colours? Each chunk showing a sprite is read for its dominant
-    sprite colour; a clip scores the share of those chunks whose colour is one of its `sprites`
-    most frequent ones (the identities; pass the count the caption names, an int or a (B,)
-    tensor). In [0, 1], higher is better; a clip that never shows a sprite scores 1."""
-    _check_frames(frames)
-    votes = _chunked(_colour_votes(frames), chunk_frames).sum(2)  # (B, C, P)
-    _, sprite = _read_votes(votes, min_sprite_pixels=4)  # (B, C)
-    shown = nnf.one_hot(sprite + 1, len(SPRITE_COLOURS) + 1)[..., 1:]  # (B, C, 4) which colour, if any
-    rank = shown.sum(1).argsort(1, descending=True).argsort(1)  # (B, 4) 0 = the most frequent colour
-    identity = rank < torch.as_tensor(sprites, device=rank.device).reshape(-1, 1)  # (B, 4)
-    consistent = (shown * identity[:, None]).sum((1, 2))  # (B,)
-    chunks_with_sprite = shown.sum((1, 2))  # (B,)
-    score = torch.where(chunks_with_sprite > 0, consistent / chunks_with_sprite.clamp(min=1), 1.0)  # (B,)
-    return score.mean().item()
-
-
-def background_consistency(frames: torch.Tensor, chunk_frames: int = 3, sigma: float = 0.25) -> float:
-    """Does the background keep its colour? A chunk's background colour is its per-channel median
-    (sprites cover a small part of the view); each chunk scores exp(-|c - c_first|^2 / sigma^2)
-    against the first chunk (which scores 1). In [0, 1], higher is better."""
-    _check_frames(frames)
-    chunks = _chunked(frames, chunk_frames).transpose(2, 3).flatten(3)  # (B, C, 3, K*H*W)
-    colour = chunks.median(-1).values  # (B, C, 3)
-    distance_sq = ((colour - colour[:, :1]) ** 2).sum(-1)  # (B, C)
-    return (-distance_sq / sigma ** 2).exp().mean().item()
-
-
-def dynamic_degree(frames: torch.Tensor) -> float:
-    """Motion per frame: mean |x_t - x_{t-1}| over pixels and channels. In [0, 2], 0 when frozen;
-    one sprite crossing a 32x32 view at about 1 px/frame gives about 0.01-0.02."""
-    _check_frames(frames, min_frames=2)
-    return (frames[:, 1:] - frames[:, :-1]).abs().mean().item()
-
-
-def frozen_fraction(frames: torch.Tensor, chunk_frames: int = 3, threshold: float = 1e-3) -> float:
-    """Share of chunks with (almost) no motion inside them: mean |x_t - x_{t-1}| within the chunk
-    below `threshold`. In [0, 1]; ground truth has frozen chunks too, while no sprite is in view."""
-    _check_frames(frames)
-    if chunk_frames < 2:
-        raise ValueError(f"motion inside a chunk needs chunk_frames >= 2, got {chunk_frames}")
-    chunks = _chunked(frames, chunk_frames)  # (B, C, K, 3, H, W)
-    motion = (chunks[:, :, 1:] - chunks[:, :, :-1]).abs().mean((2, 3, 4, 5))  # (B, C)
-    return (motion < threshold).float().mean().item()
-
-
-def flicker(frames: torch.Tensor) -> float:
-    """Temporal high-frequency noise: mean |x_t - (x_{t-1} + x_{t+1}) / 2|. Smooth motion keeps
-    it small, frame-to-frame noise raises it. In [0, 2], lower is better."""
-    _check_frames(frames, min_frames=3)
-    return (frames[:, 1:-1] - (frames[:, :-2] + frames[:, 2:]) / 2).abs().mean().item()
-
-
-def drift(frames: torch.Tensor, chunk_frames: int = 3) -> float:
-    """How far each chunk's colour statistics (per-channel mean and std) wander from the first
-    chunk's: mean absolute difference over chunks and statistics. >= 0, lower is better; sprites
-    coming and going give ground truth a small drift."""
-    _check_frames(frames)
-    chunks = _chunked(frames, chunk_frames).transpose(2, 3).flatten(3)  # (B, C, 3, K*H*W)
-    stats = torch.cat([chunks.mean(-1), chunks.std(-1)], -1)  # (B, C, 6)
-    return (stats - stats[:, :1]).abs().mean().item()
-
-
-def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
-                  sprites: int | torch.Tensor = 1) -> dict[str, float]:
-    """All the metrics above for frames (B, F, 3, H, W), each averaged over the batch."""
-    return {"fidelity": fidelity(frames), "sprite_presence": sprite_presence(frames),
-            "subject_consistency": subject_consistency(frames, chunk_frames, sprites),
-            "background_consistency": background_consistency(frames, chunk_frames),
-            "dynamic_degree": dynamic_degree(frames), "frozen_fraction": frozen_fraction(frames, chunk_frames),
-            "flicker": flicker(frames), "drift": drift(frames, chunk_frames)}
-
-
-# ---- does a model show the method? Shapes, identity, and hidden spans (SPEC sections 4 and 8) -----
-
-def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
-    """Read each sprite's shape from its pixels: (B, F, 4) per sprite colour, an index into SHAPES, or
-    -1 where no whole sprite of that colour is in sight. A sprite's pixels fill a share of their
-    bounding box that tells the shapes apart whatever their size: a square about 1, a circle
-    pi / 4, a diamond (a square on its tip) 1 / 2. A sprite touching the view's edge or the
-    occluder, or much wider than tall, may be cut off, so it is not read."""
-    _check_frames(frames)
-    index, distance = _nearest_palette(frames)  # (B, F, H, W)
-    colours = torch.arange(len(SPRITE_COLOURS), device=frames.device) + len(BACKGROUNDS)
-    mask = (index[:, :, None] == colours[:, None, None]) & (distance < SPRITE_TOLERANCE)[:, :, None]  # (B, F, 4, H, W)
-    # the curtains: columns that are mostly grey (a sprite's soft edge can be greyish too), grown by a pixel
-    grey = (index == len(PALETTE) - 1) & (distance < SPRITE_TOLERANCE)  # (B, F, H, W)
-    curtain = grey.float().mean(-2) > 0.75  # (B, F, W)
-    curtain = nnf.max_pool1d(curtain.float().flatten(0, 1)[:, None], 3, 1, 1).view(curtain.shape) > 0
-    near_band = (mask & curtain[:, :, None, None]).flatten(-2).any(-1)  # (B, F, 4)
-    rows, columns = mask.any(-1), mask.any(-2)  # (B, F, 4, H), (B, F, 4, W)
-
-    def extent(line):  # first and last occupied position along a line of booleans
-        size = line.shape[-1]
-        first = line.float().argmax(-1)
-        return first, size - 1 - line.flip(-1).float().argmax(-1)
-    (top, bottom), (left, right) = extent(rows), extent(columns)
-    height, width = bottom - top + 1, right - left + 1  # (B, F, 4)
-    fill = mask.flatten(-2).sum(-1) / (height * width)  # (B, F, 4)
-    edge = (top == 0) | (left == 0) | (bottom == frames.shape[-2] - 1) | (right == frames.shape[-1] - 1)
-    readable = ((mask.flatten(-2).sum(-1) >= min_pixels) & ~edge & ~near_band
-                & (height <= 1.4 * width) & (width <= 1.4 * height))
-    reading = torch.where(fill > 0.88, 0, torch.where(fill > 0.64, 1, 2))  # SHAPES: square, circle, diamond
-    return torch.where(readable, reading, -1)
-
-
-def shape_match(frames: torch.Tensor, shapes: torch.Tensor) -> float:
-    """Is the named shape drawn? Of the sprites whose shape can be read (shape_readings), the share
-    that read as the shape the caption names, `shapes` (B, F) an index into SHAPES. In [0, 1] (a
-    blob for a square reads as a circle); NaN when no sprite can be read, as when none is drawn."""
-    readings = shape_readings(frames)  # (B, F, 4)
-    readable = readings >= 0
-    if not readable.any():
-        return math.nan
-    return (readings == shapes.to(readings.device)[..., None])[readable].float().mean().item()
-
-
-def identity_kept(frames: torch.Tensor, reference: int = 12) -> torch.Tensor:
-    """Does a sprite keep the colour it started with? For clips of one sprite, per clip (B,): in the
-    second half, the share of frames showing a sprite in the colour seen most often in the first
-    `reference` frames that showed one. The colour is never named, so only memory of the video
-    keeps it. NaN for a clip with no sprite in either part."""
-    _, sprite = read_attributes(frames)  # (B, F), -1 = none
-    kept = torch.full((frames.shape[0],), math.nan)
-    for b, track in enumerate(sprite.cpu()):
-        early, late = track[track >= 0][:reference], track[frames.shape[1] // 2:]
-        late = late[late >= 0]
-        if len(early) and len(late):
-            kept[b] = (late == early.mode().values).float().mean()
-    return kept
-
-
-def hidden_spans(clips: Clips) -> torch.Tensor:
-    """Ground truth: the length in frames of every time a sprite was out of sight (out of the view or
-    behind the occluder) and then seen again, over all clips and sprites: (N,) long."""
-    present = clips.sprite_colour >= 0  # (B, S)
-    lengths = []
-    for track in clips.visible.transpose(1, 2)[present].tolist():  # one list of booleans per sprite
-        hidden, seen = 0, False
-        for visible in track:
-            if visible and seen and hidden:
-                lengths.append(hidden)
-            hidden, seen = (0, True) if visible else (hidden + 1, seen)
-    return torch.tensor(lengths, dtype=torch.long)
-
-
-def memory_return_chunk(clips: Clips, cfg) -> torch.Tensor:
-    """(B,) long: per clip, the first chunk r in which a sprite comes back into sight while no chunk
-    r attends to shows it (neither the sink nor the window's earlier chunks), after it was seen in a
-    chunk already evicted into the memory: there only the memory can tell the sprite's colour.
-    -1 for a clip without one."""
-    n, window, sink = clips.video.shape[1] // cfg.chunk_frames, cfg.window_chunks, cfg.sink_chunks
-    seen = clips.visible[:, :n * cfg.chunk_frames].unflatten(1, (n, cfg.chunk_frames)).any(2)   # (B, n, S)
-    in_sink = seen[:, :sink].any(1)                                                           # (B, S)
-    first = torch.full((seen.shape[0],), -1)
-    for r in range(sink + window, n):                  # the window includes r itself (visible_chunks)
-        evicted, in_window = seen[:, sink:r - window + 1].any(1), seen[:, r - window + 1:r].any(1)  # (B, S)
-        returns = (seen[:, r] & ~in_sink & ~in_window & evicted).any(1) & (first < 0)
-        first[returns] = r
-    return first
-
-
-def world_statistics(preset, clips=256, frames=240, seed=5):
-    """A markdown table: how often and how long sprites are out of sight in ground truth, for this
-    preset's world and with an occluder, against what the student's sink and window can bridge."""
-    cfg = tv.VideoSSMConfig(**preset.model)
-    window = cfg.window_chunks * cfg.chunk_frames
-    bridged = (cfg.sink_chunks + cfg.window_chunks) * cfg.chunk_frames
-    print(f"{clips} clips of {frames} frames (seed {seed}); the student's window holds {window} frames, sink + "
-          f"window {bridged}\n")
-    print(f"| world | sprite frames out of sight | hidden spans per clip | mean span (frames) | spans > {bridged} "
-          f"frames per clip | spans > {2 * window} frames per clip |\n|---|--:|--:|--:|--:|--:|")
-    for name, world in [(f"this preset's ({preset.world or 'the default'})", preset.world),
-                        ("with curtains (world.occluder=4)", dict(occluder=4))]:
-        spans, hidden, sprite_frames = [], 0, 0
-        for start in range(0, clips, 32):
-            batch = World(cfg.frame_size, **world).sample(min(32, clips - start), frames, seed=seed + start)
-            spans.append(hidden_spans(batch))
-            present = (batch.sprite_colour >= 0)[:, None]  # (B, 1, S)
-            hidden += (~batch.visible & present).sum().item()
-            sprite_frames += present.sum().item() * frames
-        spans = torch.cat(spans).float()
-        print(f"| {name} | {hidden / sprite_frames:.1%} | {len(spans) / clips:.2f} | {spans.mean():.1f} | "
-              f"{(spans > bridged).sum() / clips:.2f} | {(spans > 2 * window).sum() / clips:.2f} |")
-
-
 # ---- presets: every size and schedule of a run ---------------------------------------------------
-#
-#     python train.py --preset tiny                 all three stages on a 2-core CPU
-#     python train.py --preset quick                stages 0-2, each shorter: a third of the time
-#     python train.py --preset tiny --stage 0       one stage (resumes if interrupted)
-#     python train.py --stage 0 --set teacher_steps=8000 --out runs/longer   an experiment
-#     torchrun --nproc_per_node 2 train.py ...      data parallel (gloo on CPU, nccl on CUDA)
+#   python train.py --preset tiny [--stage 0] [--set teacher_steps=8000 --out runs/longer]   (--help: the rest)
 
 @dataclass
 class Preset:
@@ -532,8 +262,7 @@ class Preset:
     teacher_steps: int = 2000
     teacher_batch: int = 8
     teacher_lr: float = 2e-3
-    image_batch: int = 0          # >0: teacher steps that are not clip steps are this many single frames (as Wan)
-    clip_every: int = 2           # with image_batch: one teacher step in clip_every is clips, the others images
+    image_batch: int = 0          # >0: every other teacher step is this many single frames instead of clips (as Wan)
     warmup: int = 100             # steps of linear learning-rate warmup (at most a tenth of a stage), then cosine to 10%
     compile: bool = False         # torch.compile the teacher's training forward (faster after a minute compiling)
     text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
@@ -554,7 +283,8 @@ class Preset:
     dmd_lr: float = 1e-4
     critic_lr: float = 2e-4
     switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
-    dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2 (DMD's anchor against collapse)
+    dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2, DMD's anchor; 0 shows DMD
+                                  # alone drift to plain backgrounds (notebook 04)
     # stage 2's last phase: the memory recalls what left the window (MemoryRecall; 0 steps: none)
     memory_steps: int = 0
     memory_lr: float = 3e-3
@@ -564,12 +294,32 @@ class Preset:
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
     memory_free_anchor: float = 100.0  # and on the free rollout
 
+    def __post_init__(self):
+        """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
+        cfg = tv.VideoSSMConfig(**self.model)                          # the model's own checks: dim % n_heads, ...
+        World(cfg.frame_size, **self.world)
+        may_be_zero = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
+                       "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_anchor",
+                       "memory_free_anchor"}
+        for name, value in vars(self).items():
+            if isinstance(value, (dict, bool)):
+                continue
+            if not math.isfinite(value) or value < 0 or (value == 0 and name not in may_be_zero):
+                raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if name in may_be_zero else '> 0'}")
+            if name in ("text_dropout", "switch_probability", "ema_decay") and value > 1:
+                raise ValueError(f"{name}={value}: must be between 0 and 1")
+        lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames")}
+        if any(frames % cfg.chunk_frames for frames in lengths.values()):
+            raise ValueError(f"{', '.join(f'{n}={v}' for n, v in lengths.items())} must be whole chunks of "
+                             f"{cfg.chunk_frames} frames")
+        if self.rollout_frames < self.clip_frames or self.critic_warmup >= self.dmd_steps:
+            raise ValueError("rollout_frames must be >= clip_frames, and critic_warmup < dmd_steps")
 
-# the shipped models' recipe: the whole pipeline in about 90 minutes alone on a 2-core CPU (README)
+
+# the shipped models' recipe (its time on a 2-core CPU: README)
 TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-              compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, clip_every=2, warmup=200,
-              sprite_weight=1.0,
+              compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
               memory_steps=300, save_every=25)
 
@@ -580,77 +330,28 @@ PRESETS = {
                    clip_frames=8, teacher_steps=6, teacher_batch=2, warmup=2, save_every=3, ode_clips=4, ode_steps=4,
                    student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, critic_warmup=1, rollout_frames=12,
                    denoising_steps=2, memory_steps=2, memory_clips=1, memory_clip_frames=32, memory_free_frames=8),
-    # tiny's stages 0-2, each shorter, without the memory's phase: under 30 minutes on a 2-core CPU, a memory
-    # that forgets (README)
+    # tiny's stages 0-2, each shorter, without the memory's phase (its time and numbers: README)
     "quick": replace(TINY, teacher_steps=2000, ode_clips=128, student_steps=150, dmd_steps=100, memory_steps=0),
     "tiny": TINY,
-    # a GPU run: wider, deeper, longer
-    "gpu": Preset(model=dict(frame_size=32, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536, text_dim=128,
-                             freq_dim=128, chunk_frames=3, sink_chunks=1, window_chunks=3, router_horizon=96),
-                  teacher_steps=20000, teacher_batch=32, teacher_lr=5e-4, ode_clips=4096, student_steps=6000,
-                  student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96, memory_steps=1000),
+    # tiny's recipe on a GPU: wider, deeper, longer
+    "gpu": replace(TINY, model=dict(TINY.model, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536,
+                                    text_dim=128, freq_dim=128, window_chunks=3, router_horizon=96),
+                   teacher_steps=20000, teacher_batch=32, image_batch=256, teacher_lr=5e-4, ode_clips=4096,
+                   student_steps=6000, student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96,
+                   memory_steps=1000, save_every=100),
 }
 
 
-def preset_from(spec: str) -> Preset:
-    """A preset from its spec: a name in PRESETS, then any FIELD=VALUE settings (train.py's --set),
-    e.g. "tiny teacher_steps=8000 model.dim=256 world.occluder=14". Checkpoints keep the spec."""
-    name, *settings = spec.split()
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[name]
-    parts = {"model": dict(preset.model), "world": dict(preset.world), "": {}}
-    known = {"model": {f.name: f.default for f in fields(tv.VideoSSMConfig) if f.name not in ("causal", "mode")},
-             "world": {f.name: f.default for f in fields(World) if f.name != "size"},
-             "": {f.name: getattr(preset, f.name) for f in fields(Preset) if f.name not in ("model", "world")}}
-    for setting in settings:
-        key, equals, text = setting.partition("=")
-        part, _, key = key.rpartition(".")                  # "model.dim" -> "model", "dim"
-        if not equals or key not in known.get(part, {}):
-            where = {"model": "the model (VideoSSMConfig)", "world": "the world (World)"}.get(
-                part, "the preset (model.FIELD and world.FIELD for the model's and the world's)")
-            raise ValueError(f"--set {setting}: expected FIELD=VALUE, FIELD a field of {where}: "
-                             f"{', '.join(known.get(part, known['']))}")
-        kind = type(known[part][key])
-        try:
-            value = {"true": True, "false": False}[text.lower()] if kind is bool else kind(text)
-        except (KeyError, ValueError):
-            raise ValueError(f"--set {setting}: {text!r} is not a valid {kind.__name__}") from None
-        parts[part][key] = value
-    try:
-        cfg = tv.VideoSSMConfig(**parts["model"])          # their own checks: dim % n_heads, ...
-        World(cfg.frame_size, **parts["world"])
-    except ValueError as error:
-        raise ValueError(f"--set: {error}") from None
-    preset = replace(preset, model=parts["model"], world=parts["world"], **parts[""])
-    check_preset(preset, cfg.chunk_frames)
-    return preset
-
-
-def check_preset(preset, chunk_frames):
-    """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
-    may_be_zero = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
-                   "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_anchor",
-                   "memory_free_anchor"}
-    for f in fields(Preset):
-        value = getattr(preset, f.name)
-        if f.name in ("model", "world") or isinstance(value, bool):
-            continue
-        if not math.isfinite(value) or value < 0 or (value == 0 and f.name not in may_be_zero):
-            raise ValueError(f"--set {f.name}={value}: must be a finite number {'>= 0' if f.name in may_be_zero else '> 0'}")
-        if f.name in ("text_dropout", "switch_probability", "ema_decay") and value > 1:
-            raise ValueError(f"--set {f.name}={value}: must be between 0 and 1")
-    if preset.clip_frames % chunk_frames or preset.rollout_frames % chunk_frames:
-        raise ValueError(f"clip_frames={preset.clip_frames} and rollout_frames={preset.rollout_frames} must be "
-                         f"whole chunks of {chunk_frames} frames")
-    if preset.memory_clip_frames % chunk_frames or preset.memory_free_frames % chunk_frames:
-        raise ValueError(f"memory_clip_frames={preset.memory_clip_frames} and memory_free_frames="
-                         f"{preset.memory_free_frames} must be whole chunks of {chunk_frames} frames")
-    if preset.rollout_frames < preset.clip_frames or preset.critic_warmup >= preset.dmd_steps:
-        raise ValueError("rollout_frames must be >= clip_frames, and critic_warmup < dmd_steps")
-
-
 # ---- stage 0: the teacher ------------------------------------------------------------------------
+
+def flow_matching_error(model, x0, noise, sigma, text, autocast):
+    """The flow-matching loss before it is averaged: the squared error of the velocity the model predicts
+    at x_s = (1 - s) x0 + s eps, against eps - x0; (B, F, C, H, W). The teacher learns it on world clips,
+    the critic (stage 2) on the student's samples."""
+    with autocast():
+        velocity = model(tv.add_noise(x0, noise, sigma), 1000 * sigma, text)
+    return (velocity.float() - tv.velocity_target(x0, noise)).square()
+
 
 def bin_losses(sigma, per_sample_loss, bins=4):
     """Loss per noise-level bin. Near s = 0 it stays highest: the target's noise can hardly be
@@ -690,7 +391,7 @@ class Teacher:
         run, preset = self.run, self.preset
         # data: world clips, or (joint image-video training, as Wan) batches of single frames, which
         # teach what a frame looks like many times faster than clips, whose frames repeat one another
-        images = preset.image_batch > 0 and step % preset.clip_every != 0
+        images = preset.image_batch > 0 and step % 2 == 1
         B, frames = (preset.image_batch, 1) if images else (preset.teacher_batch, preset.clip_frames)
         clips = self.world.sample(B, frames, seed=run.generator(0, step).initial_seed())
         gen = run.generator(0, step, 1)
@@ -699,14 +400,12 @@ class Teacher:
         x0 = clips.video.to(run.device)
         noise = torch.randn(x0.shape, generator=gen).to(run.device)
         sigma = torch.rand(B, generator=gen).to(run.device)
-        with run.autocast():
-            velocity = self.forward(tv.add_noise(x0, noise, sigma), 1000 * sigma, self.text_encoder(captions))
+        squared_error = flow_matching_error(self.forward, x0, noise, sigma, self.text_encoder(captions), run.autocast)
         # The sprite weight (ours, not Wan's): sprites are a few percent of the pixels, and a small
         # teacher lowers the plain loss most cheaply by painting the background well and the sprites
         # faintly. Counting sprite pixels more tilts it towards drawing them, a bias by design, as
         # CFG is a bias towards the caption.
-        weight = 1 + preset.sprite_weight * sprite_pixels(clips).to(run.device)   # (B, F, 1, H, W)
-        squared_error = (velocity.float() - tv.velocity_target(x0, noise)).square()            # (B, F, 3, H, W)
+        weight = 1 + preset.sprite_weight * sprite_mask(x0, clips.background)    # (B, F, 1, H, W)
         per_sample = (weight * squared_error).flatten(1).mean(1)                                # (B,)
         loss = per_sample.mean()
         # update: AdamW, then the EMA the teacher samples with
@@ -718,6 +417,13 @@ class Teacher:
 
     def finish(self):
         release(self.run.path("teacher.pt"), 0, self.preset_name, self.ema.module, self.ema_text.module, self.log)
+
+
+def guided_velocity(teacher, x, t, text, empty, cfg_scale):
+    """Classifier-free guidance: v_uncond + cfg_scale (v_cond - v_uncond), both in one batched forward;
+    `empty` is the empty prompt's text features. The teacher's ODE and stage 2's real score use it."""
+    v_cond, v_uncond = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty])).float().chunk(2)
+    return v_uncond + cfg_scale * (v_cond - v_uncond)
 
 
 @torch.no_grad()
@@ -738,8 +444,7 @@ def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_sc
         if s in keep_sigmas:
             kept[s] = x.clone()
         t = torch.full((B,), 1000 * s, device=device)
-        v_cond, v_uncond = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty])).chunk(2)
-        x = x + (s_next - s) * (v_uncond + cfg_scale * (v_cond - v_uncond))     # Euler step, s decreasing
+        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)   # Euler step, s decreasing
     return x, [kept[s] for s in keep_sigmas]
 
 
@@ -898,17 +603,22 @@ class SelfRolloutDMD:
     def scores(self, x, caption, gen):
         """The teacher's (with CFG) and the critic's clean predictions for x noised to a random level."""
         B = x.shape[0]
-        # uniform levels, as in DMD: the sampler's shifted levels, mostly high noise, leave the
-        # student's backgrounds grainy (docs/experiments.md)
+        # uniform levels, as in DMD (docs/experiments.md compares the sampler's shifted ones)
         sigma = (0.02 + 0.96 * torch.rand(B, generator=gen)).to(x.device)
         x_s = tv.add_noise(x, torch.randn(x.shape, generator=gen).to(x.device), sigma)
         text, empty = self.text_encoder([caption] * B), self.text_encoder([""] * B)
         with torch.no_grad(), self.run.autocast():
-            v_cond, v_uncond = self.teacher(torch.cat([x_s, x_s]), torch.cat([1000 * sigma] * 2),
-                                            torch.cat([text, empty])).float().chunk(2)
+            v_real = guided_velocity(self.teacher, x_s, 1000 * sigma, text, empty, self.preset.cfg_scale)
             v_fake = self.critic(x_s, 1000 * sigma, text).float()
-        v_real = v_uncond + self.preset.cfg_scale * (v_cond - v_uncond)
         return tv.x0_from_velocity(x_s, v_real, sigma), tv.x0_from_velocity(x_s, v_fake, sigma)
+
+    def critic_loss(self, x, caption, gen):
+        """What the critic learns: flow matching on the student's samples x (B, F, C, H, W), at the
+        sampler's shifted levels, where those samples live (docs/experiments.md compares DMD's uniform ones)."""
+        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), self.preset.shift).to(x.device)
+        text = self.text_encoder([caption] * x.shape[0])
+        return flow_matching_error(self.critic, x, noise, sigma, text, self.run.autocast).mean()
 
     def train_step(self, step):
         run, preset = self.run, self.preset
@@ -926,16 +636,8 @@ class SelfRolloutDMD:
                                preset.warmup)
             optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
                            loss + preset.dmd_regression * regression)
-        # the critic follows the generator: flow matching on its latest samples
-        text = self.text_encoder([caption] * x.shape[0])
-        for _ in range(preset.critic_updates):
-            noise = torch.randn(x.shape, generator=gen).to(x.device)
-            # the sampler's shifted levels, where the student's samples live (docs/experiments.md
-            # compares DMD's uniform ones)
-            sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), preset.shift).to(x.device)
-            with run.autocast():
-                velocity = self.critic(tv.add_noise(x.detach(), noise, sigma), 1000 * sigma, text)
-            critic_loss = (velocity.float() - tv.velocity_target(x.detach(), noise)).square().mean()
+        for _ in range(preset.critic_updates):            # the critic follows the generator's latest samples
+            critic_loss = self.critic_loss(x.detach(), caption, gen)
             optimizer_step(run, self.critic_optimizer, list(self.critic.parameters()),
                            learning_rate(step, self.steps, preset.critic_lr, preset.warmup), critic_loss)
         return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
@@ -953,25 +655,44 @@ def recall_world(preset, cfg):
     return world if world.occluder else World(cfg.frame_size, **{**preset.world, "occluder": 4})
 
 
-def return_clips(world, cfg, count, frames, gen):
-    """`count` one-sprite world clips whose sprite comes back where only the memory saw it
-    (memory_return_chunk r), at least two chunks before the end: (clip (1, F, C, H, W), caption,
-    colour index, r) each."""
-    found = []
-    for _ in range(64):                                           # a search: about 1 clip in 8 has one
-        clips = world.sample(16, frames, seed=int(torch.randint(2 ** 62, (1,), generator=gen)))
-        returns = memory_return_chunk(clips, cfg)
-        usable = (returns >= 0) & (returns <= frames // cfg.chunk_frames - 2) & (clips.count == 1)
-        found += [(clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]), int(returns[b]))
-                  for b in torch.nonzero(usable).flatten().tolist()]
-        if len(found) >= count:
-            return found[:count]
-    raise ValueError(f"no sprite in 1024 world clips of {frames} frames comes back after the window lost "
-                     f"sight of it: raise memory_clip_frames")
+class Return(NamedTuple):
+    """A ground-truth clip in which its one sprite leaves sight for longer than the sink and the window
+    hold, and comes back: then only the memory can tell its colour."""
+    video: torch.Tensor  # (1, F, 3, H, W)
+    caption: str
+    colour: int          # index into SPRITE_COLOURS
+    context: int         # the first chunk whose window (and the sink) shows none of the sprite
+    back: int            # the frame in which a pixel of it is in sight again
+    clear: int           # the frame in which it is clearly back (8 pixels: measure/ reads it)
+
+
+def sprite_returns(world, cfg, count, frames, seed):
+    """Up to `count` Returns among one-sprite clips of `frames` frames, searched 32 at a time from `seed`:
+    the sprite is out of sight in the sink's frames, seen clearly, then out of sight for so long that the
+    window holds none of it, and clearly back at least four chunks before the end."""
+    cf, found = cfg.chunk_frames, []
+    for batch in range(64):                                   # a search: the clips are rare, not scarce
+        clips = world.sample(32, frames, seed=seed + 1000 * batch)
+        for b in torch.nonzero(clips.count == 1).flatten().tolist():
+            area = clips.visible_area[b, :, 0].tolist()
+            seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
+            if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
+                continue
+            first = seen.index(True)
+            hidden_at = hidden.index(True, first) if True in hidden[first:] else frames
+            back = hidden.index(False, hidden_at) if False in hidden[hidden_at:] else frames
+            clear = seen.index(True, back) if True in seen[back:] else frames
+            context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
+            if context * cf <= back and clear <= frames - 4 * cf:
+                found.append(Return(clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]),
+                                    context, back, clear))
+            if len(found) == count:
+                return found
+    return found
 
 
 def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
-    """The trained student makes `num_chunks` chunks with its own few-step chain, stopping at
+    """The trained student makes `num_chunks` chunks with the sampler's few-step chain, stopping at
     `exit_step`, whose prediction is in the graph; the frozen student predicts from the same input
     at that step. Both caches get the trained student's chunks (the trained one's clean pass in the
     graph, so the memory's write path learns, D11). Returns both predictions, (B, F, C, H, W)."""
@@ -979,15 +700,9 @@ def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
     shape = (1, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
     noise = lambda: torch.randn(shape, generator=gen).to(device)
     for _ in range(num_chunks):
-        x = noise()
-        for i in range(exit_step + 1):
-            sigma = torch.full((1,), sigmas[i], device=device)
-            with torch.set_grad_enabled(i == exit_step):
-                x0 = tv.x0_from_velocity(x, model.forward_chunk(x, 1000 * sigma, caches[0]), sigma)
-            if i < exit_step:
-                x = tv.add_noise(x0, noise(), torch.full_like(sigma, sigmas[i + 1]))
+        x, s, x0 = tv.denoise_chunk(model, caches[0], sigmas, exit_step, noise, grad=True)
         with torch.no_grad():
-            frozen_made.append(tv.x0_from_velocity(x, frozen.forward_chunk(x, 1000 * sigma, caches[1]), sigma))
+            frozen_made.append(tv.x0_from_velocity(x, frozen.forward_chunk(x, 1000 * s, caches[1]), s))
             frozen.forward_chunk(x0.detach(), 0.0, caches[1], write=True)
         model.forward_chunk(x0.detach(), 0.0, caches[0], write=True)       # (D8) the clean pass
         made.append(x0)
@@ -1000,8 +715,7 @@ def colour_loss(x0, frozen_x0, background, colour):
     may move towards it but not out of the sprite colours. Elsewhere: the squared difference to the
     frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's
     pixels, summed, pick the true colour."""
-    away = lambda rgb: (frozen_x0 - rgb.to(x0.device).view(1, 1, 3, 1, 1)).square().sum(2, keepdim=True) > 0.25
-    sprite = (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()              # (1, F, 1, H, W)
+    sprite = sprite_mask(frozen_x0, background)                                           # (1, F, 1, H, W)
     logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
     cross_entropy = -(log_p[..., colour] * where).sum() / where.sum().clamp_min(1.0)
@@ -1016,7 +730,7 @@ class MemoryRecall:
     sink and the window hold, does the sprite the student brings back have its colour? Neither
     stage asks it: stage 1's teacher clips are too short to hide a sprite that long, and DMD's
     teacher sees only the window. Per step, `memory_clips` world clips go into the cache as context
-    (in the graph) up to the sprite's return; the student makes that chunk and the next, and
+    (in the graph) up to the sprite's return (sprite_returns); the student makes that chunk and the next, and
     colour_loss scores them against the true colour. An anchor keeps the rest as it was: the
     squared difference to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor`
     times) and everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
@@ -1046,16 +760,21 @@ class MemoryRecall:
         gen = self.run.generator(4, step)
         exit_step = int(torch.randint(len(self.sigmas), (1,), generator=gen))
         colour, anchor, right = 0.0, 0.0, 0
-        for clip, caption, true_colour, r in return_clips(self.world, model.cfg, preset.memory_clips,
-                                                          preset.memory_clip_frames, gen):
+        returns = sprite_returns(self.world, model.cfg, preset.memory_clips, preset.memory_clip_frames,
+                                 seed=int(torch.randint(2 ** 62, (1,), generator=gen)))
+        if len(returns) < preset.memory_clips:
+            raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
+                             f"after the window lost sight of them: raise memory_clip_frames")
+        for clip in returns:
+            r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
             caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
             for student, cache in zip((model, frozen), caches):
                 with torch.set_grad_enabled(student is model):
-                    cache.set_prompt(student, self.text_encoder([caption]))
-                    tv.teacher_force(student, cache, clip[:, :r * cf].to(self.run.device))
+                    cache.set_prompt(student, self.text_encoder([clip.caption]))
+                    tv.teacher_force(student, cache, clip.video[:, :r * cf].to(self.run.device))
             made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
-            background = parse_caption(caption).background
-            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, true_colour)
+            background = parse_caption(clip.caption).background
+            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
             colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
             right += clip_right
         caption = random_caption(gen)
@@ -1264,79 +983,45 @@ def run_stage(stage, run, stop_at=None):
     return True
 
 
-# ---- a report: samples of every trained model next to ground truth ----------------------------
-
-def save_grid(path, clips, scale=3):
-    """Clips (B, F, C, H, W) in [-1, 1] -> a PNG, one clip per row, frames left to right."""
-    import imageio.v3 as iio
-    B, F_, C, H, W = clips.shape
-    grid = ((clips.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 3, 1, 4, 2).reshape(B * H, F_ * W, C)
-    grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    iio.imwrite(path, grid.numpy())
-
-
-def prompt_match(frames, backgrounds):
-    """Share of frames whose background, read from the pixels, is the one the caption names."""
-    read, _ = read_attributes(frames)
-    return (read == backgrounds).float().mean().item()
-
-
-@torch.no_grad()
-def report(out_dir, clips=16, seed=12345, grid=None):
-    """Teacher-length clips from each trained model for the same captions as ground-truth clips:
-    a markdown table of the metrics, and optionally a PNG grid (ground truth on top)."""
-    found = [(name, f) for name, f in [("teacher", "teacher.pt"), ("student after stage 1", "student_stage1.pt"),
-                                       ("student after DMD", "student_dmd.pt"), ("student", "student.pt")]
-             if os.path.exists(os.path.join(out_dir, f))]
-    if not found:
-        raise SystemExit(f"no trained model in {out_dir}: run `python train.py` first")
-    try:
-        preset = preset_from(load_checkpoint(os.path.join(out_dir, found[0][1]))["preset"])
-    except ValueError as error:
-        raise SystemExit(f"{out_dir}/{found[0][1]} was trained with a preset this train.py does not know ({error})")
-    cfg = tv.VideoSSMConfig(**preset.model)
-    truth = World(cfg.frame_size, **preset.world).sample(clips, preset.clip_frames, seed=seed)
-    captions = [c[0] for c in truth.captions]
-    rows = {"ground truth": truth.video}
-    bar = tqdm(total=len(found) * clips, desc="sampling", unit="clip")
-    for name, file in found:
-        bar.set_description(f"sampling the {name}")
-        model, text_encoder = build(load_checkpoint(os.path.join(out_dir, file)))
-        gen = torch.Generator().manual_seed(seed)
-        if model.cfg.causal:
-            sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-            chunks = []
-            for caption in captions:
-                chunks.append(torch.cat(list(tv.generate(model, text_encoder, {0: caption}, preset.clip_frames //
-                                                         cfg.chunk_frames, sigmas, gen)), 1))
-                bar.update()
-            rows[name] = torch.cat(chunks)
-        else:
-            rows[name] = teacher_sample(model, text_encoder, captions, preset.clip_frames, preset.ode_steps,
-                                        preset.shift, preset.cfg_scale, gen)[0]
-            bar.update(clips)
-    bar.close()
-    names = list(video_metrics(truth.video, cfg.chunk_frames))
-    print(f"{clips} clips of {preset.clip_frames} frames, the same captions for every row (seed {seed})\n")
-    print("| | prompt match | shape match | " + " | ".join(n.replace("_", " ") for n in names) + " |")
-    print("|---|--:|--:|" + "--:|" * len(names))
-    for name, video in rows.items():
-        metrics = video_metrics(video, cfg.chunk_frames, sprites=truth.count)
-        print(f"| {name} | {prompt_match(video, truth.background):.3f} | {shape_match(video, truth.shape):.3f} | "
-              + " | ".join(f"{metrics[n]:.3f}" for n in names) + " |")
-    if grid:
-        save_grid(grid, torch.cat([rows[name][:4] for name in rows]))
-        print(f"\nwrote {grid}: 4 clips per row group, in the order of the table")
-
-
 # ---- the command line ----------------------------------------------------------------------------
+
+def preset_from(spec: str) -> Preset:
+    """A preset from its spec: a name in PRESETS, then any FIELD=VALUE settings (train.py's --set),
+    e.g. "tiny teacher_steps=8000 model.dim=256 world.occluder=14". Checkpoints keep the spec."""
+    name, *settings = spec.split()
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    defaults = {"model": {k: v for k, v in asdict(tv.VideoSSMConfig()).items() if k not in ("causal", "mode")},
+                "world": {k: v for k, v in asdict(World()).items() if k != "size"},
+                "": {k: v for k, v in vars(preset).items() if k not in ("model", "world")}}
+    changes = {"model": dict(preset.model), "world": dict(preset.world), "": {}}
+    for setting in settings:
+        key, equals, text = setting.partition("=")
+        part, _, key = key.rpartition(".")                  # "model.dim" -> "model", "dim"
+        if not equals or key not in defaults.get(part, {}):
+            where = {"model": "the model (VideoSSMConfig)", "world": "the world (World)"}.get(
+                part, "the preset (model.FIELD and world.FIELD for the model's and the world's)")
+            raise ValueError(f"--set {setting}: expected FIELD=VALUE, FIELD a field of {where}: "
+                             f"{', '.join(defaults.get(part, defaults['']))}")
+        kind = type(defaults[part][key])                    # each value converted to its default's type
+        try:
+            changes[part][key] = {"true": True, "false": False}[text.lower()] if kind is bool else kind(text)
+        except (KeyError, ValueError):
+            raise ValueError(f"--set {setting}: {text!r} is not a valid {kind.__name__}") from None
+    try:
+        return replace(preset, model=changes["model"], world=changes["world"], **changes[""])
+    except ValueError as error:                             # the dataclasses' own checks
+        raise ValueError(f"--set: {error}") from None
+
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train tiny-videossm: stage 0 the teacher, stage 1 the causal "
                                      "student by ODE distillation, stage 2 the student by long self-rollouts with DMD, "
                                      "then (tiny, gpu) its memory alone on sprites that come back after a long absence. "
-                                     "Each stage resumes from its last checkpoint and is skipped once it is released.")
+                                     "Each stage resumes from its last checkpoint and is skipped once it is released. "
+                                     "How well the models work: python -m measure.report (README).")
     parser.add_argument("--preset", default="tiny", help=f"sizes and schedules: {', '.join(PRESETS)} (default tiny)")
     parser.add_argument("--set", default=[], action="append", metavar="FIELD=VALUE",
                         help="change one field of the preset (repeatable): e.g. --set teacher_steps=8000 "
@@ -1350,25 +1035,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop each stage at this step, leaving a checkpoint to resume from")
-    parser.add_argument("--report", action="store_true",
-                        help="instead of training: the metrics of every trained model in --out next to ground truth")
-    parser.add_argument("--grid", help="with --report: a PNG of sample clips to write")
-    parser.add_argument("--world-stats", action="store_true",
-                        help="instead of training: how long sprites stay out of sight in ground truth")
     args = parser.parse_args(argv)
     if args.stop_at is not None and args.stop_at < 1:
         parser.error(f"--stop-at {args.stop_at}: a step number, at least 1")
     if not 0 <= args.seed < 2 ** 32:
         parser.error(f"--seed {args.seed}: use a number from 0 to {2 ** 32 - 1}")
-    if args.report:
-        return report(args.out, grid=args.grid)
     spec = " ".join([args.preset, *args.set])           # what the checkpoints record as their preset
     try:
         preset = preset_from(spec)
     except ValueError as error:
         parser.error(str(error))
-    if args.world_stats:
-        return world_statistics(preset)
     run = Run(args.device, args.out, args.seed)
     # stage 2 ends with the memory's recall phase when the student has a memory and the preset asks
     dmd_file = "student_dmd.pt" if preset.memory_steps and tv.uses_memory(args.memory) else "student.pt"
