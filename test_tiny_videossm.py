@@ -946,7 +946,7 @@ def test_the_gpu_preset_carries_tinys_recipe():
     (["--set", "switch_probability=2"], "between 0 and 1"),
     (["--set", "clip_frames=7"], "whole chunks"),
     (["--set", "memory_free_frames=9"], "whole chunks"),
-    (["--set", "critic_warmup=4"], "critic_warmup < dmd_steps"),
+    (["--set", "critic_warmup=4"], "critic_warmup=4: must be < dmd_steps"),
     (["--set", "ema_decay=1.5"], "ema_decay=1.5: must be between 0 and 1"),
     (["--stop-at", "-3"], "--stop-at -3: a step number"),
     (["--seed", "99999999999999999999999"], "--seed .*: use a number"),

@@ -298,22 +298,22 @@ class Preset:
         """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
         cfg = tv.VideoSSMConfig(**self.model)                          # the model's own checks: dim % n_heads, ...
         World(cfg.frame_size, **self.world)
-        may_be_zero = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale",
-                       "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_anchor",
-                       "memory_free_anchor"}
         for name, value in vars(self).items():
-            if isinstance(value, (dict, bool)):
-                continue
-            if not math.isfinite(value) or value < 0 or (value == 0 and name not in may_be_zero):
-                raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if name in may_be_zero else '> 0'}")
+            zero = name in ZERO_ALLOWED
+            if not isinstance(value, (dict, bool)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
+                raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if zero else '> 0'}")
             if name in ("text_dropout", "switch_probability", "ema_decay") and value > 1:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
         lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames")}
-        if any(frames % cfg.chunk_frames for frames in lengths.values()):
+        if any(frames % cfg.chunk_frames for frames in lengths.values()) or self.rollout_frames < self.clip_frames:
             raise ValueError(f"{', '.join(f'{n}={v}' for n, v in lengths.items())} must be whole chunks of "
-                             f"{cfg.chunk_frames} frames")
-        if self.rollout_frames < self.clip_frames or self.critic_warmup >= self.dmd_steps:
-            raise ValueError("rollout_frames must be >= clip_frames, and critic_warmup < dmd_steps")
+                             f"{cfg.chunk_frames} frames, and rollout_frames >= clip_frames")
+        if self.critic_warmup >= self.dmd_steps:
+            raise ValueError(f"critic_warmup={self.critic_warmup}: must be < dmd_steps={self.dmd_steps}")
+
+
+ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
+                "switch_probability", "ema_decay", "memory_steps", "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -545,9 +545,10 @@ class ODEDistillation:
 
 def dmd_loss(x, x0_real, x0_fake):
     """Distribution matching distillation (DMD, E11). Its gradient with respect to the generated
-    clip x is (x0_fake - x0_real) / mean|x - x0_real|: move x away from what the critic thinks
-    generated clips look like, towards what the teacher thinks real ones look like. A surrogate
-    MSE to a detached target carries exactly that gradient; real == fake gives zero."""
+    clip x is proportional to (x0_fake - x0_real) / mean|x - x0_real| (per clip; the loss is a mean over
+    the batch's elements): move x away from what the critic thinks generated clips look like, towards
+    what the teacher thinks real ones look like. A surrogate MSE to a detached target carries that
+    gradient; real == fake gives zero."""
     normaliser = (x - x0_real).abs().flatten(1).mean(1).clamp_min(1e-6)                # (B,)
     direction = (x0_fake - x0_real) / normaliser.view(-1, *[1] * (x.dim() - 1))
     target = (x - direction).detach()
@@ -558,10 +559,10 @@ class SelfRolloutDMD:
     """Stage 2. The student streams a long video with its own cache (the sampler's code); a
     teacher-length window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake
     score = a critic trained on the student's samples. Some rollouts switch prompt before the
-    window. DMD alone drifts towards the teacher's commonest mode (plain backgrounds, no sprites),
-    so, as in the DMD paper, stage 1's regression on the teacher's ODE pairs stays in the generator's
-    loss with weight `dmd_regression` as an anchor. The teacher sees only the window, so DMD cannot ask
-    for what the window lost: the memory's recall phase (MemoryRecall) follows."""
+    window. As in the DMD paper, a regression anchors DMD against collapsing to the teacher's commonest
+    picture: stage 1's loss on the teacher's ODE pairs stays in the generator's loss (`dmd_regression`).
+    The teacher sees only the window, so DMD cannot ask for what the window lost: the memory's recall
+    phase (MemoryRecall) follows."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
     def __init__(self, run, preset, preset_name, released="student.pt"):
@@ -1013,7 +1014,6 @@ def preset_from(spec: str) -> Preset:
         return replace(preset, model=changes["model"], world=changes["world"], **changes[""])
     except ValueError as error:                             # the dataclasses' own checks
         raise ValueError(f"--set: {error}") from None
-
 
 
 def main(argv=None):

@@ -1,5 +1,5 @@
 """
-`python docs/kernel_peers.py [--cuda]`: kernels.py's correctness lines and speed tables, with the two
+`python docs/kernel_peers.py [--cuda]`: measure/kernel_speed.py's correctness lines and speed tables, with the two
 public pure-PyTorch chunked forms of the same rule checked and timed beside ours: transformers'
 Qwen3-Next `torch_chunk_gated_delta_rule` and flash-linear-attention's `naive_chunk_gated_delta_rule`.
 Neither is a dependency of the project: `pip install transformers fla-core`.
@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))   # the repo root: kernels.py
-import kernels  # noqa: E402
+from measure import kernel_speed  # noqa: E402
 
 
 def load_peers():
@@ -40,4 +40,4 @@ def load_peers():
 
 
 if __name__ == "__main__":
-    kernels.benchmark("cuda" if "--cuda" in sys.argv else "cpu", peers=load_peers())
+    kernel_speed.benchmark("cuda" if "--cuda" in sys.argv else "cpu", peers=load_peers())

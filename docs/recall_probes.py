@@ -1,6 +1,6 @@
 """
-`python docs/recall_probes.py CHECKPOINT OUT.png`: the recall probes of `python sample.py --benchmark`
-(its first six, `sample.recall_clips`) as a picture. Per probe three rows: ground truth, the hybrid
+`python docs/recall_probes.py CHECKPOINT OUT.png`: the recall probes of `python -m measure.benchmark`
+(its first six, `train.sprite_returns`) as a picture. Per probe three rows: ground truth, the hybrid
 student, the sink student (the same weights in sink mode); each row the last 3 frames of the
 ground-truth context, then 15 frames the student made. The context runs until the sprite has been out
 of sight for longer than the sink and the window hold, so a sprite that comes back in its colour in
@@ -14,9 +14,9 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))   # the repo root
-import sample  # noqa: E402
 import tiny_videossm as tv  # noqa: E402
 import train  # noqa: E402
+from measure.report import save_grid  # noqa: E402
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def probe_grid(path, model, text_encoder, preset, count=6):
     world = train.recall_world(preset, cfg)
     sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
     rows = []
-    for i, (clip, caption, _, context, _) in enumerate(sample.recall_clips(world, cfg, count, 20 * preset.clip_frames, 0)):
+    for i, (clip, caption, _, context, _, _) in enumerate(train.sprite_returns(world, cfg, count, 20 * preset.clip_frames, 0)):
         start = context * cf - 3
         rows.append(clip[:, start:start + 18])
         for mode in ("hybrid", "sink"):
@@ -34,7 +34,7 @@ def probe_grid(path, model, text_encoder, preset, count=6):
             tv.teacher_force(model, cache, clip[:, :context * cf])
             made = tv.generate(model, text_encoder, {0: caption}, 5, sigmas, torch.Generator().manual_seed(i), cache=cache)
             rows.append(torch.cat([clip[:, start:context * cf], *made], 1))
-    train.save_grid(path, torch.cat(rows))
+    save_grid(path, torch.cat(rows))
 
 
 def main():

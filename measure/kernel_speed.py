@@ -1,0 +1,71 @@
+"""
+The gated delta rule's speed: each path of kernels.py checked against the naive loop, then tables of
+tokens/s (float32), forward and forward + backward; docs/kernel_peers.py adds two outside peers.
+
+    python -m measure.kernel_speed [--cuda]
+"""
+
+import sys
+import time
+
+import torch
+
+from kernels import chunk_gated_delta_rule, compiled_chunk_gated_delta_rule, naive_gated_delta_rule, random_inputs
+
+
+def _race(paths, make_args, step, tokens, rounds=5, round_seconds=0.2):
+    """Median tokens/s of each path, timed in interleaved rounds (A B C A B C ...) so that a noisy,
+    shared machine slows all of them alike."""
+    rates = {name: [] for name in paths}
+    for fn in paths.values():                           # warm up (and compile)
+        step(fn, make_args())
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            args, calls, start = make_args(), 0, time.perf_counter()
+            while calls == 0 or time.perf_counter() - start < round_seconds:
+                step(fn, args)
+                calls += 1
+            if args[0].is_cuda:
+                torch.cuda.synchronize()
+            rates[name].append(calls * tokens / (time.perf_counter() - start))
+    return {name: sorted(r)[len(r) // 2] for name, r in rates.items()}
+
+
+def benchmark(device="cpu", peers=None, lengths=(256, 1024, 4096), B=1, H=4, K=32, V=32):
+    """Prints each path's difference from the naive scan, then tables of tokens/s (float32).
+    peers: {name: fn} of other implementations in our calling convention, checked and timed too."""
+    peers = peers or {}
+    inputs = random_inputs(B, 700, H, K, V, torch.float64, device)
+    state0 = torch.randn(B, H, K, V, dtype=torch.float64, device=device)
+    o_ref, s_ref = naive_gated_delta_rule(*inputs, initial_state=state0)
+    for name, fn in {"chunked": chunk_gated_delta_rule, **peers}.items():
+        o, s = fn(*inputs, initial_state=state0)
+        err = max((o - o_ref).abs().max().item(), (s - s_ref).abs().max().item())
+        print(f"correctness: {name} vs naive, float64 in, T=700, initial state: max abs diff {err:.1e}")
+
+    ours = {"chunked": chunk_gated_delta_rule, "compiled": compiled_chunk_gated_delta_rule}
+    where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    columns = ["naive", *ours, *peers]
+    ratios = [("chunked", "naive"), ("compiled", "naive")] + [(o, p) for o in ours for p in peers]
+
+    def table(title, paths, step, lengths, grad=False):
+        print(f"\n{title}, tokens/s on {where} (B={B}, H={H}, K={K}, V={V}, float32)")
+        print("| T | " + " | ".join(columns + [f"{a}/{b}" for a, b in ratios]) + " |")
+        print("|--:|" + "--:|" * (len(columns) + len(ratios)))
+        for T in lengths:
+            make_args = lambda: tuple(x.requires_grad_(grad) for x in random_inputs(B, T, H, K, V, device=device))
+            speed = _race(paths, make_args, step, B * T)
+            print(f"| {T} | " + " | ".join([f"{speed[c]:,.0f}" if c in speed else "-" for c in columns]
+                                           + [f"{speed[a] / speed[b]:.1f}x" if a in speed and b in speed else "-"
+                                              for a, b in ratios]) + " |")
+
+    def forward_backward(fn, args):
+        o, state = fn(*args)
+        (o.sum() + state.sum()).backward()
+    with torch.no_grad():
+        table("forward", {"naive": naive_gated_delta_rule, **ours, **peers}, lambda fn, args: fn(*args), lengths)
+    table("forward + backward", {**ours, **peers}, forward_backward, lengths[-1:], grad=True)
+
+
+if __name__ == "__main__":
+    benchmark("cuda" if "--cuda" in sys.argv else "cpu")
