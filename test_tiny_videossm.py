@@ -1220,6 +1220,9 @@ def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back()
             evicted = [f for c in range(r) if c not in chunks for f in range(c * cf, (c + 1) * cf)]
             assert parse_caption(clip.caption).count == 1 and (sprite[0, attended] == -1).all()
             assert (sprite[0, evicted] == clip.colour).any() and sprite[0, clip.clear] == clip.colour
+            probe_window = slice((clip.context - window) * cf, clip.context * cf)   # the probe's last window of context
+            faint = train.sprite_mask(clip.video, parse_caption(clip.caption).background).sum((2, 3, 4))[0]
+            assert (sprite[0, probe_window] == -1).all() and (faint[probe_window] <= 3).all()   # under a pixel's area
             assert clip.context <= r and clip.back <= clip.clear <= 60 - 4 * cf
 
 

@@ -662,7 +662,7 @@ class Return(NamedTuple):
     video: torch.Tensor  # (1, F, 3, H, W)
     caption: str
     colour: int          # index into SPRITE_COLOURS
-    context: int         # the first chunk whose window (and the sink) shows none of the sprite
+    context: int         # chunks of ground truth the recall probe feeds: the last window_chunks show none of it
     back: int            # the frame in which a pixel of it is in sight again
     clear: int           # the frame in which it is clearly back (8 pixels: measure/ reads it)
 
