@@ -1547,9 +1547,14 @@ def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
         assert f"| {row} |" in table
     assert "| hybrid - sink | hybrid - window | hybrid - full | hybrid - memory |" in table
     assert "3 videos of 40 frames" in table and "Recall: 3 ground-truth clips with curtains" in table
-    benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "sink,hybrid"])
+    probes = {world: re.search(rf"\| {re.escape(world)} \| (\d+) \| (([01]\.\d{{3}}|nan) \| ){{5}}", table)
+              for world in [*benchmark.HELD_OUT_WORLDS, "the phase's own", "held out, all"]}     # recall by world
+    assert all(probes.values()) and int(probes["the phase's own"][1]) > 0 and int(probes["held out, all"][1]) > 0
+    benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "sink,hybrid",
+                    "--no-held-out"])
     table = capsys.readouterr().out
     assert "| sink |" in table and "| window |" not in table and "| hybrid - sink |\n" in table
+    assert "recall by world" not in table
     benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "hybrid"])
     table = capsys.readouterr().out
     assert "| hybrid |" in table and "hybrid minus" not in table              # nothing to compare it with

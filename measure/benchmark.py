@@ -3,9 +3,10 @@ The memory modes side by side on long videos: every mode streams the same one-sp
 same seeds, each video is measured on its own (measure.metrics), and hybrid is compared with each other
 mode by paired bootstrap intervals. Then the recall probe: ground truth fed as context until a sprite has
 been out of sight longer than the sink and the window hold; does the sprite that comes back have its colour?
+It runs on the world the memory's phase trains on and on worlds it never sees (HELD_OUT_WORLDS).
 
     python -m measure.benchmark --threads 2                         all five modes (full takes most of the time)
-    python -m measure.benchmark --modes hybrid,sink,window --videos 8
+    python -m measure.benchmark --modes hybrid,sink,window --videos 8 --no-held-out
 """
 
 import argparse
@@ -19,6 +20,21 @@ import sample
 import tiny_videossm as tv
 import train
 from measure import metrics
+
+# Worlds the memory's phase never trains on, for recall that must carry over (SPEC section 8). Fixed on
+# 2026-12-01, before any phase trained on a family of worlds: a training recipe must leave them out.
+# World fields; the curtains' width `occluder` as a share of the view (10 and 2 pixels of tiny's 32).
+HELD_OUT_WORLDS = {
+    "exits at the view's edge (arena_scale=2.5)": dict(arena_scale=2.5),
+    "wide curtains (5/16 of the view)": dict(occluder=5 / 16),
+    "slow sprites, narrow curtains (1/16; speed 0.3-0.6)": dict(occluder=1 / 16, min_speed=0.3, max_speed=0.6),
+}
+
+
+def held_out_world(name, size):
+    """The World of HELD_OUT_WORLDS[name] for a view of `size` pixels."""
+    fields = HELD_OUT_WORLDS[name]
+    return train.World(size, **{**fields, "occluder": round(fields.get("occluder", 0) * size)})
 
 
 def cache_bytes(cache):
@@ -37,6 +53,12 @@ def paired_interval(a, b, draws=2000, seed=0):
     picks = torch.randint(len(difference), (draws, len(difference)), generator=torch.Generator().manual_seed(seed))
     low, high = difference[picks].mean(1).quantile(torch.tensor([0.025, 0.975]))
     return difference.mean().item(), low.item(), high.item()
+
+
+def interval_cell(a, b):
+    """A table cell: the mean of a - b [its paired 95% interval], ** where the interval excludes 0."""
+    mean, low, high = paired_interval(a, b)
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]{' **' if low > 0 or high < 0 else ''}"
 
 
 @torch.no_grad()
@@ -58,10 +80,11 @@ def recall(model, text_encoder, probe, mode, sigmas, seed):
 
 
 @torch.no_grad()
-def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed):
+def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, held_out=True):
     """Every mode of `modes` streams the same prompts (one sprite each) and seeds for `frames` frames:
     the measures per video, frames/s and the cache's peak size, ground truth on top; then the recall
-    probe; then hybrid minus each other mode with paired intervals. Prints the tables."""
+    probe on the phase's world and (held_out) on HELD_OUT_WORLDS; then hybrid minus each other mode
+    with paired intervals. Prints the tables."""
     cfg = model.cfg
     sigmas = tv.denoising_sigmas(steps, preset.shift)
     world = train.World(cfg.frame_size, **preset.world)
@@ -69,10 +92,14 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed):
     keep = torch.nonzero(truth.count == 1).flatten()[:videos]             # one sprite: identity is defined
     video_of = {"ground truth": truth.video[keep]}
     prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
-    probes = train.sprite_returns(train.recall_world(preset, cfg), cfg, videos, frames, seed)
-    speed, peak, recalled = {}, {}, {}
+    trained_world = train.recall_world(preset, cfg)
+    worlds = {"the phase's own": trained_world,
+              **({name: held_out_world(name, cfg.frame_size) for name in HELD_OUT_WORLDS} if held_out else {})}
+    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed) for name, world in worlds.items()}
+    speed, peak, recalled = {}, {}, {name: {} for name in worlds}                # recalled[world][mode]: (N,)
     batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
-    with tqdm(total=len(modes) * (len(batches) + 1 + len(probes)), desc="benchmark", unit="step") as bar:
+    steps_per_mode = len(batches) + 1 + sum(map(len, probes.values()))
+    with tqdm(total=len(modes) * steps_per_mode, desc="benchmark", unit="step") as bar:
         for mode in modes:
             bar.set_description(f"benchmark: {mode}")
             made = []
@@ -90,10 +117,11 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed):
                 peak[mode] = max(peak[mode], cache_bytes(cache))
             speed[mode] = frames / (time.time() - started)
             bar.update()
-            recalled[mode] = torch.zeros(len(probes))
-            for i, probe in enumerate(probes):
-                recalled[mode][i] = recall(model, text_encoder, probe, mode, sigmas, seed + i)
-                bar.update()
+            for name, world_probes in probes.items():
+                recalled[name][mode] = torch.zeros(len(world_probes))
+                for i, probe in enumerate(world_probes):
+                    recalled[name][mode][i] = recall(model, text_encoder, probe, mode, sigmas, seed + i)
+                    bar.update()
     per_video = {}                                                          # measure -> mode -> (N,)
     for name, video in video_of.items():
         clips = [v[None] for v in video]                                    # each video on its own
@@ -105,9 +133,10 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed):
                   "dynamic degree": map(metrics.dynamic_degree, clips), "flicker": map(metrics.flicker, clips)}
         for measure, values in scores.items():
             per_video.setdefault(measure, {})[name] = torch.tensor(list(values))
-    per_video["recall"] = {"ground truth": torch.ones(len(probes)), **recalled}
+    own = probes["the phase's own"]
+    per_video["recall"] = {"ground truth": torch.ones(len(own)), **recalled["the phase's own"]}
     print(f"\n{len(prompts)} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), one sprite "
-          f"each, {steps} steps, the same prompts and seeds in every row. Recall: {len(probes)} ground-truth "
+          f"each, {steps} steps, the same prompts and seeds in every row. Recall: {len(own)} ground-truth "
           f"clips{' with curtains (world.occluder=4)' if not world.occluder else ''} fed as context until "
           f"the sprite has been out of sight longer than sink + window hold; chance {1 / len(train.SPRITE_COLOURS):.2f}\n")
     print("| | " + " | ".join(per_video) + " | frames/s, one stream | peak cache |\n|---|"
@@ -116,14 +145,21 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed):
         print(f"| {name} | " + " | ".join(f"{values[name].nanmean():.3f}" for values in per_video.values())
               + (f" | {speed[name]:.1f} | {peak[name] / 2 ** 20:.2f} MB |" if name in speed else " | | |"))
     others = [mode for mode in modes if mode != "hybrid"]
-    if not others:
+    if others:
+        print("\nhybrid minus each mode: the mean difference [paired bootstrap 95% interval]; ** where the interval "
+              "excludes 0\n\n| | " + " | ".join(f"hybrid - {m}" for m in others) + " |\n|---|" + "--:|" * len(others))
+        for measure, values in per_video.items():
+            print(f"| {measure} | " + " | ".join(interval_cell(values["hybrid"], values[m]) for m in others) + " |")
+    if len(worlds) == 1:
         return
-    print("\nhybrid minus each mode: the mean difference [paired bootstrap 95% interval]; ** where the interval "
-          "excludes 0\n\n| | " + " | ".join(f"hybrid - {m}" for m in others) + " |\n|---|" + "--:|" * len(others))
-    for measure, values in per_video.items():
-        cells = [paired_interval(values["hybrid"], values[m]) for m in others]
-        print(f"| {measure} | " + " | ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{' **' if lo > 0 or hi < 0 else ''}"
-                                            for d, lo, hi in cells) + " |")
+    recalled["held out, all"] = {m: torch.cat([recalled[name][m] for name in HELD_OUT_WORLDS]) for m in modes}
+    print(f"\nrecall by world: the phase's own ({trained_world.occluder}-pixel curtains) and worlds it never "
+          f"trains on (measure.benchmark.HELD_OUT_WORLDS); chance {1 / len(train.SPRITE_COLOURS):.2f}\n\n"
+          "| world | probes | " + " | ".join(modes) + "".join(f" | hybrid - {m}" for m in others) + " |\n|---|--:|"
+          + "--:|" * (len(modes) + len(others)))
+    for name, by_mode in recalled.items():
+        print(f"| {name} | {len(by_mode['hybrid'])} | " + " | ".join(f"{by_mode[m].nanmean():.3f}" for m in modes)
+              + "".join(f" | {interval_cell(by_mode['hybrid'], by_mode[m])}" for m in others) + " |")
 
 
 def main(argv=None):
@@ -133,6 +169,8 @@ def main(argv=None):
                         help="the modes to compare, comma-separated, hybrid among them (default: all five)")
     parser.add_argument("--videos", type=int, default=32, help="videos per mode, and recall probes (default 32)")
     parser.add_argument("--frames", type=int, help="frames per video (default: 20 teacher clips)")
+    parser.add_argument("--no-held-out", action="store_true",
+                        help="the recall probe on the phase's own world only, not on the held-out worlds too")
     sample.add_student_arguments(parser)
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(","))
@@ -146,7 +184,8 @@ def main(argv=None):
     frames = 20 * preset.clip_frames if args.frames is None else args.frames
     if frames < 2 * cf:
         parser.error(f"--frames {frames}: the benchmark compares whole chunks, at least two ({2 * cf} frames)")
-    benchmark(model, text_encoder, preset, modes, args.videos, frames - frames % cf, args.steps, args.seed)
+    benchmark(model, text_encoder, preset, modes, args.videos, frames - frames % cf, args.steps, args.seed,
+              held_out=not args.no_held_out)
 
 
 if __name__ == "__main__":
