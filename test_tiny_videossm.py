@@ -1265,6 +1265,18 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     os.remove(run.path("window_dmd.pt"))
 
 
+def test_the_memory_phase_draws_its_clips_from_every_world_of_its_family(run, monkeypatch):
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_worlds": (dict(occluder=3), dict(occluder=5))})
+    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
+    drawn, search = [], train.sprite_returns
+    monkeypatch.setattr(train, "sprite_returns", lambda world, *args, **kwargs: drawn.append(world.occluder) or
+                        search(world, *args, **kwargs))
+    for step in range(6):
+        stage.train_step(step)
+    assert set(drawn) == {3, 5}
+    assert [w.occluder for w in train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt").worlds] == [4]
+
+
 # ----------------------------------------------------------------------------------------------
 # sample.py: streaming to a file, prompt switches, its errors and Ctrl-C
 
@@ -1527,6 +1539,16 @@ def test_prompt_match_reads_the_named_background():
     assert metrics.prompt_match(clips.video, clips.background) == 1.0
     before = clips.background[:, :1].expand_as(clips.background)           # the caption before the switch
     assert metrics.prompt_match(clips.video, before) == pytest.approx(0.5, abs=0.1)
+
+
+def test_no_preset_trains_the_memory_on_a_held_out_world():
+    """The held-out worlds were fixed before any training on them; a recipe that trains on one is refused here."""
+    for name, preset in train.PRESETS.items():
+        cfg = tv.VideoSSMConfig(**preset.model)
+        trained = [World(cfg.frame_size, **w) for w in preset.memory_worlds] or [train.recall_world(preset, cfg)]
+        held_out = [benchmark.held_out_world(world, cfg.frame_size) for world in benchmark.HELD_OUT_WORLDS]
+        assert not any(a == b for a in trained for b in held_out), name
+    assert len(train.PRESETS["tiny"].memory_worlds) > 1                     # tiny's phase trains on a family
 
 
 def test_paired_interval_covers_a_known_difference_and_excludes_zero_only_when_it_should():

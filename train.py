@@ -289,6 +289,8 @@ class Preset:
     memory_steps: int = 0
     memory_lr: float = 3e-3
     memory_clips: int = 2         # world clips with a sprite's return per step
+    memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world);
+                                  # measure/benchmark.py's HELD_OUT_WORLDS must stay out
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
@@ -297,10 +299,11 @@ class Preset:
     def __post_init__(self):
         """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
         cfg = tv.VideoSSMConfig(**self.model)                          # the model's own checks: dim % n_heads, ...
-        World(cfg.frame_size, **self.world)
+        for world in (self.world, *self.memory_worlds):
+            World(cfg.frame_size, **world)
         for name, value in vars(self).items():
             zero = name in ZERO_ALLOWED
-            if not isinstance(value, (dict, bool)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
+            if not isinstance(value, (dict, bool, tuple)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
                 raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if zero else '> 0'}")
             if name in ("text_dropout", "switch_probability", "ema_decay") and value > 1:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
@@ -321,7 +324,10 @@ TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_laye
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
               compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
-              memory_steps=300, save_every=25)
+              memory_steps=300, save_every=25,
+              memory_worlds=(dict(occluder=4), dict(occluder=6), dict(occluder=8), dict(arena_scale=2.0),
+                             dict(arena_scale=2.0, occluder=3), dict(arena_scale=1.75, occluder=6),
+                             dict(occluder=4, min_speed=1.0, max_speed=2.0)))
 
 PRESETS = {
     # seconds: for the tests
@@ -730,8 +736,9 @@ class MemoryRecall:
     train, on one question: after ground truth in which a sprite left sight for longer than the
     sink and the window hold, does the sprite the student brings back have its colour? Neither
     stage asks it: stage 1's teacher clips are too short to hide a sprite that long, and DMD's
-    teacher sees only the window. Per step, `memory_clips` world clips go into the cache as context
-    (in the graph) up to the sprite's return (sprite_returns); the student makes that chunk and the next, and
+    teacher sees only the window. Per step, `memory_clips` clips, each from a world of the family
+    `memory_worlds` (curtains, arenas, speeds), go into the cache as context (in the graph) up to the
+    sprite's return (sprite_returns); the student makes that chunk and the next, and
     colour_loss scores them against the true colour. An anchor keeps the rest as it was: the
     squared difference to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor`
     times) and everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
@@ -753,7 +760,8 @@ class MemoryRecall:
             p.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.memory, lr=preset.memory_lr, betas=(0.9, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer}
-        self.world = recall_world(preset, self.model.cfg)
+        size = self.model.cfg.frame_size
+        self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
 
     def train_step(self, step):
@@ -761,8 +769,10 @@ class MemoryRecall:
         gen = self.run.generator(4, step)
         exit_step = int(torch.randint(len(self.sigmas), (1,), generator=gen))
         colour, anchor, right = 0.0, 0.0, 0
-        returns = sprite_returns(self.world, model.cfg, preset.memory_clips, preset.memory_clip_frames,
-                                 seed=int(torch.randint(2 ** 62, (1,), generator=gen)))
+        returns = [clip for _ in range(preset.memory_clips)           # each clip from a world of the family
+                   for clip in sprite_returns(self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))],
+                                              model.cfg, 1, preset.memory_clip_frames,
+                                              seed=int(torch.randint(2 ** 62, (1,), generator=gen)))]
         if len(returns) < preset.memory_clips:
             raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
                              f"after the window lost sight of them: raise memory_clip_frames")
@@ -995,7 +1005,7 @@ def preset_from(spec: str) -> Preset:
     preset = PRESETS[name]
     defaults = {"model": {k: v for k, v in asdict(tv.VideoSSMConfig()).items() if k not in ("causal", "mode")},
                 "world": {k: v for k, v in asdict(World()).items() if k != "size"},
-                "": {k: v for k, v in vars(preset).items() if k not in ("model", "world")}}
+                "": {k: v for k, v in vars(preset).items() if not isinstance(v, (dict, tuple))}}
     changes = {"model": dict(preset.model), "world": dict(preset.world), "": {}}
     for setting in settings:
         key, equals, text = setting.partition("=")
