@@ -289,8 +289,8 @@ class Preset:
     memory_steps: int = 0
     memory_lr: float = 3e-3
     memory_clips: int = 2         # world clips with a sprite's return per step
-    memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world);
-                                  # measure/benchmark.py's HELD_OUT_WORLDS must stay out
+    memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
+                                  # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
@@ -324,10 +324,7 @@ TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_laye
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
               compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
-              memory_steps=300, save_every=25,
-              memory_worlds=(dict(occluder=4), dict(occluder=6), dict(occluder=8), dict(arena_scale=2.0),
-                             dict(arena_scale=2.0, occluder=3), dict(arena_scale=1.75, occluder=6),
-                             dict(occluder=4, min_speed=1.0, max_speed=2.0)))
+              memory_steps=300, save_every=25)
 
 PRESETS = {
     # seconds: for the tests
