@@ -742,16 +742,6 @@ def test_sprite_mask_is_where_the_world_painted_sprites():
     assert 0.8 < found.sum() / painted.sum() < 1.3               # soft edges count when mostly covered
 
 
-def test_nearest_palette_names_the_colour_the_world_painted():
-    clips = World(occluder=4).sample(4, 6, seed=1)
-    index, distance = train.nearest_palette(clips.video)
-    background = index == clips.background[..., None, None]                       # (B, F, H, W)
-    grey, exact = index == len(train.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
-    assert (grey & exact)[..., :4].all() and (grey & exact)[..., -4:].all()        # the curtains
-    assert (background & exact).float().mean() > 0.6                             # most of the view: the background
-    assert exact[background].float().mean() > 0.95                               # all but the sprites' soft edges
-
-
 # ----------------------------------------------------------------------------------------------
 # train.py, training: the stages on the `test` preset
 
@@ -788,6 +778,18 @@ def test_the_whole_pipeline_runs_and_releases_every_stage(trained):
         assert checkpoint["preset"] == "test" and len(checkpoint["log"]) == count
         assert all(math.isfinite(v) for entry in checkpoint["log"] for v in entry.values())
     assert sorted(f for f in os.listdir(trained) if f.endswith(".pt")) == sorted([*steps, "ode_pairs.pt"])  # no resume files
+
+
+def test_a_released_stage_is_skipped_and_the_phase_release_ends_stage_2(run, capsys):
+    def main_prints(*flags):
+        train.main(["--preset", "test", "--out", run.out_dir, *flags])
+        return capsys.readouterr().out
+    said = main_prints()
+    for name in ("teacher.pt", "student_stage1.pt", "student_dmd.pt"):
+        assert f"{run.path(name)} exists; delete it to train this stage again" in said
+    os.remove(run.path("student_dmd.pt"))                  # the phase's student.pt still says stage 2 is done
+    assert main_prints("--stage", "2").strip() == f"stage 2: {run.path('student.pt')} exists; delete it to train this stage again"
+    assert not os.path.exists(run.path("student_dmd.pt"))
 
 
 def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
@@ -1037,7 +1039,7 @@ def test_ode_pairs_of_another_teacher_are_made_again(run, capsys):
     stale["made_by"][-1] += 1.0                                  # as if the teacher had been retrained since
     torch.save(stale, path)
     stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
-    assert "made by another teacher" in capsys.readouterr().out
+    assert "another teacher or preset made it" in capsys.readouterr().out
     assert stage.pairs["made_by"] == torch.load(path, weights_only=True)["made_by"] != stale["made_by"]
 
 
@@ -1445,6 +1447,16 @@ def test_the_method_never_imports_the_yardstick():
     code = "import sys, train, sample; print(sorted(m for m in sys.modules if m.startswith('measure')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+def test_nearest_palette_names_the_colour_the_world_painted():
+    clips = World(occluder=4).sample(4, 6, seed=1)
+    index, distance = metrics.nearest_palette(clips.video)
+    background = index == clips.background[..., None, None]                       # (B, F, H, W)
+    grey, exact = index == len(metrics.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
+    assert (grey & exact)[..., :4].all() and (grey & exact)[..., -4:].all()        # the curtains
+    assert (background & exact).float().mean() > 0.6                             # most of the view: the background
+    assert exact[background].float().mean() > 0.95                               # all but the sprites' soft edges
 
 
 

@@ -17,11 +17,10 @@ triangle wave of p0 + v f, shapes signed distances): a clip of any length costs 
     World(size=32).sample(batch_size, frames, seed, switch_at=None) -> Clips (video + truth)
     parse_caption(text) -> Caption      random_caption(generator) -> str      VOCAB
     sprite_mask(frames, background) -> where frames show a sprite (the teacher's loss weights it)
-    nearest_palette(frames) -> the world's colour nearest to each pixel (measure/ reads with it)
 
 Glossary of the shape comments (frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W)):
     B   clips in the batch     F   frames      S   sprite slots (MAX_SPRITES)     H, W   height, width
-    C   chunks                 K   frames per chunk      P   palette colours (PALETTE)
+    C   chunks                 K   frames per chunk
 """
 
 import argparse
@@ -54,7 +53,6 @@ OCCLUDER_RGB = torch.tensor([0.55, 0.55, 0.55]) * 2 - 1  # the grey curtains spr
 BACKGROUND_NAMES = list(BACKGROUNDS)
 BACKGROUND_RGB = torch.tensor(list(BACKGROUNDS.values())) * 2 - 1  # (4, 3) in [-1, 1]
 SPRITE_RGB = torch.tensor(list(SPRITE_COLOURS.values())) * 2 - 1  # (4, 3) in [-1, 1]
-PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])  # (P, 3) every colour the world paints
 
 VOCAB = sorted(["a", "two", "on", *SHAPES, *(shape + "s" for shape in SHAPES), *BACKGROUNDS])
 GRAMMAR = "'a {shape} on {background}' or 'two {shape}s on {background}'"
@@ -235,15 +233,6 @@ def sprite_mask(frames: torch.Tensor, background) -> torch.Tensor:
     0.0; shape (B, F, 1, H, W). On clean frames: a sprite, or most of one on its soft edge."""
     away = lambda rgb: (frames - rgb.to(frames.device)[..., None, None]).square().sum(2, keepdim=True) > 0.25
     return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()
-
-
-def nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel of frames (B, F, 3, H, W), the nearest PALETTE colour: its index and its distance,
-    both (B, F, H, W). The world's own way of reading pixels back; measure/ reads every frame with it."""
-    pixels = frames.movedim(2, -1)  # (B, F, H, W, 3)
-    distance = torch.cdist(pixels.reshape(-1, 3), PALETTE.to(frames))  # (B*F*H*W, P)
-    distance, index = distance.reshape(*pixels.shape[:-1], -1).min(-1)  # (B, F, H, W)
-    return index, distance
 
 
 # ---- presets: every size and schedule of a run ---------------------------------------------------
@@ -472,13 +461,11 @@ def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
     if os.path.exists(path):
         try:
             pairs = torch.load(path, weights_only=True)
-        except Exception as error:                       # a cache: a broken one is made again
+        except Exception:                                # a cache: a broken one is made again
             pairs = {}
-            print(f"{path} cannot be read ({type(error).__name__}); making new pairs")
         if pairs.get("made_by") == made_by:
             return pairs
-        if pairs:
-            print(f"{path} was made by another teacher or preset; making new pairs")
+        print(f"{path} cannot be read, or another teacher or preset made it; making new pairs")
     batch = 16
     noisy, clean, captions = [], [], []
     for start in tqdm(range(0, preset.ode_clips, batch), desc="teacher ODE pairs", disable=run.rank != 0):
@@ -807,7 +794,8 @@ class MemoryRecall:
 CHECKPOINT_FORMAT = "tiny-videossm/1"
 
 class Run:
-    """Where a run happens: device, autocast, data-parallel rank, checkpoint folder."""
+    """Where a run happens: device, autocast, data-parallel rank, checkpoint folder. Every rank builds the
+    same weights (one seed, the same files) and averages its gradients, so the ranks stay equal."""
 
     def __init__(self, device, out_dir, seed):
         if device == "cuda" and not torch.cuda.is_available():
@@ -837,13 +825,6 @@ class Run:
         for key in (*keys, self.rank):
             seed = (seed * 1_000_003 + key) % 2 ** 63
         return torch.Generator().manual_seed(seed)
-
-    def sync(self, modules):
-        """Start every rank from rank 0's weights."""
-        if self.distributed:
-            for module in modules:
-                for tensor in module.state_dict().values():
-                    dist.broadcast(tensor, 0)
 
     def average_gradients(self, parameters):
         """Data parallel, spelled out: sum every gradient over the ranks and divide (what DDP does)."""
@@ -969,7 +950,6 @@ def run_stage(stage, run, stop_at=None):
         start, stage.log = checkpoint["step"], checkpoint["log"]
         if run.rank == 0:
             print(f"{stage.name}: resuming from step {start} ({resume_path})")
-    run.sync([m for m in stage.modules.values() if isinstance(m, torch.nn.Module)])
     end = stage.steps if stop_at is None else min(stop_at, stage.steps)
     bar = tqdm(range(start, end), desc=stage.name, disable=run.rank != 0, initial=start, total=stage.steps)
     started = time.time()
@@ -1055,26 +1035,22 @@ def main(argv=None):
     run = Run(args.device, args.out, args.seed)
     # stage 2 ends with the memory's recall phase when the student has a memory and the preset asks
     dmd_file = "student_dmd.pt" if preset.memory_steps and tv.uses_memory(args.memory) else "student.pt"
-    stages = {"0": [("teacher.pt", lambda: Teacher(run, preset, spec))],
-              "1": [("student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.memory))],
-              "2": [(dmd_file, lambda: SelfRolloutDMD(run, preset, spec, dmd_file))]}
+    stages = [("0", "teacher.pt", lambda: Teacher(run, preset, spec)),
+              ("1", "student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.memory)),
+              ("2", dmd_file, lambda: SelfRolloutDMD(run, preset, spec, dmd_file))]
     if dmd_file != "student.pt":
-        stages["2"].append(("student.pt", lambda: MemoryRecall(run, preset, spec, dmd_file)))
-    finished = True
-    for number in (["0", "1", "2"] if args.stage == "all" else [args.stage]):
-        for released, make in stages[number]:
-            if os.path.exists(run.path(released)) or os.path.exists(run.path(stages[number][-1][0])):
-                if run.rank == 0:
-                    print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
-                continue
-            started = time.time()
-            finished = run_stage(make(), run, args.stop_at)
-            if not finished:
-                break
-            if run.rank == 0:
-                print(f"stage {number}: {released} in {(time.time() - started) / 60:.1f} min (setup included)")
-        if not finished:
-            break
+        stages.append(("2", "student.pt", lambda: MemoryRecall(run, preset, spec, dmd_file)))
+    for number, released, make in [stage for stage in stages if args.stage in ("all", stage[0])]:
+        done = os.path.exists(run.path(released))
+        if done or number == "2" and os.path.exists(run.path("student.pt")):   # the phase released: DMD is done
+            if run.rank == 0 and done:
+                print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
+            continue
+        started = time.time()
+        if not run_stage(make(), run, args.stop_at):
+            break                                          # stopped at --stop-at: the same command resumes
+        if run.rank == 0:
+            print(f"stage {number}: {released} in {(time.time() - started) / 60:.1f} min (setup included)")
     if run.distributed:
         dist.barrier()                   # every rank done talking before any tears its connections down
         dist.destroy_process_group()

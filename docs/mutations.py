@@ -68,6 +68,8 @@ BREAKS = [
  ("teacher ODE: kept states after their step", "train.py", "        if s in keep_sigmas:\n            kept[s] = x.clone()\n        t = torch.full((B,), 1000 * s, device=device)\n        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)", "        t = torch.full((B,), 1000 * s, device=device)\n        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)\n        if s in keep_sigmas:\n            kept[s] = x.clone()"),
  ("sprite mask counts the curtains", "train.py", "return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()", "return away(BACKGROUND_RGB[background]).float()"),
  ("phase: its family of worlds ignored", "train.py", "self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]", "self.worlds = [recall_world(preset, self.model.cfg)]"),
+ ("harness: the phase's release no longer ends stage 2", "train.py", 'if done or number == "2" and os.path.exists(run.path("student.pt")):', "if done:"),
+ ("palette: the curtains' grey left out", "measure/metrics.py", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB])"),
  ("returns: the window not yet empty", "train.py", "context = math.ceil(hidden_at / cf) + cfg.window_chunks", "context = math.ceil(hidden_at / cf) + cfg.window_chunks - 1"),
 ]
 
