@@ -701,6 +701,13 @@ def test_caption_switch_changes_named_attributes_only():
     assert torch.equal(background, switched.background)  # the new background shows from frame k
     with pytest.raises(ValueError, match="switch_at"):
         world.sample(2, 12, seed=0, switch_at=12)
+    each = [2, 5, 7, 11]                                       # a frame per clip: each clip as if alone with its own
+    mixed = world.sample(4, 12, seed=4, switch_at=each)
+    for b, k in enumerate(each):
+        alone = world.sample(4, 12, seed=4, switch_at=k)
+        assert torch.equal(mixed.video[b], alone.video[b]) and mixed.captions[b] == alone.captions[b]
+    with pytest.raises(ValueError, match="switch_at"):
+        world.sample(2, 12, seed=0, switch_at=[3, 0])
 
 
 def test_parse_caption_errors_and_round_trip():
@@ -1209,12 +1216,18 @@ def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(run):
 def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back():
     """Against the model's own visible_chunks, read from the pixels: up to the chunk the sprite comes back
     in, no chunk that chunk attends to shows it, and a chunk already evicted into M showed it in its colour."""
-    for window in (2, 3):
+    for window, switch in [(2, False), (3, False), (2, True)]:
         cfg = tv.VideoSSMConfig(**{**train.PRESETS["test"].model, "window_chunks": window})
         cf = cfg.chunk_frames
-        returns = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0)
+        returns = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=switch)
         assert len(returns) == 6
         for clip in returns:
+            background, _ = read_attributes(clip.video)
+            at = clip.switch * cf                                   # the first frame of the new caption (0: none)
+            assert (clip.switch > 0) == switch and (background[0, :at] == parse_caption(clip.caption).background).all()
+            assert (background[0, at:] == parse_caption(clip.caption_at_return).background).all()
+            if switch:
+                assert clip.new_caption != clip.caption and clip.switch < clip.context
             _, sprite = read_attributes(clip.video)                                         # (1, F), -1: none
             r = clip.back // cf
             chunks, _ = tv.visible_chunks(r, cfg, "hybrid")
@@ -1223,9 +1236,29 @@ def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back()
             assert parse_caption(clip.caption).count == 1 and (sprite[0, attended] == -1).all()
             assert (sprite[0, evicted] == clip.colour).any() and sprite[0, clip.clear] == clip.colour
             probe_window = slice((clip.context - window) * cf, clip.context * cf)   # the probe's last window of context
-            faint = train.sprite_mask(clip.video, parse_caption(clip.caption).background).sum((2, 3, 4))[0]
+            faint = train.sprite_mask(clip.video, background).sum((2, 3, 4))[0]        # the captions' backgrounds
             assert (sprite[0, probe_window] == -1).all() and (faint[probe_window] <= 3).all()   # under a pixel's area
+            assert (sprite[0, at:at + cf] == -1).all()                # a switch happens while the sprite is away
             assert clip.context <= r and clip.back <= clip.clear <= 60 - 4 * cf
+
+
+def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(trained, monkeypatch):
+    model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
+    cfg = model.cfg
+    clip = train.sprite_returns(train.recall_world(preset, cfg), cfg, 1, 60, seed=0, switch=True)[0]
+    held, recache = lambda cache: (cache.next_chunk, list(cache.chunks), [l.state.clone() for l in cache.layers]), tv.recache
+    switches = []                                                  # what the cache holds before and after a re-cache
+    monkeypatch.setattr(tv, "recache", lambda model, cache, text: switches.append(
+        (held(cache), recache(model, cache, text), held(cache), text)))
+    cache = tv.StreamCache(model, 1)
+    with torch.no_grad():
+        train.feed_context(model, text_encoder, cache, clip, clip.context)
+        new_kv = model.text_context(text_encoder([clip.new_caption]))
+    [((at, chunks, states), _, (_, chunks_after, states_after), text)] = switches            # one switch
+    assert at == clip.switch and cache.next_chunk == clip.context and len(chunks) > cfg.sink_chunks
+    assert torch.equal(text, text_encoder([clip.new_caption])) and torch.equal(cache.layers[0].context_kv[0], new_kv[0][0])
+    assert chunks_after == chunks and all(torch.equal(a, b) for a, b in zip(states, states_after))  # M kept (D10)
+    assert states[0].abs().sum() > 0                                   # and not empty: chunks had gone into it
 
 
 def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
@@ -1277,6 +1310,19 @@ def test_the_memory_phase_draws_its_clips_from_every_world_of_its_family(run, mo
         stage.train_step(step)
     assert set(drawn) == {3, 5}
     assert [w.occluder for w in train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt").worlds] == [4]
+
+
+def test_the_memory_phase_switches_prompts_while_the_sprite_is_away(run, monkeypatch):
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_switches": 1.0})
+    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
+    fed, feed, asked, colour_loss = [], train.feed_context, [], train.colour_loss
+    monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
+                        feed(model, encoder, cache, clip, chunks))
+    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour: asked.append(background) or
+                        colour_loss(x0, frozen_x0, background, colour))
+    stage.train_step(0)
+    assert len(fed) == 2 * preset.memory_clips and all(clip.switch > 0 for clip in fed)     # both students' caches
+    assert asked == [parse_caption(clip.caption_at_return).background for clip in fed[::2]]   # the new background
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1581,13 +1627,13 @@ def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
     assert "| hybrid - sink | hybrid - window | hybrid - full | hybrid - memory |" in table
     assert "3 videos of 40 frames" in table and "Recall: 3 ground-truth clips with curtains" in table
     probes = {world: re.search(rf"\| {re.escape(world)} \| (\d+) \| (([01]\.\d{{3}}|nan) \| ){{5}}", table)
-              for world in [*benchmark.HELD_OUT_WORLDS, "the phase's own", "held out, all"]}     # recall by world
+              for world in [*benchmark.HELD_OUT_WORLDS, "the phase's own", benchmark.SWITCHED, "held out, all"]}
     assert all(probes.values()) and int(probes["the phase's own"][1]) > 0 and int(probes["held out, all"][1]) > 0
     benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "sink,hybrid",
                     "--no-held-out"])
     table = capsys.readouterr().out
     assert "| sink |" in table and "| window |" not in table and "| hybrid - sink |\n" in table
-    assert "recall by world" not in table
+    assert "recall by world" in table and not any(world in table for world in [*benchmark.HELD_OUT_WORLDS, "held out"])
     benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "hybrid"])
     table = capsys.readouterr().out
     assert "| hybrid |" in table and "hybrid minus" not in table              # nothing to compare it with
@@ -1598,7 +1644,8 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
     ground truth's next chunk) it scores 1 on every probe, and with a sprite of another colour 0."""
     model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
-    probes = train.sprite_returns(train.recall_world(preset, cfg), cfg, 4, 60, seed=0)
+    world = train.recall_world(preset, cfg)
+    probes = train.sprite_returns(world, cfg, 4, 60, seed=0) + train.sprite_returns(world, cfg, 2, 60, 0, switch=True)
     for probe in probes:
         made = []
 
@@ -1611,9 +1658,11 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
                 cache.next_chunk += 1
                 return torch.zeros_like(x)
             return (x - target) / s
+        texts = []
         stub = types.SimpleNamespace(cfg=cfg, parameters=model.parameters, forward_chunk=truth,
-                                     text_context=model.text_context)
+                                     text_context=lambda text: texts.append(text) or model.text_context(text))
         assert benchmark.recall(stub, text_encoder, probe, "hybrid", tv.denoising_sigmas(2), 0) == 1.0
+        assert torch.equal(texts[-1], text_encoder([probe.caption_at_return]))   # it streams under the caption in force
         other = probe._replace(colour=(probe.colour + 1) % len(train.SPRITE_COLOURS))
         assert benchmark.recall(stub, text_encoder, other, "hybrid", tv.denoising_sigmas(2), 0) == 0.0
 

@@ -134,15 +134,17 @@ class World:
         margin = (self.arena_scale - 1) * self.size / 2
         return -margin + self.sprite_half_size, self.size + margin - self.sprite_half_size
 
-    def sample(self, batch_size: int, frames: int, seed: int, switch_at: int | None = None) -> Clips:
+    def sample(self, batch_size: int, frames: int, seed: int, switch_at=None) -> Clips:
         """Draw `batch_size` clips of `frames` frames; the same seed gives bit-identical clips.
 
-        switch_at: a frame index k (0 < k < frames) at which each clip's caption changes to a
-        different shape and/or background; the count, the sprite colours and the motion go on.
+        switch_at: a frame index k (0 < k < frames), or one per clip (a list), at which each clip's
+        caption changes to a different shape and/or background; the count, the sprite colours and
+        the motion go on.
         """
         if batch_size < 1 or frames < 1:
             raise ValueError(f"need at least one clip and one frame, got {batch_size} and {frames}")
-        if switch_at is not None and not 0 < switch_at < frames:
+        at = None if switch_at is None else torch.tensor(switch_at).expand(batch_size)  # (B,)
+        if at is not None and not (0 < at).all() & (at < frames).all():
             raise ValueError(f"switch_at={switch_at} is not a frame inside the clip (0 < k < {frames})")
         generator = torch.Generator().manual_seed(seed)
         B, S = batch_size, MAX_SPRITES
@@ -170,19 +172,20 @@ class World:
         # The named attributes per frame. A switch steps to another (shape, background) pair.
         shape_per_frame = shape[:, None].repeat(1, frames)  # (B, F)
         background_per_frame = background[:, None].repeat(1, frames)  # (B, F)
-        if switch_at is not None:
+        if at is not None:
             # a step of 1 .. pairs-1 around all pairs never lands on the same pair
             pair = (shape * len(BACKGROUNDS) + background + caption_step) % pairs  # (B,)
-            shape_per_frame[:, switch_at:] = (pair // len(BACKGROUNDS))[:, None]
-            background_per_frame[:, switch_at:] = (pair % len(BACKGROUNDS))[:, None]
+            after = torch.arange(frames) >= at[:, None]  # (B, F)
+            shape_per_frame = torch.where(after, (pair // len(BACKGROUNDS))[:, None], shape_per_frame)
+            background_per_frame = torch.where(after, (pair % len(BACKGROUNDS))[:, None], background_per_frame)
 
         present = torch.arange(S) < count[:, None]  # (B, S)
         video, visible_area = self.render(background_per_frame, shape_per_frame, colour, present, position)
 
         # Two strings per clip at most, repeated: long clips stay cheap.
         text = lambda b, f: Caption(int(count[b]), int(shape_per_frame[b, f]), int(background_per_frame[b, f])).text()
-        before = switch_at if switch_at is not None else frames
-        captions = [[text(b, 0)] * before + [text(b, frames - 1)] * (frames - before) for b in range(B)]
+        before = [frames] * B if at is None else at.tolist()
+        captions = [[text(b, 0)] * before[b] + [text(b, frames - 1)] * (frames - before[b]) for b in range(B)]
         return Clips(video, captions, background_per_frame, shape_per_frame, count,
                      torch.where(present, colour, -1), position, visible_area)
 
@@ -280,6 +283,7 @@ class Preset:
     memory_clips: int = 2         # world clips with a sprite's return per step
     memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
+    memory_switches: float = 0.0  # the share of them whose prompt switches while the sprite is out of sight (D10)
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
@@ -294,7 +298,7 @@ class Preset:
             zero = name in ZERO_ALLOWED
             if not isinstance(value, (dict, bool, tuple)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
                 raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if zero else '> 0'}")
-            if name in ("text_dropout", "switch_probability", "ema_decay") and value > 1:
+            if name in ("text_dropout", "switch_probability", "ema_decay", "memory_switches") and value > 1:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
         lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames")}
         if any(frames % cfg.chunk_frames for frames in lengths.values()) or self.rollout_frames < self.clip_frames:
@@ -305,7 +309,8 @@ class Preset:
 
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
-                "switch_probability", "ema_decay", "memory_steps", "memory_anchor", "memory_free_anchor"}
+                "switch_probability", "ema_decay", "memory_steps", "memory_switches", "memory_anchor",
+                "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -655,31 +660,63 @@ class Return(NamedTuple):
     context: int         # chunks of ground truth the recall probe feeds: the last window_chunks show none of it
     back: int            # the frame in which a pixel of it is in sight again
     clear: int           # the frame in which it is clearly back (8 pixels: measure/ reads it)
+    switch: int = 0      # the chunk from which the caption is new_caption (0: none); the sprite is out of sight
+    new_caption: str = ""
+
+    @property
+    def caption_at_return(self) -> str:
+        return self.new_caption if self.switch else self.caption
 
 
-def sprite_returns(world, cfg, count, frames, seed):
+def sprite_returns(world, cfg, count, frames, seed, switch=False):
     """Up to `count` Returns among one-sprite clips of `frames` frames, searched 32 at a time from `seed`:
     the sprite is out of sight in the sink's frames, seen clearly, then out of sight for so long that the
-    window holds none of it, and clearly back at least four chunks before the end."""
+    window holds none of it, and clearly back at least four chunks before the end. switch: the caption
+    changes (World.sample's switch_at) at a chunk in the middle of the absence, before the probe's context ends."""
     cf, found = cfg.chunk_frames, []
+
+    def absence(clips, b):                                    # (context, back, clear, hidden_at), or None
+        area = clips.visible_area[b, :, 0].tolist()
+        seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
+        if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
+            return None
+        first = seen.index(True)
+        hidden_at = hidden.index(True, first) if True in hidden[first:] else frames
+        back = hidden.index(False, hidden_at) if False in hidden[hidden_at:] else frames
+        clear = seen.index(True, back) if True in seen[back:] else frames
+        context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
+        return (context, back, clear, hidden_at) if context * cf <= back and clear <= frames - 4 * cf else None
+
     for batch in range(64):                                   # a search: the clips are rare, not scarce
         clips = world.sample(32, frames, seed=seed + 1000 * batch)
-        for b in torch.nonzero(clips.count == 1).flatten().tolist():
-            area = clips.visible_area[b, :, 0].tolist()
-            seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
-            if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
-                continue
-            first = seen.index(True)
-            hidden_at = hidden.index(True, first) if True in hidden[first:] else frames
-            back = hidden.index(False, hidden_at) if False in hidden[hidden_at:] else frames
-            clear = seen.index(True, back) if True in seen[back:] else frames
-            context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
-            if context * cf <= back and clear <= frames - 4 * cf:
+        spans = {b: absence(clips, b) for b in torch.nonzero(clips.count == 1).flatten().tolist()}
+        spans, chunk = {b: s for b, s in spans.items() if s}, [0] * 32
+        if switch:                # the same clips, switched in the middle of each absence; the new shape covers
+            for b, (context, _, _, hidden_at) in spans.items():          # other pixels, so look at them again
+                chunk[b] = (math.ceil(hidden_at / cf) + context) // 2
+            clips = world.sample(32, frames, seed=seed + 1000 * batch, switch_at=[max(1, c) * cf for c in chunk])
+            spans = {b: absence(clips, b) for b in spans}
+        for b, s in spans.items():
+            if s:
+                context, back, clear, _ = s
                 found.append(Return(clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]),
-                                    context, back, clear))
-            if len(found) == count:
-                return found
+                                    context, back, clear, chunk[b], clips.captions[b][-1] if switch else ""))
+                if len(found) == count:
+                    return found
     return found
+
+
+def feed_context(model, text_encoder, cache, clip, chunks):
+    """A Return's first `chunks` chunks of ground truth through the clean pass (tv.teacher_force), its
+    prompt switch re-cached where it happens (D10: M is kept): the cache is then as if the model had
+    streamed those frames under those prompts."""
+    cf, device = model.cfg.chunk_frames, next(model.parameters()).device
+    cache.set_prompt(model, text_encoder([clip.caption]))
+    cut = min(clip.switch or chunks, chunks)
+    tv.teacher_force(model, cache, clip.video[:, :cut * cf].to(device))
+    if cut < chunks:
+        tv.recache(model, cache, text_encoder([clip.new_caption]))
+        tv.teacher_force(model, cache, clip.video[:, cut * cf:chunks * cf].to(device))
 
 
 def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
@@ -721,8 +758,9 @@ class MemoryRecall:
     sink and the window hold, does the sprite the student brings back have its colour? Neither
     stage asks it: stage 1's teacher clips are too short to hide a sprite that long, and DMD's
     teacher sees only the window. Per step, `memory_clips` clips, each from a world of the family
-    `memory_worlds` (curtains, arenas, speeds), go into the cache as context (in the graph) up to the
-    sprite's return (sprite_returns); the student makes that chunk and the next, and
+    `memory_worlds` (curtains, arenas, speeds), `memory_switches` of them with a prompt switch while the
+    sprite is away, go into the cache as context (in the graph, feed_context) up to the sprite's return
+    (sprite_returns); the student makes that chunk and the next, and
     colour_loss scores them against the true colour. An anchor keeps the rest as it was: the
     squared difference to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor`
     times) and everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
@@ -753,10 +791,12 @@ class MemoryRecall:
         gen = self.run.generator(4, step)
         exit_step = int(torch.randint(len(self.sigmas), (1,), generator=gen))
         colour, anchor, right = 0.0, 0.0, 0
-        returns = [clip for _ in range(preset.memory_clips)           # each clip from a world of the family
-                   for clip in sprite_returns(self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))],
-                                              model.cfg, 1, preset.memory_clip_frames,
-                                              seed=int(torch.randint(2 ** 62, (1,), generator=gen)))]
+        returns = []
+        for _ in range(preset.memory_clips):                          # each clip from a world of the family
+            world = self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))]
+            seed = int(torch.randint(2 ** 62, (1,), generator=gen))
+            switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches
+            returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed, switch)
         if len(returns) < preset.memory_clips:
             raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
                              f"after the window lost sight of them: raise memory_clip_frames")
@@ -765,10 +805,9 @@ class MemoryRecall:
             caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
             for student, cache in zip((model, frozen), caches):
                 with torch.set_grad_enabled(student is model):
-                    cache.set_prompt(student, self.text_encoder([clip.caption]))
-                    tv.teacher_force(student, cache, clip.video[:, :r * cf].to(self.run.device))
+                    feed_context(student, self.text_encoder, cache, clip, r)
             made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
-            background = parse_caption(clip.caption).background
+            background = parse_caption(clip.caption_at_return).background
             clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
             colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
             right += clip_right

@@ -70,6 +70,12 @@ BREAKS = [
  ("phase: its family of worlds ignored", "train.py", "self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]", "self.worlds = [recall_world(preset, self.model.cfg)]"),
  ("harness: the phase's release no longer ends stage 2", "train.py", 'if done or number == "2" and os.path.exists(run.path("student.pt")):', "if done:"),
  ("palette: the curtains' grey left out", "measure/metrics.py", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB])"),
+ ("switch: the probe streams under the old caption", "measure/benchmark.py", "{0: probe.caption_at_return}", "{0: probe.caption}"),
+ ("switch: the colour loss reads the old background", "train.py", "background = parse_caption(clip.caption_at_return).background", "background = parse_caption(clip.caption).background"),
+ ("switch: the context is fed without its re-cache", "train.py", "cut = min(clip.switch or chunks, chunks)", "cut = chunks"),
+ ("switch: the phase never switches", "train.py", "switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches", "switch = False"),
+ ("switch: at a frame the sprite is in sight", "train.py", "chunk[b] = (math.ceil(hidden_at / cf) + context) // 2", "chunk[b] = max(1, math.ceil(hidden_at / cf) - 2)"),
+ ("world: every clip switches at the first clip's frame", "train.py", "at = None if switch_at is None else torch.tensor(switch_at).expand(batch_size)", "at = None if switch_at is None else torch.tensor(switch_at).flatten()[:1].expand(batch_size)"),
  ("returns: the window not yet empty", "train.py", "context = math.ceil(hidden_at / cf) + cfg.window_chunks", "context = math.ceil(hidden_at / cf) + cfg.window_chunks - 1"),
 ]
 

@@ -3,7 +3,8 @@ The memory modes side by side on long videos: every mode streams the same one-sp
 same seeds, each video is measured on its own (measure.metrics), and hybrid is compared with each other
 mode by paired bootstrap intervals. Then the recall probe: ground truth fed as context until a sprite has
 been out of sight longer than the sink and the window hold; does the sprite that comes back have its colour?
-It runs on the world the memory's phase trains on and on worlds it never sees (HELD_OUT_WORLDS).
+It runs on the world the memory's phase trains on, with and without a prompt switch while the sprite is away,
+and on worlds it never sees (HELD_OUT_WORLDS).
 
     python -m measure.benchmark --threads 2                         all five modes (full takes most of the time)
     python -m measure.benchmark --modes hybrid,sink,window --videos 8 --no-held-out
@@ -29,6 +30,10 @@ HELD_OUT_WORLDS = {
     "wide curtains (5/16 of the view)": dict(occluder=5 / 16),
     "slow sprites, narrow curtains (1/16; speed 0.3-0.6)": dict(occluder=1 / 16, min_speed=0.3, max_speed=0.6),
 }
+
+
+# The phase's own world, with the caption switched while the sprite is away (D10 keeps M); not held out.
+SWITCHED = "the phase's own, a prompt switch while it is away"
 
 
 def held_out_world(name, size):
@@ -64,15 +69,14 @@ def interval_cell(a, b):
 @torch.no_grad()
 def recall(model, text_encoder, probe, mode, sigmas, seed):
     """The recall probe on one train.Return: ground truth through the clean pass up to chunk
-    `probe.context` (the sink and the window then show none of the sprite), then the model streams
+    `probe.context` (train.feed_context; the sink and the window then show none of the sprite), then the model streams
     until four chunks after the sprite is clearly back. 1 if the sprite colour it shows most is the
     sprite's own, else 0. Ground truth scores 1; a model without memory of the clip, chance (1 / 4)."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
     cache = tv.StreamCache(model, 1, mode, device=device)
-    cache.set_prompt(model, text_encoder([probe.caption]))
-    tv.teacher_force(model, cache, probe.video[:, :probe.context * cf].to(device))
+    train.feed_context(model, text_encoder, cache, probe, probe.context)
     made = math.ceil(probe.clear / cf) + 4 - probe.context
-    video = torch.cat(list(tv.generate(model, text_encoder, {0: probe.caption}, made, sigmas,
+    video = torch.cat(list(tv.generate(model, text_encoder, {0: probe.caption_at_return}, made, sigmas,
                                        torch.Generator().manual_seed(seed), cache=cache)), 1)
     _, sprite = metrics.read_attributes(video)                 # (1, frames made)
     shown = sprite[sprite >= 0]
@@ -93,9 +97,10 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
     video_of = {"ground truth": truth.video[keep]}
     prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
     trained_world = train.recall_world(preset, cfg)
-    worlds = {"the phase's own": trained_world,
+    worlds = {"the phase's own": trained_world, SWITCHED: trained_world,
               **({name: held_out_world(name, cfg.frame_size) for name in HELD_OUT_WORLDS} if held_out else {})}
-    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed) for name, world in worlds.items()}
+    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed, switch=name == SWITCHED)
+              for name, world in worlds.items()}
     speed, peak, recalled = {}, {}, {name: {} for name in worlds}                # recalled[world][mode]: (N,)
     batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
     steps_per_mode = len(batches) + 1 + sum(map(len, probes.values()))
@@ -150,11 +155,11 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
               "excludes 0\n\n| | " + " | ".join(f"hybrid - {m}" for m in others) + " |\n|---|" + "--:|" * len(others))
         for measure, values in per_video.items():
             print(f"| {measure} | " + " | ".join(interval_cell(values["hybrid"], values[m]) for m in others) + " |")
-    if len(worlds) == 1:
-        return
-    recalled["held out, all"] = {m: torch.cat([recalled[name][m] for name in HELD_OUT_WORLDS]) for m in modes}
-    print(f"\nrecall by world: the phase's own ({trained_world.occluder}-pixel curtains) and worlds it never "
-          f"trains on (measure.benchmark.HELD_OUT_WORLDS); chance {1 / len(train.SPRITE_COLOURS):.2f}\n\n"
+    if held_out:
+        recalled["held out, all"] = {m: torch.cat([recalled[name][m] for name in HELD_OUT_WORLDS]) for m in modes}
+    print(f"\nrecall by world: the phase's own ({trained_world.occluder}-pixel curtains), with and without a prompt "
+          f"switch while the sprite is away{', and worlds it never trains on (measure.benchmark.HELD_OUT_WORLDS)' if held_out else ''}; "
+          f"chance {1 / len(train.SPRITE_COLOURS):.2f}\n\n"
           "| world | probes | " + " | ".join(modes) + "".join(f" | hybrid - {m}" for m in others) + " |\n|---|--:|"
           + "--:|" * (len(modes) + len(others)))
     for name, by_mode in recalled.items():
@@ -170,7 +175,7 @@ def main(argv=None):
     parser.add_argument("--videos", type=int, default=32, help="videos per mode, and recall probes (default 32)")
     parser.add_argument("--frames", type=int, help="frames per video (default: 20 teacher clips)")
     parser.add_argument("--no-held-out", action="store_true",
-                        help="the recall probe on the phase's own world only, not on the held-out worlds too")
+                        help="the recall probe on the phase's own world only (with and without a switch), not on the held-out worlds")
     sample.add_student_arguments(parser)
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(","))
