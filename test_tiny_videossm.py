@@ -749,6 +749,16 @@ def test_sprite_mask_is_where_the_world_painted_sprites():
     assert 0.8 < found.sum() / painted.sum() < 1.3               # soft edges count when mostly covered
 
 
+def test_nearest_palette_names_the_colour_the_world_painted():
+    clips = World(occluder=4).sample(4, 6, seed=1)
+    index, distance = train.nearest_palette(clips.video)
+    background = index == clips.background[..., None, None]                       # (B, F, H, W)
+    grey, exact = index == len(train.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
+    assert (grey & exact)[..., :4].all() and (grey & exact)[..., -4:].all()        # the curtains
+    assert (background & exact).float().mean() > 0.6                             # most of the view: the background
+    assert exact[background].float().mean() > 0.95                               # all but the sprites' soft edges
+
+
 # ----------------------------------------------------------------------------------------------
 # train.py, training: the stages on the `test` preset
 
@@ -1493,16 +1503,6 @@ def test_the_method_never_imports_the_yardstick():
     code = "import sys, train, sample; print(sorted(m for m in sys.modules if m.startswith('measure')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
-
-
-def test_nearest_palette_names_the_colour_the_world_painted():
-    clips = World(occluder=4).sample(4, 6, seed=1)
-    index, distance = metrics.nearest_palette(clips.video)
-    background = index == clips.background[..., None, None]                       # (B, F, H, W)
-    grey, exact = index == len(metrics.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
-    assert (grey & exact)[..., :4].all() and (grey & exact)[..., -4:].all()        # the curtains
-    assert (background & exact).float().mean() > 0.6                             # most of the view: the background
-    assert exact[background].float().mean() > 0.95                               # all but the sprites' soft edges
 
 
 

@@ -17,10 +17,11 @@ triangle wave of p0 + v f, shapes signed distances): a clip of any length costs 
     World(size=32).sample(batch_size, frames, seed, switch_at=None) -> Clips (video + truth)
     parse_caption(text) -> Caption      random_caption(generator) -> str      VOCAB
     sprite_mask(frames, background) -> where frames show a sprite (the teacher's loss weights it)
+    nearest_palette(frames) -> the world's colour nearest to each pixel (measure/ reads with it)
 
 Glossary of the shape comments (frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W)):
     B   clips in the batch     F   frames      S   sprite slots (MAX_SPRITES)     H, W   height, width
-    C   chunks                 K   frames per chunk
+    C   chunks                 K   frames per chunk      P   palette colours (PALETTE)
 """
 
 import argparse
@@ -53,6 +54,7 @@ OCCLUDER_RGB = torch.tensor([0.55, 0.55, 0.55]) * 2 - 1  # the grey curtains spr
 BACKGROUND_NAMES = list(BACKGROUNDS)
 BACKGROUND_RGB = torch.tensor(list(BACKGROUNDS.values())) * 2 - 1  # (4, 3) in [-1, 1]
 SPRITE_RGB = torch.tensor(list(SPRITE_COLOURS.values())) * 2 - 1  # (4, 3) in [-1, 1]
+PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])  # (P, 3) every colour the world paints
 
 VOCAB = sorted(["a", "two", "on", *SHAPES, *(shape + "s" for shape in SHAPES), *BACKGROUNDS])
 GRAMMAR = "'a {shape} on {background}' or 'two {shape}s on {background}'"
@@ -236,6 +238,15 @@ def sprite_mask(frames: torch.Tensor, background) -> torch.Tensor:
     0.0; shape (B, F, 1, H, W). On clean frames: a sprite, or most of one on its soft edge."""
     away = lambda rgb: (frames - rgb.to(frames.device)[..., None, None]).square().sum(2, keepdim=True) > 0.25
     return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()
+
+
+def nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel of frames (B, F, 3, H, W), the nearest PALETTE colour: its index and its distance,
+    both (B, F, H, W). The world's own way of reading pixels back; measure/ reads every frame with it."""
+    pixels = frames.movedim(2, -1)  # (B, F, H, W, 3)
+    distance = torch.cdist(pixels.reshape(-1, 3), PALETTE.to(frames))  # (B*F*H*W, P)
+    distance, index = distance.reshape(*pixels.shape[:-1], -1).min(-1)  # (B, F, H, W)
+    return index, distance
 
 
 # ---- presets: every size and schedule of a run ---------------------------------------------------

@@ -69,7 +69,7 @@ BREAKS = [
  ("sprite mask counts the curtains", "train.py", "return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()", "return away(BACKGROUND_RGB[background]).float()"),
  ("phase: its family of worlds ignored", "train.py", "self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]", "self.worlds = [recall_world(preset, self.model.cfg)]"),
  ("harness: the phase's release no longer ends stage 2", "train.py", 'if done or number == "2" and os.path.exists(run.path("student.pt")):', "if done:"),
- ("palette: the curtains' grey left out", "measure/metrics.py", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB])"),
+ ("palette: the curtains' grey left out", "train.py", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB])"),
  ("switch: the probe streams under the old caption", "measure/benchmark.py", "{0: probe.caption_at_return}", "{0: probe.caption}"),
  ("switch: the colour loss reads the old background", "train.py", "background = parse_caption(clip.caption_at_return).background", "background = parse_caption(clip.caption).background"),
  ("switch: the context is fed without its re-cache", "train.py", "cut = min(clip.switch or chunks, chunks)", "cut = chunks"),

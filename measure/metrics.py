@@ -10,7 +10,7 @@ controls (a frozen clip, added noise, a slow colour shift, a colour swap).
         late), prompt_match (the named background); hidden_spans: how long ground truth hides sprites
 
 Read them together: a frozen video is perfectly consistent, and an empty background is faithful and
-consistent. Frames are (B, F, 3, H, W) in [-1, 1], as train.py's glossary says; P: palette colours (PALETTE).
+consistent. Frames are (B, F, 3, H, W) in [-1, 1], as train.py's glossary says.
 """
 
 import math
@@ -18,24 +18,12 @@ import math
 import torch
 import torch.nn.functional as nnf
 
-from train import BACKGROUND_RGB, BACKGROUNDS, OCCLUDER_RGB, SPRITE_COLOURS, SPRITE_RGB, Clips
+from train import BACKGROUNDS, PALETTE, SPRITE_COLOURS, Clips, nearest_palette
 
 # ---- reading frames back: the world's palette as a measuring stick --------------------------
 
 SPRITE_TOLERANCE = 0.3  # a pixel counts for a sprite colour only this close to it: soft edges,
                         # blends of two colours, would otherwise vote for a third
-
-
-PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])  # (P, 3) every colour the world paints
-
-
-def nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel of frames (B, F, 3, H, W), the nearest PALETTE colour: its index and its distance,
-    both (B, F, H, W). Every measure reads pixels back with it."""
-    pixels = frames.movedim(2, -1)  # (B, F, H, W, 3)
-    distance = torch.cdist(pixels.reshape(-1, 3), PALETTE.to(frames))  # (B*F*H*W, P)
-    distance, index = distance.reshape(*pixels.shape[:-1], -1).min(-1)  # (B, F, H, W)
-    return index, distance
 
 
 def _check_frames(frames: torch.Tensor, min_frames: int = 1) -> None:
