@@ -25,7 +25,7 @@ def probe_grid(path, model, text_encoder, preset, count=6):
     world = train.recall_world(preset, cfg)
     sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
     rows = []
-    for i, (clip, caption, _, context, _, _) in enumerate(train.sprite_returns(world, cfg, count, 20 * preset.clip_frames, 0)):
+    for i, (clip, caption, _, context, *_) in enumerate(train.sprite_returns(world, cfg, count, 20 * preset.clip_frames, 0)):
         start = context * cf - 3
         rows.append(clip[:, start:start + 18])
         for mode in ("hybrid", "sink"):
