@@ -294,7 +294,8 @@ class Preset:
     memory_clips: int = 2         # world clips with a sprite's return per step
     memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
-    memory_switches: float = 0.0  # the share of them whose prompt switches while the sprite is out of sight (D10)
+    memory_switches: float = 0.0  # the share of them whose prompt switches while the sprite is away (D10): to teach
+                                  # recall across a switch (the probe's switch row; docs/experiments.md)
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
