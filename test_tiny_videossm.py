@@ -1310,6 +1310,16 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     os.remove(run.path("window_dmd.pt"))
 
 
+def test_the_memory_phase_moves_the_rest_of_the_student_at_its_own_rate(run):
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_rest_lr": 1e-4})
+    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
+    before = copy.deepcopy(stage.model.state_dict())
+    stage.train_step(0)
+    moved = {k for k, v in stage.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert any(".memory." in k for k in moved) and any(".memory." not in k for k in moved)
+    assert [g["lr"] for g in stage.optimizer.param_groups] == [preset.memory_lr, 1e-4]
+
+
 def test_the_memory_phase_draws_its_clips_from_every_world_of_its_family(run, monkeypatch):
     preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_worlds": (dict(occluder=3), dict(occluder=5))})
     stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")

@@ -291,6 +291,8 @@ class Preset:
     # stage 2's last phase: the memory recalls what left the window (MemoryRecall; 0 steps: none)
     memory_steps: int = 0
     memory_lr: float = 3e-3
+    memory_rest_lr: float = 0.0   # the rest of the student's rate in the phase (0: only the memory trains); recall
+                                  # on unseen worlds rises with it (docs/experiments.md)
     memory_clips: int = 2         # world clips with a sprite's return per step
     memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
@@ -321,7 +323,7 @@ class Preset:
 
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
-                "switch_probability", "ema_decay", "memory_steps", "memory_switches", "memory_anchor",
+                "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_anchor",
                 "memory_free_anchor"}
 
 
@@ -766,7 +768,7 @@ def colour_loss(x0, frozen_x0, background, colour):
 
 class MemoryRecall:
     """Stage 2's last phase (ours, not the paper's). Only the memory's weights (GatedDeltaMemory)
-    train, on one question: after ground truth in which a sprite left sight for longer than the
+    train (and the rest of the student at `memory_rest_lr`, if set), on one question: after ground truth in which a sprite left sight for longer than the
     sink and the window hold, does the sprite the student brings back have its colour? Neither
     stage asks it: stage 1's teacher clips are too short to hide a sprite that long, and DMD's
     teacher sees only the window. Per step, `memory_clips` clips, each from a world of the family
@@ -789,10 +791,13 @@ class MemoryRecall:
         if not tv.uses_memory(self.model.cfg.mode):
             raise SystemExit(f"{run.path(dmd_file)} has no memory to train (mode {self.model.cfg.mode}): set "
                              f"memory_steps=0 for sink and window students")
+        rest = [p for name, p in self.model.named_parameters() if ".memory." not in name] if preset.memory_rest_lr else []
         self.model.requires_grad_(False).train()
-        for p in self.memory:
+        self.trained = self.memory + rest
+        for p in self.trained:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.memory, lr=preset.memory_lr, betas=(0.9, 0.99))
+        self.optimizer = torch.optim.AdamW([{"params": self.memory}, *([{"params": rest}] if rest else [])],
+                                           lr=preset.memory_lr, betas=(0.9, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer}
         size = self.model.cfg.frame_size
         self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]
@@ -830,7 +835,7 @@ class MemoryRecall:
         made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
                                           self.sigmas, gen)
         free = (made - frozen_made).square().mean()
-        optimizer_step(self.run, self.optimizer, self.memory, preset.memory_lr,
+        optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr],
                        colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
         return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
                 "right": right / preset.memory_clips}
@@ -972,13 +977,13 @@ def learning_rate(step, total, peak, warmup):
 
 
 def optimizer_step(run, optimizer, parameters, lr, loss):
-    """backward, average over ranks, clip, step."""
+    """backward, average over ranks, clip, step; lr: one rate, or one per parameter group."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.average_gradients(parameters)
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for group, rate in zip(optimizer.param_groups, lr if isinstance(lr, list) else [lr] * len(optimizer.param_groups)):
+        group["lr"] = rate
     optimizer.step()
 
 
