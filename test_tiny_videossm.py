@@ -805,7 +805,8 @@ def test_a_released_stage_is_skipped_and_the_phase_release_ends_stage_2(run, cap
     for name in ("teacher.pt", "student_stage1.pt", "student_dmd.pt"):
         assert f"{run.path(name)} exists; delete it to train this stage again" in said
     os.remove(run.path("student_dmd.pt"))                  # the phase's student.pt still says stage 2 is done
-    assert main_prints("--stage", "2").strip() == f"stage 2: {run.path('student.pt')} exists; delete it to train this stage again"
+    said = main_prints("--stage", "2").strip()
+    assert said == f"stage 2: {run.path('student.pt')} exists; delete it to train this stage again"
     assert not os.path.exists(run.path("student_dmd.pt"))
 
 
@@ -1056,7 +1057,7 @@ def test_ode_pairs_of_another_teacher_are_made_again(run, capsys):
     stale["made_by"][-1] += 1.0                                  # as if the teacher had been retrained since
     torch.save(stale, path)
     stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
-    assert "another teacher or preset made it" in capsys.readouterr().out
+    assert "made by another teacher" in capsys.readouterr().out
     assert stage.pairs["made_by"] == torch.load(path, weights_only=True)["made_by"] != stale["made_by"]
 
 
@@ -1256,7 +1257,8 @@ def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(traine
     model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
     clip = train.sprite_returns(train.recall_world(preset, cfg), cfg, 1, 60, seed=0, switch=True)[0]
-    held, recache = lambda cache: (cache.next_chunk, list(cache.chunks), [l.state.clone() for l in cache.layers]), tv.recache
+    held = lambda cache: (cache.next_chunk, list(cache.chunks), [layer.state.clone() for layer in cache.layers])
+    recache = tv.recache
     switches = []                                                  # what the cache holds before and after a re-cache
     monkeypatch.setattr(tv, "recache", lambda model, cache, text: switches.append(
         (held(cache), recache(model, cache, text), held(cache), text)))
@@ -1266,7 +1268,8 @@ def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(traine
         new_kv = model.text_context(text_encoder([clip.new_caption]))
     [((at, chunks, states), _, (_, chunks_after, states_after), text)] = switches            # one switch
     assert at == clip.switch and cache.next_chunk == clip.context and len(chunks) > cfg.sink_chunks
-    assert torch.equal(text, text_encoder([clip.new_caption])) and torch.equal(cache.layers[0].context_kv[0], new_kv[0][0])
+    assert torch.equal(text, text_encoder([clip.new_caption]))
+    assert torch.equal(cache.layers[0].context_kv[0], new_kv[0][0])
     assert chunks_after == chunks and all(torch.equal(a, b) for a, b in zip(states, states_after))  # M kept (D10)
     assert states[0].abs().sum() > 0                                   # and not empty: chunks had gone into it
 

@@ -480,11 +480,13 @@ def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
     if os.path.exists(path):
         try:
             pairs = torch.load(path, weights_only=True)
-        except Exception:                                # a cache: a broken one is made again
+        except Exception as error:                       # a cache: a broken one is made again
             pairs = {}
+            print(f"{path} cannot be read ({type(error).__name__}); making new pairs")
         if pairs.get("made_by") == made_by:
             return pairs
-        print(f"{path} cannot be read, or another teacher or preset made it; making new pairs")
+        if pairs:
+            print(f"{path} was made by another teacher or preset; making new pairs")
     batch = 16
     noisy, clean, captions = [], [], []
     for start in tqdm(range(0, preset.ode_clips, batch), desc="teacher ODE pairs", disable=run.rank != 0):
@@ -767,9 +769,10 @@ def colour_loss(x0, frozen_x0, background, colour):
 
 
 class MemoryRecall:
-    """Stage 2's last phase (ours, not the paper's). Only the memory's weights (GatedDeltaMemory)
-    train (and the rest of the student at `memory_rest_lr`, if set), on one question: after ground truth in which a sprite left sight for longer than the
-    sink and the window hold, does the sprite the student brings back have its colour? Neither
+    """Stage 2's last phase (ours, not the paper's). Only the memory's weights (GatedDeltaMemory) train,
+    and the rest of the student at `memory_rest_lr` if set, on one question: after ground truth in which
+    a sprite left sight for longer than the sink and the window hold, does the sprite the student brings
+    back have its colour? Neither
     stage asks it: stage 1's teacher clips are too short to hide a sprite that long, and DMD's
     teacher sees only the window. Per step, `memory_clips` clips, each from a world of the family
     `memory_worlds` (curtains, arenas, speeds), `memory_switches` of them with a prompt switch while the
@@ -791,7 +794,8 @@ class MemoryRecall:
         if not tv.uses_memory(self.model.cfg.mode):
             raise SystemExit(f"{run.path(dmd_file)} has no memory to train (mode {self.model.cfg.mode}): set "
                              f"memory_steps=0 for sink and window students")
-        rest = [p for name, p in self.model.named_parameters() if ".memory." not in name] if preset.memory_rest_lr else []
+        rest = [p for name, p in self.model.named_parameters() if ".memory." not in name]
+        rest = rest if preset.memory_rest_lr else []
         self.model.requires_grad_(False).train()
         self.trained = self.memory + rest
         for p in self.trained:
@@ -982,7 +986,8 @@ def optimizer_step(run, optimizer, parameters, lr, loss):
     loss.backward()
     run.average_gradients(parameters)
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    for group, rate in zip(optimizer.param_groups, lr if isinstance(lr, list) else [lr] * len(optimizer.param_groups)):
+    rates = lr if isinstance(lr, list) else [lr] * len(optimizer.param_groups)
+    for group, rate in zip(optimizer.param_groups, rates):
         group["lr"] = rate
     optimizer.step()
 

@@ -76,7 +76,7 @@ BREAKS = [
  ("switch: the phase never switches", "train.py", "switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches", "switch = False"),
  ("switch: at a frame the sprite is in sight", "train.py", "chunk[b] = (math.ceil(hidden_at / cf) + context) // 2", "chunk[b] = max(1, math.ceil(hidden_at / cf) - 2)"),
  ("world: every clip switches at the first clip's frame", "train.py", "at = None if switch_at is None else torch.tensor(switch_at).expand(batch_size)", "at = None if switch_at is None else torch.tensor(switch_at).flatten()[:1].expand(batch_size)"),
- ("phase: the rest of the student never moves", "train.py", 'rest = [p for name, p in self.model.named_parameters() if ".memory." not in name] if preset.memory_rest_lr else []', "rest = []"),
+ ("phase: the rest of the student never moves", "train.py", "rest = rest if preset.memory_rest_lr else []", "rest = []"),
  ("returns: the window not yet empty", "train.py", "context = math.ceil(hidden_at / cf) + cfg.window_chunks", "context = math.ceil(hidden_at / cf) + cfg.window_chunks - 1"),
 ]
 

@@ -69,8 +69,8 @@ def interval_cell(a, b):
 @torch.no_grad()
 def recall(model, text_encoder, probe, mode, sigmas, seed):
     """The recall probe on one train.Return: ground truth through the clean pass up to chunk
-    `probe.context` (train.feed_context; the sink and the window then show none of the sprite), then the model streams
-    until four chunks after the sprite is clearly back. 1 if the sprite colour it shows most is the
+    `probe.context` (train.feed_context; the sink and the window then show none of the sprite), then the
+    model streams until four chunks after the sprite is clearly back. 1 if the sprite colour it shows most is the
     sprite's own, else 0. Ground truth scores 1; a model without memory of the clip, chance (1 / 4)."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
     cache = tv.StreamCache(model, 1, mode, device=device)
@@ -157,9 +157,9 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
             print(f"| {measure} | " + " | ".join(interval_cell(values["hybrid"], values[m]) for m in others) + " |")
     if held_out:
         recalled["held out, all"] = {m: torch.cat([recalled[name][m] for name in HELD_OUT_WORLDS]) for m in modes}
+    unseen = ", and worlds it never trains on (measure.benchmark.HELD_OUT_WORLDS)" if held_out else ""
     print(f"\nrecall by world: the phase's own ({trained_world.occluder}-pixel curtains), with and without a prompt "
-          f"switch while the sprite is away{', and worlds it never trains on (measure.benchmark.HELD_OUT_WORLDS)' if held_out else ''}; "
-          f"chance {1 / len(train.SPRITE_COLOURS):.2f}\n\n"
+          f"switch while the sprite is away{unseen}; chance {1 / len(train.SPRITE_COLOURS):.2f}\n\n"
           "| world | probes | " + " | ".join(modes) + "".join(f" | hybrid - {m}" for m in others) + " |\n|---|--:|"
           + "--:|" * (len(modes) + len(others)))
     for name, by_mode in recalled.items():
@@ -175,7 +175,8 @@ def main(argv=None):
     parser.add_argument("--videos", type=int, default=32, help="videos per mode, and recall probes (default 32)")
     parser.add_argument("--frames", type=int, help="frames per video (default: 20 teacher clips)")
     parser.add_argument("--no-held-out", action="store_true",
-                        help="the recall probe on the phase's own world only (with and without a switch), not on the held-out worlds")
+                        help="the recall probe on the phase's own world only (with and without a switch), "
+                             "not on the held-out worlds")
     sample.add_student_arguments(parser)
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(","))
