@@ -1253,6 +1253,27 @@ def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back()
             assert clip.context <= r and clip.back <= clip.clear <= 60 - 4 * cf
 
 
+def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
+    """other=True, read from the pixels: the sprite that hides (its colour read with the other's left out)
+    meets the one-sprite criterion, and the other is clearly in every frame of the probe's last window."""
+    cfg = tv.VideoSSMConfig(**train.PRESETS["test"].model)
+    cf = cfg.chunk_frames
+    returns = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, other=True)
+    assert len(returns) == 6 and {clip.other for clip in train.sprite_returns(World(16, occluder=4), cfg, 2, 60, 0)} == {-1}
+    for clip in returns:
+        assert parse_caption(clip.caption).count == 2 and clip.other not in (-1, clip.colour)
+        _, hider = read_attributes(clip.video, leave_out=clip.other)                   # (1, F), -1: none
+        _, shown = read_attributes(clip.video)
+        r = clip.back // cf
+        chunks, _ = tv.visible_chunks(r, cfg, "hybrid")
+        attended = [f for c in chunks if c < r for f in range(c * cf, (c + 1) * cf)]
+        evicted = [f for c in range(r) if c not in chunks for f in range(c * cf, (c + 1) * cf)]
+        assert (hider[0, attended] != clip.colour).all() and (hider[0, evicted] == clip.colour).any()
+        assert hider[0, clip.clear] == clip.colour and clip.context <= r and clip.clear <= 60 - 4 * cf
+        probe_window = slice((clip.context - cfg.window_chunks) * cf, clip.context * cf)
+        assert (shown[0, probe_window] == clip.other).all()             # the window shows the other sprite only
+
+
 def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(trained, monkeypatch):
     model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
@@ -1287,6 +1308,13 @@ def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
     assert off_white == off_cyan == 0                                             # the rest is as frozen
     grain = frozen + 0.1 * torch.randn(frozen.shape, generator=torch.Generator().manual_seed(0))
     assert train.colour_loss(grain, frozen, 2, 2)[1] > 0
+    frozen[..., 5:8, 5:8] = train.SPRITE_RGB[3].view(1, 1, 3, 1, 1)              # and an orange sprite in view
+    x0 = frozen.clone()
+    for where in (slice(2, 5), slice(5, 8)):                                      # both drawn cyan, the true colour
+        x0[..., where, where] = train.SPRITE_RGB[2].view(1, 1, 3, 1, 1)
+    assert train.colour_loss(x0, frozen, 2, 2)[1] == 0                           # both asked for cyan: no anchor
+    ce, off, right = train.colour_loss(x0, frozen, 2, 2, other=3)                # orange is the other sprite's:
+    assert off > 0 and ce < 0.1 and right                                        # it is anchored, not asked
 
 
 def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
@@ -1341,11 +1369,24 @@ def test_the_memory_phase_switches_prompts_while_the_sprite_is_away(run, monkeyp
     fed, feed, asked, colour_loss = [], train.feed_context, [], train.colour_loss
     monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
                         feed(model, encoder, cache, clip, chunks))
-    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour: asked.append(background) or
-                        colour_loss(x0, frozen_x0, background, colour))
+    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other: asked.append(background)
+                        or colour_loss(x0, frozen_x0, background, colour, other))
     stage.train_step(0)
     assert len(fed) == 2 * preset.memory_clips and all(clip.switch > 0 for clip in fed)     # both students' caches
     assert asked == [parse_caption(clip.caption_at_return).background for clip in fed[::2]]   # the new background
+
+
+def test_the_memory_phase_trains_beside_a_second_sprite_when_asked(run, monkeypatch):
+    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_others": 1.0, "memory_clips": 2})
+    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
+    fed, feed, asked, colour_loss = [], train.feed_context, [], train.colour_loss
+    monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
+                        feed(model, encoder, cache, clip, chunks))
+    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other: asked.append(
+                        (colour, other)) or colour_loss(x0, frozen_x0, background, colour, other))
+    stage.train_step(0)
+    assert all(parse_caption(clip.caption).count == 2 and clip.other >= 0 for clip in fed)
+    assert asked == [(clip.colour, clip.other) for clip in fed[::2]]              # the one in view is left out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1640,7 +1681,8 @@ def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
     assert "| hybrid - sink | hybrid - window | hybrid - full | hybrid - memory |" in table
     assert "3 videos of 40 frames" in table and "Recall: 3 ground-truth clips with curtains" in table
     probes = {world: re.search(rf"\| {re.escape(world)} \| (\d+) \| (([01]\.\d{{3}}|nan) \| ){{5}}", table)
-              for world in [*benchmark.HELD_OUT_WORLDS, "the phase's own", benchmark.SWITCHED, "held out, all"]}
+              for world in [*benchmark.HELD_OUT_WORLDS, "the phase's own", benchmark.SWITCHED, benchmark.ACCOMPANIED,
+                            "held out, all"]}
     assert all(probes.values()) and int(probes["the phase's own"][1]) > 0 and int(probes["held out, all"][1]) > 0
     benchmark.main(["--checkpoint", student, "--frames", "12", "--videos", "2", "--steps", "1", "--modes", "sink,hybrid",
                     "--no-held-out"])
@@ -1654,17 +1696,22 @@ def test_benchmark_prints_every_mode_with_paired_intervals(student, capsys):
 
 def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
     """The probe calls the model; with the frames handed back as its own (a stub that predicts the
-    ground truth's next chunk) it scores 1 on every probe, and with a sprite of another colour 0."""
+    ground truth's next chunk) it scores 1 on every probe, and 0 with the hiding sprite's colour taken
+    for another. With a second sprite in view, drawn larger than the hiding one in every frame, the same:
+    its colour is left out of the reading, so it never wins and never counts as the answer."""
     model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
     world = train.recall_world(preset, cfg)
-    probes = train.sprite_returns(world, cfg, 4, 60, seed=0) + train.sprite_returns(world, cfg, 2, 60, 0, switch=True)
+    probes = (train.sprite_returns(world, cfg, 4, 60, seed=0) + train.sprite_returns(world, cfg, 2, 60, 0, switch=True)
+              + train.sprite_returns(world, cfg, 2, 60, 0, other=True))
     for probe in probes:
         made = []
 
         def truth(x, timestep, cache, write=False, probe=probe):           # the velocity that lands on ground truth
             c = cache.next_chunk
-            target = probe.video[:, c * cfg.chunk_frames:(c + 1) * cfg.chunk_frames]
+            target = probe.video[:, c * cfg.chunk_frames:(c + 1) * cfg.chunk_frames].clone()
+            if probe.other >= 0:          # the sprite in view, drawn larger than the other in every frame
+                target[..., :6, :6] = train.SPRITE_RGB[probe.other].view(1, 1, 3, 1, 1)
             s = torch.as_tensor(timestep).reshape(-1, 1, 1, 1, 1) / 1000
             if write:
                 made.append(x)
@@ -1676,8 +1723,10 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
                                      text_context=lambda text: texts.append(text) or model.text_context(text))
         assert benchmark.recall(stub, text_encoder, probe, "hybrid", tv.denoising_sigmas(2), 0) == 1.0
         assert torch.equal(texts[-1], text_encoder([probe.caption_at_return]))   # it streams under the caption in force
-        other = probe._replace(colour=(probe.colour + 1) % len(train.SPRITE_COLOURS))
-        assert benchmark.recall(stub, text_encoder, other, "hybrid", tv.denoising_sigmas(2), 0) == 0.0
+        wrong = [c for c in range(len(train.SPRITE_COLOURS)) if c != probe.colour][:1 if probe.other < 0 else None]
+        for colour in wrong:                     # another colour; with a second sprite, also that sprite's own
+            assert benchmark.recall(stub, text_encoder, probe._replace(colour=colour), "hybrid",
+                                    tv.denoising_sigmas(2), 0) == 0.0
 
 
 def test_memory_trace_is_flat_in_hybrid_and_grows_in_full(student, capsys):

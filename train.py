@@ -298,6 +298,8 @@ class Preset:
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
     memory_switches: float = 0.0  # the share of them whose prompt switches while the sprite is away (D10): to teach
                                   # recall across a switch (the probe's switch row; docs/experiments.md)
+    memory_others: float = 0.0    # the share of them with two sprites, one in view while the other is away: to teach
+                                  # recall beside a sprite the window holds (the probe's two-sprite row)
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
@@ -312,7 +314,7 @@ class Preset:
             zero = name in ZERO_ALLOWED
             if not isinstance(value, (dict, bool, tuple)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
                 raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if zero else '> 0'}")
-            if name in ("text_dropout", "switch_probability", "ema_decay", "memory_switches") and value > 1:
+            if name in ("text_dropout", "switch_probability", "ema_decay", "memory_switches", "memory_others") and value > 1:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
         lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames")}
         if any(frames % cfg.chunk_frames for frames in lengths.values()) or self.rollout_frames < self.clip_frames:
@@ -323,8 +325,8 @@ class Preset:
 
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
-                "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_anchor",
-                "memory_free_anchor"}
+                "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_others",
+                "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -668,8 +670,9 @@ def recall_world(preset, cfg):
 
 
 class Return(NamedTuple):
-    """A ground-truth clip in which its one sprite leaves sight for longer than the sink and the window
-    hold, and comes back: then only the memory can tell its colour."""
+    """A ground-truth clip in which a sprite leaves sight for longer than the sink and the window hold,
+    and comes back: then only the memory can tell its colour. With `other`, a second sprite stays in
+    sight meanwhile: the window holds a colour, but not the one that comes back."""
     video: torch.Tensor  # (1, F, 3, H, W)
     caption: str
     colour: int          # index into SPRITE_COLOURS
@@ -678,21 +681,24 @@ class Return(NamedTuple):
     clear: int           # the frame in which it is clearly back (8 pixels: measure/ reads it)
     switch: int = 0      # the chunk from which the caption is new_caption (0: none); the sprite is out of sight
     new_caption: str = ""
+    other: int = -1      # the colour of the sprite that stays in sight (-1: the clip has one sprite)
 
     @property
     def caption_at_return(self) -> str:
         return self.new_caption if self.switch else self.caption
 
 
-def sprite_returns(world, cfg, count, frames, seed, switch=False):
+def sprite_returns(world, cfg, count, frames, seed, switch=False, other=False):
     """Up to `count` Returns among one-sprite clips of `frames` frames, searched 32 at a time from `seed`:
     the sprite is out of sight in the sink's frames, seen clearly, then out of sight for so long that the
     window holds none of it, and clearly back at least four chunks before the end. switch: the caption
-    changes (World.sample's switch_at) at a chunk in the middle of the absence, before the probe's context ends."""
+    changes (World.sample's switch_at) at a chunk in the middle of the absence, before the probe's context ends.
+    other: two-sprite clips instead, in which one sprite does this while the other is clearly in sight in
+    every frame of the probe's last window of context."""
     cf, found = cfg.chunk_frames, []
 
-    def absence(clips, b):                                    # (context, back, clear, hidden_at), or None
-        area = clips.visible_area[b, :, 0].tolist()
+    def absence(clips, b, s=0):                               # (context, back, clear, hidden_at), or None
+        area = clips.visible_area[b, :, s].tolist()
         seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
         if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
             return None
@@ -703,20 +709,28 @@ def sprite_returns(world, cfg, count, frames, seed, switch=False):
         context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
         return (context, back, clear, hidden_at) if context * cf <= back and clear <= frames - 4 * cf else None
 
+    def hider(clips, b):                                      # (the sprite that hides, its absence), or None
+        for s in (0, 1) if other else (0,):
+            span = absence(clips, b, s)
+            window = slice((span[0] - cfg.window_chunks) * cf, span[0] * cf) if span else None
+            if span and (not other or (clips.visible_area[b, window, 1 - s] >= 8).all()):
+                return s, span
+        return None
+
     for batch in range(64):                                   # a search: the clips are rare, not scarce
         clips = world.sample(32, frames, seed=seed + 1000 * batch)
-        spans = {b: absence(clips, b) for b in torch.nonzero(clips.count == 1).flatten().tolist()}
-        spans, chunk = {b: s for b, s in spans.items() if s}, [0] * 32
+        found_in = {b: hider(clips, b) for b in torch.nonzero(clips.count == (2 if other else 1)).flatten().tolist()}
+        found_in, chunk = {b: h for b, h in found_in.items() if h}, [0] * 32
         if switch:                # the same clips, switched in the middle of each absence; the new shape covers
-            for b, (context, _, _, hidden_at) in spans.items():          # other pixels, so look at them again
+            for b, (_, (context, _, _, hidden_at)) in found_in.items():  # other pixels, so look at them again
                 chunk[b] = (math.ceil(hidden_at / cf) + context) // 2
             clips = world.sample(32, frames, seed=seed + 1000 * batch, switch_at=[max(1, c) * cf for c in chunk])
-            spans = {b: absence(clips, b) for b in spans}
-        for b, s in spans.items():
-            if s:
-                context, back, clear, _ = s
-                found.append(Return(clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]),
-                                    context, back, clear, chunk[b], clips.captions[b][-1] if switch else ""))
+            found_in = {b: hider(clips, b) for b in found_in}
+        for b, h in found_in.items():
+            if h:
+                (s, (context, back, clear, _)), colour = h, clips.sprite_colour[b]
+                found.append(Return(clips.video[b:b + 1], clips.captions[b][0], int(colour[s]), context, back, clear,
+                                    chunk[b], clips.captions[b][-1] if switch else "", int(colour[1 - s]) if other else -1))
                 if len(found) == count:
                     return found
     return found
@@ -753,13 +767,17 @@ def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
     return torch.cat(made, 1), torch.cat(frozen_made, 1)
 
 
-def colour_loss(x0, frozen_x0, background, colour):
+def colour_loss(x0, frozen_x0, background, colour, other=-1):
     """Where the frozen student draws a sprite: cross-entropy of each pixel over the four sprite
     colours (logits: minus the squared distance to each), the true colour the target, so a pixel
-    may move towards it but not out of the sprite colours. Elsewhere: the squared difference to the
-    frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's
-    pixels, summed, pick the true colour."""
+    may move towards it but not out of the sprite colours. Elsewhere, and where it draws the `other`
+    colour (a second sprite's, in view: not the one asked for), the squared difference to the frozen
+    student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's pixels,
+    summed, pick the true colour."""
     sprite = sprite_mask(frozen_x0, background)                                           # (1, F, 1, H, W)
+    if other >= 0:
+        nearest = (frozen_x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1).argmin(-1)
+        sprite = sprite * (nearest != other)[:, :, None]                 # (1, F, 1, H, W): the other's pixels out
     logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
     cross_entropy = -(log_p[..., colour] * where).sum() / where.sum().clamp_min(1.0)
@@ -769,19 +787,19 @@ def colour_loss(x0, frozen_x0, background, colour):
 
 
 class MemoryRecall:
-    """Stage 2's last phase (ours, not the paper's). Only the memory's weights (GatedDeltaMemory) train,
-    and the rest of the student at `memory_rest_lr` if set, on one question: after ground truth in which
-    a sprite left sight for longer than the sink and the window hold, does the sprite the student brings
-    back have its colour? Neither
-    stage asks it: stage 1's teacher clips are too short to hide a sprite that long, and DMD's
-    teacher sees only the window. Per step, `memory_clips` clips, each from a world of the family
-    `memory_worlds` (curtains, arenas, speeds), `memory_switches` of them with a prompt switch while the
-    sprite is away, go into the cache as context (in the graph, feed_context) up to the sprite's return
-    (sprite_returns); the student makes that chunk and the next, and
-    colour_loss scores them against the true colour. An anchor keeps the rest as it was: the
-    squared difference to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor`
-    times) and everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
-    (`memory_free_anchor` times)."""
+    """Stage 2's last phase (ours, not the paper's). The memory's weights (GatedDeltaMemory) train at
+    `memory_lr`, and the rest of the student at `memory_rest_lr` (0: frozen), on one question: after
+    ground truth in which a sprite left sight for longer than the sink and the window hold, does the
+    sprite the student brings back have its colour? Neither stage asks it: stage 1's teacher clips are
+    too short to hide a sprite that long, and DMD's teacher sees only the window. Per step,
+    `memory_clips` clips, each from a world of the family `memory_worlds` (curtains, arenas, speeds),
+    `memory_switches` of them with a prompt switch while the sprite is away and `memory_others` with a
+    second sprite in view meanwhile, go into the cache as context (in the graph, feed_context) up to
+    the sprite's return (sprite_returns); the student makes that chunk and the next, and colour_loss
+    scores them against the true colour. An anchor keeps the
+    rest as it was: the squared difference to the frozen stage-2 student, off the sprite on those
+    chunks (`memory_anchor` times) and everywhere on a free rollout of `memory_free_frames` frames from
+    the prompt alone (`memory_free_anchor` times)."""
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
     def __init__(self, run, preset, preset_name, dmd_file):
@@ -817,7 +835,8 @@ class MemoryRecall:
             world = self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))]
             seed = int(torch.randint(2 ** 62, (1,), generator=gen))
             switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches
-            returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed, switch)
+            other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others
+            returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed, switch, other)
         if len(returns) < preset.memory_clips:
             raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
                              f"after the window lost sight of them: raise memory_clip_frames")
@@ -829,7 +848,7 @@ class MemoryRecall:
                     feed_context(student, self.text_encoder, cache, clip, r)
             made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
             background = parse_caption(clip.caption_at_return).background
-            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
+            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour, clip.other)
             colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
             right += clip_right
         caption = random_caption(gen)

@@ -3,8 +3,8 @@ The memory modes side by side on long videos: every mode streams the same one-sp
 same seeds, each video is measured on its own (measure.metrics), and hybrid is compared with each other
 mode by paired bootstrap intervals. Then the recall probe: ground truth fed as context until a sprite has
 been out of sight longer than the sink and the window hold; does the sprite that comes back have its colour?
-It runs on the world the memory's phase trains on, with and without a prompt switch while the sprite is away,
-and on worlds it never sees (HELD_OUT_WORLDS).
+It runs on the world the memory's phase trains on (as it is, with a prompt switch while the sprite is away,
+and with a second sprite in view meanwhile) and on worlds it never sees (HELD_OUT_WORLDS).
 
     python -m measure.benchmark --threads 2                         all five modes (full takes most of the time)
     python -m measure.benchmark --modes hybrid,sink,window --videos 8 --no-held-out
@@ -34,6 +34,8 @@ HELD_OUT_WORLDS = {
 
 # The phase's own world, with the caption switched while the sprite is away (D10 keeps M); not held out.
 SWITCHED = "the phase's own, a prompt switch while it is away"
+# The phase's own world, a second sprite in sight while the first is away (train.sprite_returns' other).
+ACCOMPANIED = "the phase's own, a second sprite in view (chance 1/3)"
 
 
 def held_out_world(name, size):
@@ -71,14 +73,15 @@ def recall(model, text_encoder, probe, mode, sigmas, seed):
     """The recall probe on one train.Return: ground truth through the clean pass up to chunk
     `probe.context` (train.feed_context; the sink and the window then show none of the sprite), then the
     model streams until four chunks after the sprite is clearly back. 1 if the sprite colour it shows most is the
-    sprite's own, else 0. Ground truth scores 1; a model without memory of the clip, chance (1 / 4)."""
+    sprite's own, else 0; with a second sprite in view (probe.other), of the colours other than that one's.
+    Ground truth scores 1; a model without memory of the clip, chance (1 / 4; 1 / 3 with a second sprite)."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
     cache = tv.StreamCache(model, 1, mode, device=device)
     train.feed_context(model, text_encoder, cache, probe, probe.context)
     made = math.ceil(probe.clear / cf) + 4 - probe.context
     video = torch.cat(list(tv.generate(model, text_encoder, {0: probe.caption_at_return}, made, sigmas,
                                        torch.Generator().manual_seed(seed), cache=cache)), 1)
-    _, sprite = metrics.read_attributes(video)                 # (1, frames made)
+    _, sprite = metrics.read_attributes(video, leave_out=probe.other)          # (1, frames made)
     shown = sprite[sprite >= 0]
     return float(len(shown) > 0 and shown.mode().values.item() == probe.colour)
 
@@ -97,9 +100,9 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
     video_of = {"ground truth": truth.video[keep]}
     prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
     trained_world = train.recall_world(preset, cfg)
-    worlds = {"the phase's own": trained_world, SWITCHED: trained_world,
+    worlds = {"the phase's own": trained_world, SWITCHED: trained_world, ACCOMPANIED: trained_world,
               **({name: held_out_world(name, cfg.frame_size) for name in HELD_OUT_WORLDS} if held_out else {})}
-    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed, switch=name == SWITCHED)
+    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed, name == SWITCHED, name == ACCOMPANIED)
               for name, world in worlds.items()}
     speed, peak, recalled = {}, {}, {name: {} for name in worlds}                # recalled[world][mode]: (N,)
     batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
@@ -158,8 +161,9 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
     if held_out:
         recalled["held out, all"] = {m: torch.cat([recalled[name][m] for name in HELD_OUT_WORLDS]) for m in modes}
     unseen = ", and worlds it never trains on (measure.benchmark.HELD_OUT_WORLDS)" if held_out else ""
-    print(f"\nrecall by world: the phase's own ({trained_world.occluder}-pixel curtains), with and without a prompt "
-          f"switch while the sprite is away{unseen}; chance {1 / len(train.SPRITE_COLOURS):.2f}\n\n"
+    print(f"\nrecall by world: the phase's own ({trained_world.occluder}-pixel curtains), as it is, with a prompt "
+          f"switch while the sprite is away and with a second sprite in view{unseen}; chance "
+          f"{1 / len(train.SPRITE_COLOURS):.2f} unless the row says\n\n"
           "| world | probes | " + " | ".join(modes) + "".join(f" | hybrid - {m}" for m in others) + " |\n|---|--:|"
           + "--:|" * (len(modes) + len(others)))
     for name, by_mode in recalled.items():

@@ -56,16 +56,21 @@ def _read_votes(votes: torch.Tensor, min_sprite_pixels: int) -> tuple[torch.Tens
     return background, torch.where(sprite_votes >= min_sprite_pixels, sprite, -1)
 
 
-def read_attributes(frames: torch.Tensor, min_sprite_pixels: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def read_attributes(frames: torch.Tensor, min_sprite_pixels: int = 4, leave_out: int = -1
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read each frame's colours back from its pixels, no model involved.
 
-    Args: frames: shape (B, F, 3, H, W) in [-1, 1].
+    Args: frames: shape (B, F, 3, H, W) in [-1, 1]; leave_out: a SPRITE_COLOURS index the sprite
+    reading ignores (-1: none), as if those pixels showed no sprite.
     Returns background (B, F), the index into BACKGROUNDS most pixels are nearest to, and
     sprite (B, F), the index into SPRITE_COLOURS most sprite-coloured pixels show, or -1 when
     fewer than `min_sprite_pixels` pixels show any.
     """
     _check_frames(frames)
-    return _read_votes(_colour_votes(frames), min_sprite_pixels)
+    votes = _colour_votes(frames)  # (B, F, P)
+    if leave_out >= 0:
+        votes[..., len(BACKGROUNDS) + leave_out] = 0
+    return _read_votes(votes, min_sprite_pixels)
 
 
 # ---- metrics: model-free analogues of VBench's long-video dimensions (SPEC section 8) ---------
