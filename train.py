@@ -334,7 +334,10 @@ TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_laye
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
               compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
-              memory_steps=300, save_every=25)
+              memory_steps=400, memory_rest_lr=1e-4, save_every=25,
+              memory_worlds=(dict(occluder=4), dict(occluder=6), dict(occluder=8), dict(arena_scale=2.0),
+                             dict(arena_scale=2.0, occluder=3), dict(arena_scale=1.75, occluder=6),
+                             dict(occluder=4, min_speed=1.0, max_speed=2.0)))
 
 PRESETS = {
     # seconds: for the tests
