@@ -715,8 +715,10 @@ def sprite_returns(world, cfg, count, frames, seed, switch=False, other=False):
     def hider(clips, b):                                      # (the sprite that hides, its absence), or None
         for s in (0, 1) if other else (0,):
             span = absence(clips, b, s)
-            window = slice((span[0] - cfg.window_chunks) * cf, span[0] * cf) if span else None
-            if span and (not other or (clips.visible_area[b, window, 1 - s] >= 8).all()):
+            if span is None:
+                continue
+            window = slice((span[0] - cfg.window_chunks) * cf, span[0] * cf)   # the probe's last window of context
+            if not other or (clips.visible_area[b, window, 1 - s] >= 8).all():
                 return s, span
         return None
 
@@ -777,11 +779,11 @@ def colour_loss(x0, frozen_x0, background, colour, other=-1):
     colour (a second sprite's, in view: not the one asked for), the squared difference to the frozen
     student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's pixels,
     summed, pick the true colour."""
+    distance = lambda x: (x.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x.device)).square().sum(-1)  # (1, F, H, W, 4)
     sprite = sprite_mask(frozen_x0, background)                                           # (1, F, 1, H, W)
-    if other >= 0:
-        nearest = (frozen_x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1).argmin(-1)
-        sprite = sprite * (nearest != other)[:, :, None]                 # (1, F, 1, H, W): the other's pixels out
-    logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
+    if other >= 0:                                                        # the other sprite's pixels out
+        sprite = sprite * (distance(frozen_x0).argmin(-1) != other)[:, :, None]
+    logits = -distance(x0)                                                                # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
     cross_entropy = -(log_p[..., colour] * where).sum() / where.sum().clamp_min(1.0)
     outside = ((x0 - frozen_x0).square() * (1 - sprite)).mean()
@@ -799,10 +801,10 @@ class MemoryRecall:
     `memory_switches` of them with a prompt switch while the sprite is away and `memory_others` with a
     second sprite in view meanwhile, go into the cache as context (in the graph, feed_context) up to
     the sprite's return (sprite_returns); the student makes that chunk and the next, and colour_loss
-    scores them against the true colour. An anchor keeps the
-    rest as it was: the squared difference to the frozen stage-2 student, off the sprite on those
-    chunks (`memory_anchor` times) and everywhere on a free rollout of `memory_free_frames` frames from
-    the prompt alone (`memory_free_anchor` times)."""
+    scores them against the true colour. An anchor keeps the rest as it was: the squared difference
+    to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor` times) and
+    everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
+    (`memory_free_anchor` times)."""
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
     def __init__(self, run, preset, preset_name, dmd_file):

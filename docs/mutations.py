@@ -78,9 +78,9 @@ BREAKS = [
  ("world: every clip switches at the first clip's frame", "train.py", "at = None if switch_at is None else torch.tensor(switch_at).expand(batch_size)", "at = None if switch_at is None else torch.tensor(switch_at).flatten()[:1].expand(batch_size)"),
  ("phase: the rest of the student never moves", "train.py", "rest = rest if preset.memory_rest_lr else []", "rest = []"),
  ("two sprites: the probe reads the one in view too", "measure/benchmark.py", "metrics.read_attributes(video, leave_out=probe.other)", "metrics.read_attributes(video)"),
- ("two sprites: the other need not be in the window", "train.py", "if span and (not other or (clips.visible_area[b, window, 1 - s] >= 8).all()):", "if span:"),
+ ("two sprites: the other need not be in the window", "train.py", "if not other or (clips.visible_area[b, window, 1 - s] >= 8).all():", "if True:"),
  ("two sprites: the colour read is the one in view", "train.py", "int(colour[s]), context, back, clear,", "int(colour[1 - s]), context, back, clear,"),
- ("two sprites: the colour loss asks the one in view too", "train.py", "    if other >= 0:\n        nearest =", "    if False:\n        nearest ="),
+ ("two sprites: the colour loss asks the one in view too", "train.py", "    if other >= 0:                                                        # the other sprite's pixels out", "    if False:"),
  ("two sprites: the phase never draws them", "train.py", "other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others", "other = False"),
  ("returns: the window not yet empty", "train.py", "context = math.ceil(hidden_at / cf) + cfg.window_chunks", "context = math.ceil(hidden_at / cf) + cfg.window_chunks - 1"),
 ]

@@ -102,7 +102,8 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
     trained_world = train.recall_world(preset, cfg)
     worlds = {"the phase's own": trained_world, SWITCHED: trained_world, ACCOMPANIED: trained_world,
               **({name: held_out_world(name, cfg.frame_size) for name in HELD_OUT_WORLDS} if held_out else {})}
-    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed, name == SWITCHED, name == ACCOMPANIED)
+    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed, switch=name == SWITCHED,
+                                       other=name == ACCOMPANIED)
               for name, world in worlds.items()}
     speed, peak, recalled = {}, {}, {name: {} for name in worlds}                # recalled[world][mode]: (N,)
     batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
@@ -179,8 +180,8 @@ def main(argv=None):
     parser.add_argument("--videos", type=int, default=32, help="videos per mode, and recall probes (default 32)")
     parser.add_argument("--frames", type=int, help="frames per video (default: 20 teacher clips)")
     parser.add_argument("--no-held-out", action="store_true",
-                        help="the recall probe on the phase's own world only (with and without a switch), "
-                             "not on the held-out worlds")
+                        help="the recall probe on the phase's own world only (as it is, with a switch, with a "
+                             "second sprite in view), not on the held-out worlds")
     sample.add_student_arguments(parser)
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(","))
