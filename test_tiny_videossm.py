@@ -1255,12 +1255,17 @@ def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back()
 
 def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
     """other=True, read from the pixels: the sprite that hides (its colour read with the other's left out)
-    meets the one-sprite criterion, and the other is clearly in every frame of the probe's last window."""
+    meets the one-sprite criterion, and the other is clearly in every frame of the probe's last window;
+    with a switch too, the sprite that hides is the one away when the prompt switches."""
     cfg = tv.VideoSSMConfig(**train.PRESETS["test"].model)
     cf = cfg.chunk_frames
     returns = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, other=True)
     assert len(returns) == 6 and {clip.other for clip in train.sprite_returns(World(16, occluder=4), cfg, 2, 60, 0)} == {-1}
-    for clip in returns:
+    switched = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=True, other=True)
+    for clip in switched:
+        _, hider = read_attributes(clip.video, leave_out=clip.other)
+        assert clip.switch > 0 and (hider[0, clip.switch * cf:(clip.switch + 1) * cf] != clip.colour).all()
+    for clip in returns + switched:
         assert parse_caption(clip.caption).count == 2 and clip.other not in (-1, clip.colour)
         _, hider = read_attributes(clip.video, leave_out=clip.other)                   # (1, F), -1: none
         _, shown = read_attributes(clip.video)
@@ -1317,6 +1322,20 @@ def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
     assert off > 0 and ce < 0.1 and right                                        # it is anchored, not asked
 
 
+def test_colour_loss_never_asks_the_sprite_in_view_to_turn_the_hidden_ones_colour():
+    """A second sprite drawn off its colour (white, where the ground truth shows it orange) is not
+    asked for the hidden sprite's cyan once the ground truth is given: only the hidden one is."""
+    frozen = train.BACKGROUND_RGB[2].view(1, 1, 3, 1, 1).repeat(1, 2, 1, 12, 12)   # blue, two white sprites
+    frozen[..., 1:4, 1:4] = frozen[..., 8:11, 8:11] = train.SPRITE_RGB[0].view(1, 1, 3, 1, 1)
+    truth = frozen.clone()
+    truth[..., 8:11, 8:11] = train.SPRITE_RGB[3].view(1, 1, 3, 1, 1)              # the one in view is orange
+    x0 = frozen.clone()
+    x0[..., 1:4, 1:4] = train.SPRITE_RGB[2].view(1, 1, 3, 1, 1)                   # the hidden one drawn cyan
+    asked_both, _, _ = train.colour_loss(x0, frozen, 2, 2, other=3)
+    asked, off, right = train.colour_loss(x0, frozen, 2, 2, other=3, truth=truth)
+    assert asked_both > 1 and asked < 0.1 and off == 0 and right
+
+
 def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     stage = train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt")
     wake_memory(stage.model)
@@ -1369,8 +1388,8 @@ def test_the_memory_phase_switches_prompts_while_the_sprite_is_away(run, monkeyp
     fed, feed, asked, colour_loss = [], train.feed_context, [], train.colour_loss
     monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
                         feed(model, encoder, cache, clip, chunks))
-    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other: asked.append(background)
-                        or colour_loss(x0, frozen_x0, background, colour, other))
+    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other, truth:
+                        asked.append(background) or colour_loss(x0, frozen_x0, background, colour, other, truth))
     stage.train_step(0)
     assert len(fed) == 2 * preset.memory_clips and all(clip.switch > 0 for clip in fed)     # both students' caches
     assert asked == [parse_caption(clip.caption_at_return).background for clip in fed[::2]]   # the new background
@@ -1382,11 +1401,15 @@ def test_the_memory_phase_trains_beside_a_second_sprite_when_asked(run, monkeypa
     fed, feed, asked, colour_loss = [], train.feed_context, [], train.colour_loss
     monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
                         feed(model, encoder, cache, clip, chunks))
-    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other: asked.append(
-                        (colour, other)) or colour_loss(x0, frozen_x0, background, colour, other))
+    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other, truth: asked.append(
+                        (colour, other, truth)) or colour_loss(x0, frozen_x0, background, colour, other, truth))
     stage.train_step(0)
+    cf = stage.model.cfg.chunk_frames
     assert all(parse_caption(clip.caption).count == 2 and clip.other >= 0 for clip in fed)
-    assert asked == [(clip.colour, clip.other) for clip in fed[::2]]              # the one in view is left out
+    assert [(colour, other) for colour, other, _ in asked] == [(clip.colour, clip.other) for clip in fed[::2]]
+    for (_, _, truth), clip in zip(asked, fed[::2]):                              # the one in view is left out,
+        r = clip.back // cf                                                        # around its true pixels too
+        assert torch.equal(truth, clip.video[:, r * cf:(r + 2) * cf])
 
 
 # ----------------------------------------------------------------------------------------------

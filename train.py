@@ -712,8 +712,8 @@ def sprite_returns(world, cfg, count, frames, seed, switch=False, other=False):
         context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
         return (context, back, clear, hidden_at) if context * cf <= back and clear <= frames - 4 * cf else None
 
-    def hider(clips, b):                                      # (the sprite that hides, its absence), or None
-        for s in (0, 1) if other else (0,):
+    def hider(clips, b, sprites):                             # (the one of `sprites` that hides, its absence), or None
+        for s in sprites:
             span = absence(clips, b, s)
             if span is None:
                 continue
@@ -724,13 +724,14 @@ def sprite_returns(world, cfg, count, frames, seed, switch=False, other=False):
 
     for batch in range(64):                                   # a search: the clips are rare, not scarce
         clips = world.sample(32, frames, seed=seed + 1000 * batch)
-        found_in = {b: hider(clips, b) for b in torch.nonzero(clips.count == (2 if other else 1)).flatten().tolist()}
+        found_in = {b: hider(clips, b, (0, 1) if other else (0,))
+                    for b in torch.nonzero(clips.count == (2 if other else 1)).flatten().tolist()}
         found_in, chunk = {b: h for b, h in found_in.items() if h}, [0] * 32
         if switch:                # the same clips, switched in the middle of each absence; the new shape covers
             for b, (_, (context, _, _, hidden_at)) in found_in.items():  # other pixels, so look at them again
                 chunk[b] = (math.ceil(hidden_at / cf) + context) // 2
             clips = world.sample(32, frames, seed=seed + 1000 * batch, switch_at=[max(1, c) * cf for c in chunk])
-            found_in = {b: hider(clips, b) for b in found_in}
+            found_in = {b: hider(clips, b, (s,)) for b, (s, _) in found_in.items()}   # the same sprite hides
         for b, h in found_in.items():
             if h:
                 (s, (context, back, clear, _)), colour = h, clips.sprite_colour[b]
@@ -772,17 +773,22 @@ def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
     return torch.cat(made, 1), torch.cat(frozen_made, 1)
 
 
-def colour_loss(x0, frozen_x0, background, colour, other=-1):
+def colour_loss(x0, frozen_x0, background, colour, other=-1, truth=None):
     """Where the frozen student draws a sprite: cross-entropy of each pixel over the four sprite
     colours (logits: minus the squared distance to each), the true colour the target, so a pixel
     may move towards it but not out of the sprite colours. Elsewhere, and where it draws the `other`
-    colour (a second sprite's, in view: not the one asked for), the squared difference to the frozen
-    student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's pixels,
-    summed, pick the true colour."""
+    colour (a second sprite's, in view: not the one asked for) or, given `truth` (the ground truth of
+    the same frames), within two pixels of where that shows the other sprite, the squared difference
+    to the frozen student: the sprite in view is never asked to turn the hidden one's colour.
+    x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's pixels, summed, pick
+    the true colour."""
     distance = lambda x: (x.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x.device)).square().sum(-1)  # (1, F, H, W, 4)
     sprite = sprite_mask(frozen_x0, background)                                           # (1, F, 1, H, W)
     if other >= 0:                                                        # the other sprite's pixels out
         sprite = sprite * (distance(frozen_x0).argmin(-1) != other)[:, :, None]
+    if other >= 0 and truth is not None:                                  # and the pixels around it in truth
+        shown = sprite_mask(truth, background)[:, :, 0] * (distance(truth).argmin(-1) == other)    # (1, F, H, W)
+        sprite = sprite * (torch.nn.functional.max_pool2d(shown[0], 5, 1, 2)[None, :, None] == 0)
     logits = -distance(x0)                                                                # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
     cross_entropy = -(log_p[..., colour] * where).sum() / where.sum().clamp_min(1.0)
@@ -853,7 +859,9 @@ class MemoryRecall:
                     feed_context(student, self.text_encoder, cache, clip, r)
             made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
             background = parse_caption(clip.caption_at_return).background
-            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour, clip.other)
+            truth = clip.video[:, r * cf:(r + 2) * cf].to(self.run.device)            # the same two chunks
+            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour, clip.other,
+                                                               truth)
             colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
             right += clip_right
         caption = random_caption(gen)

@@ -81,6 +81,9 @@ BREAKS = [
  ("two sprites: the other need not be in the window", "train.py", "if not other or (clips.visible_area[b, window, 1 - s] >= 8).all():", "if True:"),
  ("two sprites: the colour read is the one in view", "train.py", "int(colour[s]), context, back, clear,", "int(colour[1 - s]), context, back, clear,"),
  ("two sprites: the colour loss asks the one in view too", "train.py", "    if other >= 0:                                                        # the other sprite's pixels out", "    if False:"),
+ ("two sprites: a switch's re-read may pick the other", "train.py", "found_in = {b: hider(clips, b, (s,)) for b, (s, _) in found_in.items()}", "found_in = {b: hider(clips, b, (1, 0)) for b in found_in}"),
+ ("two sprites: the colour loss asks the one in view's true pixels", "train.py", "    if other >= 0 and truth is not None:                                  # and the pixels around it in truth", "    if False:"),
+ ("two sprites: the phase gives the colour loss no ground truth", "train.py", "                                                               truth)", "                                                               None)"),
  ("two sprites: the phase never draws them", "train.py", "other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others", "other = False"),
  ("returns: the window not yet empty", "train.py", "context = math.ceil(hidden_at / cf) + cfg.window_chunks", "context = math.ceil(hidden_at / cf) + cfg.window_chunks - 1"),
 ]
