@@ -17,23 +17,7 @@ import sample  # noqa: E402
 import tiny_videossm as tv  # noqa: E402
 import train  # noqa: E402
 from measure import metrics  # noqa: E402
-from measure.benchmark import interval_cell  # noqa: E402
-
-
-@torch.no_grad()
-def hybrid_videos(model, text_encoder, preset, seed, videos=32):
-    """The benchmark's hybrid videos for `seed`: (N, F, C, H, W)."""
-    cfg, frames = model.cfg, 20 * preset.clip_frames
-    sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-    truth = train.World(cfg.frame_size, **preset.world).sample(4 * videos, frames, seed=seed)
-    prompts = [truth.captions[b][0] for b in torch.nonzero(truth.count == 1).flatten()[:videos]]
-    made = []
-    for n, start in enumerate(range(0, len(prompts), 16)):                 # 16 at once, as the benchmark
-        batch = prompts[start:start + 16]
-        made.append(torch.cat(list(tv.generate(model, text_encoder, {0: batch}, frames // cfg.chunk_frames, sigmas,
-                                               torch.Generator().manual_seed(seed + n), "hybrid",
-                                               batch_size=len(batch))), 1))
-    return torch.cat(made)
+from measure.benchmark import interval_cell, one_sprite_clips, streamed_videos  # noqa: E402
 
 
 def main():
@@ -47,7 +31,13 @@ def main():
     kept = {}
     for path in (args.a, args.b):
         model, text_encoder, preset = sample.load(path)
-        videos = torch.cat([hybrid_videos(model, text_encoder, preset, seed) for seed in seeds])
+        frames, sigmas = 20 * preset.clip_frames, tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+        made = []
+        for seed in seeds:                                                  # the benchmark's prompts and noise
+            truth, keep = one_sprite_clips(preset, model.cfg, 32, frames, seed)
+            made.append(streamed_videos(model, text_encoder, [truth.captions[b][0] for b in keep], frames, sigmas,
+                                        seed, "hybrid"))
+        videos = torch.cat(made)
         kept[path] = metrics.identity_kept(videos)
         _, sprite = metrics.read_attributes(videos)                         # (N, F), -1: none
         late = sprite[:, sprite.shape[1] // 2:]

@@ -86,6 +86,27 @@ def recall(model, text_encoder, probe, mode, sigmas, seed):
     return float(len(shown) > 0 and shown.mode().values.item() == probe.colour)
 
 
+def one_sprite_clips(preset, cfg, videos, frames, seed):
+    """The benchmark's ground truth: clips of the preset's world from `seed`, and the indices of the
+    first `videos` with one sprite (identity is defined for them). Their first captions are its prompts."""
+    truth = train.World(cfg.frame_size, **preset.world).sample(4 * videos, frames, seed=seed)
+    return truth, torch.nonzero(truth.count == 1).flatten()[:videos]
+
+
+@torch.no_grad()
+def streamed_videos(model, text_encoder, prompts, frames, sigmas, seed, mode, after_batch=lambda: None):
+    """Every prompt streamed for `frames` frames in `mode`, 16 at once, batch n from noise seed + n:
+    (N, F, C, H, W) on the CPU."""
+    made = []
+    for n, start in enumerate(range(0, len(prompts), 16)):
+        batch = prompts[start:start + 16]
+        made.append(torch.cat(list(tv.generate(model, text_encoder, {0: batch}, frames // model.cfg.chunk_frames, sigmas,
+                                               torch.Generator().manual_seed(seed + n), mode,
+                                               batch_size=len(batch))), 1).cpu())
+        after_batch()
+    return torch.cat(made)
+
+
 @torch.no_grad()
 def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, held_out=True):
     """Every mode of `modes` streams the same prompts (one sprite each) and seeds for `frames` frames:
@@ -94,9 +115,7 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
     with paired intervals. Prints the tables."""
     cfg = model.cfg
     sigmas = tv.denoising_sigmas(steps, preset.shift)
-    world = train.World(cfg.frame_size, **preset.world)
-    truth = world.sample(4 * videos, frames, seed=seed)
-    keep = torch.nonzero(truth.count == 1).flatten()[:videos]             # one sprite: identity is defined
+    truth, keep = one_sprite_clips(preset, cfg, videos, frames, seed)
     video_of = {"ground truth": truth.video[keep]}
     prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
     trained_world = train.recall_world(preset, cfg)
@@ -106,19 +125,11 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
                                        other=name == ACCOMPANIED)
               for name, world in worlds.items()}
     speed, peak, recalled = {}, {}, {name: {} for name in worlds}                # recalled[world][mode]: (N,)
-    batches = [list(range(len(prompts)))[i:i + 16] for i in range(0, len(prompts), 16)]   # 16 videos at once
-    steps_per_mode = len(batches) + 1 + sum(map(len, probes.values()))
+    steps_per_mode = math.ceil(len(prompts) / 16) + 1 + sum(map(len, probes.values()))
     with tqdm(total=len(modes) * steps_per_mode, desc="benchmark", unit="step") as bar:
         for mode in modes:
             bar.set_description(f"benchmark: {mode}")
-            made = []
-            for n, batch in enumerate(batches):
-                made.append(torch.cat(list(tv.generate(model, text_encoder, {0: [prompts[i] for i in batch]},
-                                                       frames // cfg.chunk_frames, sigmas,
-                                                       torch.Generator().manual_seed(seed + n), mode,
-                                                       batch_size=len(batch))), 1).cpu())
-                bar.update()
-            video_of[mode] = torch.cat(made)
+            video_of[mode] = streamed_videos(model, text_encoder, prompts, frames, sigmas, seed, mode, bar.update)
             cache = tv.StreamCache(model, 1, mode, device=next(model.parameters()).device)
             started, peak[mode] = time.time(), 0
             for _ in tv.generate(model, text_encoder, {0: prompts[0]}, frames // cfg.chunk_frames, sigmas,
@@ -146,7 +157,7 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
     per_video["recall"] = {"ground truth": torch.ones(len(own)), **recalled["the phase's own"]}
     print(f"\n{len(prompts)} videos of {frames} frames ({frames // preset.clip_frames} teacher clips), one sprite "
           f"each, {steps} steps, the same prompts and seeds in every row. Recall: {len(own)} ground-truth "
-          f"clips{' with curtains (world.occluder=4)' if not world.occluder else ''} fed as context until "
+          f"clips{' with curtains (world.occluder=4)' if not preset.world.get('occluder') else ''} fed as context until "
           f"the sprite has been out of sight longer than sink + window hold; chance {1 / len(train.SPRITE_COLOURS):.2f}\n")
     print("| | " + " | ".join(per_video) + " | frames/s, one stream | peak cache |\n|---|"
           + "--:|" * (len(per_video) + 2))
