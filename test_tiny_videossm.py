@@ -968,7 +968,6 @@ def test_the_gpu_preset_carries_tinys_recipe():
     (["--set", "memory_free_frames=9"], "whole chunks"),
     (["--set", "critic_warmup=4"], "critic_warmup=4: must be < dmd_steps"),
     (["--set", "ema_decay=1.5"], "ema_decay=1.5: must be between 0 and 1"),
-    (["--set", "memory_others=0.5", "--set", "memory_others_from=2"], "memory_others_from=2: must be < memory_steps"),
     (["--stop-at", "-3"], "--stop-at -3: a step number"),
     (["--seed", "99999999999999999999999"], "--seed .*: use a number"),
 ])
@@ -1411,21 +1410,6 @@ def test_the_memory_phase_trains_beside_a_second_sprite_when_asked(run, monkeypa
     for (_, _, truth), clip in zip(asked, fed[::2]):                              # the one in view is left out,
         r = clip.back // cf                                                        # around its true pixels too
         assert torch.equal(truth, clip.video[:, r * cf:(r + 2) * cf])
-
-
-def test_the_memory_phase_starts_its_two_sprite_clips_at_memory_others_from(run, monkeypatch):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_others": 1.0, "memory_others_from": 1,
-                             "memory_clips": 2})
-    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
-    fed, feed = [], train.feed_context
-    monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
-                        feed(model, encoder, cache, clip, chunks))
-    counts = []
-    for step in (0, 1):
-        fed.clear()
-        stage.train_step(step)
-        counts.append({parse_caption(clip.caption).count for clip in fed})
-    assert counts == [{1}, {2}]                              # one sprite before the step, two from it on
 
 
 # ----------------------------------------------------------------------------------------------

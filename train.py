@@ -300,7 +300,6 @@ class Preset:
                                   # recall across a switch (the probe's switch row; docs/experiments.md)
     memory_others: float = 0.0    # the share of them with two sprites, one in view while the other is away: to teach
                                   # recall beside a sprite the window holds (the probe's two-sprite row)
-    memory_others_from: int = 0   # the phase step they start at: one-sprite clips first (docs/experiments.md)
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
@@ -321,16 +320,13 @@ class Preset:
         if any(frames % cfg.chunk_frames for frames in lengths.values()) or self.rollout_frames < self.clip_frames:
             raise ValueError(f"{', '.join(f'{n}={v}' for n, v in lengths.items())} must be whole chunks of "
                              f"{cfg.chunk_frames} frames, and rollout_frames >= clip_frames")
-        if self.memory_others and self.memory_steps and self.memory_others_from >= self.memory_steps:
-            raise ValueError(f"memory_others_from={self.memory_others_from}: must be < memory_steps={self.memory_steps}"
-                             f" (or memory_others=0): the phase would draw no two-sprite clips")
         if self.critic_warmup >= self.dmd_steps:
             raise ValueError(f"critic_warmup={self.critic_warmup}: must be < dmd_steps={self.dmd_steps}")
 
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
                 "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_others",
-                "memory_others_from", "memory_anchor", "memory_free_anchor"}
+                "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -808,12 +804,12 @@ class MemoryRecall:
     sprite the student brings back have its colour? Neither stage asks it: stage 1's teacher clips are
     too short to hide a sprite that long, and DMD's teacher sees only the window. Per step,
     `memory_clips` clips, each from a world of the family `memory_worlds` (curtains, arenas, speeds),
-    `memory_switches` of them with a prompt switch while the sprite is away and `memory_others` (from step
-    `memory_others_from` on) with a second sprite in view meanwhile, go into the cache as context (in the
-    graph, feed_context) up to the sprite's return (sprite_returns); the student makes that chunk and the
-    next, and colour_loss scores them against the true colour. An anchor keeps the rest as it was: the
-    squared difference to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor`
-    times) and everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
+    `memory_switches` of them with a prompt switch while the sprite is away and `memory_others` with a
+    second sprite in view meanwhile, go into the cache as context (in the graph, feed_context) up to
+    the sprite's return (sprite_returns); the student makes that chunk and the next, and colour_loss
+    scores them against the true colour. An anchor keeps the rest as it was: the squared difference
+    to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor` times) and
+    everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
     (`memory_free_anchor` times)."""
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
@@ -850,8 +846,7 @@ class MemoryRecall:
             world = self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))]
             seed = int(torch.randint(2 ** 62, (1,), generator=gen))
             switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches
-            other = (preset.memory_others > 0 and step >= preset.memory_others_from
-                     and torch.rand(1, generator=gen).item() < preset.memory_others)
+            other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others
             returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed, switch, other)
         if len(returns) < preset.memory_clips:
             raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "

@@ -84,8 +84,7 @@ BREAKS = [
  ("two sprites: a switch's re-read may pick the other", "train.py", "found_in = {b: hider(clips, b, (s,)) for b, (s, _) in found_in.items()}", "found_in = {b: hider(clips, b, (1, 0)) for b in found_in}"),
  ("two sprites: the colour loss asks the one in view's true pixels", "train.py", "    if other >= 0 and truth is not None:                                  # and the pixels around it in truth", "    if False:"),
  ("two sprites: the phase gives the colour loss no ground truth", "train.py", "                                                               truth)", "                                                               None)"),
- ("two sprites: the phase never draws them", "train.py", "other = (preset.memory_others > 0 and step >= preset.memory_others_from", "other = (False"),
- ("two sprites: drawn before memory_others_from", "train.py", "other = (preset.memory_others > 0 and step >= preset.memory_others_from", "other = (preset.memory_others > 0"),
+ ("two sprites: the phase never draws them", "train.py", "other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others", "other = False"),
  ("returns: the window not yet empty", "train.py", "context = math.ceil(hidden_at / cf) + cfg.window_chunks", "context = math.ceil(hidden_at / cf) + cfg.window_chunks - 1"),
 ]
 
