@@ -1395,35 +1395,6 @@ def test_the_memory_phase_switches_prompts_while_the_sprite_is_away(run, monkeyp
     assert asked == [parse_caption(clip.caption_at_return).background for clip in fed[::2]]   # the new background
 
 
-def test_first_sprite_colour_reads_the_colour_the_world_painted_first():
-    found = 0
-    for seed in range(3):
-        clips = train.World(32, occluder=4).sample(32, 24, seed=seed)
-        for b in torch.nonzero((clips.count == 1) & (clips.visible_area[:, :, 0].amax(1) >= 8)).flatten().tolist():
-            colour, after = train.first_sprite_colour(clips.video[b:b + 1], 3)
-            in_view = int((clips.visible_area[b, :, 0] >= 1).nonzero()[0])    # the first frame it shows a pixel in
-            assert colour == int(clips.sprite_colour[b, 0]) and after % 3 == 0 and after > in_view
-            found += 1
-    assert found > 20
-    empty = train.BACKGROUND_RGB[1].view(1, 1, 3, 1, 1).repeat(1, 6, 1, 8, 8)
-    assert train.first_sprite_colour(empty, 3) == (-1, 6)
-
-
-def test_the_memory_phase_asks_the_free_rollout_to_keep_its_first_colour(run, monkeypatch):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_identity": 1.0, "memory_identity_frames": 12})
-    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
-    cf, asked, colour_loss = stage.model.cfg.chunk_frames, [], train.colour_loss
-    monkeypatch.setattr(train, "first_sprite_colour", lambda x0, chunk_frames: (3, chunk_frames))
-    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other, truth: asked.append(
-                        (x0.shape[1], colour)) or colour_loss(x0, frozen_x0, background, colour, other, truth))
-    losses = stage.train_step(0)
-    assert asked[-1] == (12 - cf, 3)                                # after the first chunk, towards its colour
-    assert len(asked) == preset.memory_clips + 1 and losses["identity"] >= 0
-    monkeypatch.setattr(train, "first_sprite_colour", lambda x0, chunk_frames: (-1, x0.shape[1]))
-    asked.clear()
-    assert stage.train_step(1)["identity"] == 0 and len(asked) == preset.memory_clips   # no sprite: nothing asked
-
-
 def test_the_memory_phase_trains_beside_a_second_sprite_when_asked(run, monkeypatch):
     preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_others": 1.0, "memory_clips": 2})
     stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")

@@ -304,9 +304,6 @@ class Preset:
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
     memory_free_anchor: float = 100.0  # and on the free rollout
-    memory_identity: float = 0.0  # weight of colour_loss on the free rollout towards the colour its sprite showed
-                                  # first (first_sprite_colour): identity kept, asked of the student's own stream
-    memory_identity_frames: int = 72  # that free rollout's length (the anchor covers its first memory_free_frames)
 
     def __post_init__(self):
         """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
@@ -319,8 +316,7 @@ class Preset:
                 raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if zero else '> 0'}")
             if name in ("text_dropout", "switch_probability", "ema_decay", "memory_switches", "memory_others") and value > 1:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
-        lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames",
-                                                         "memory_identity_frames")}
+        lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames")}
         if any(frames % cfg.chunk_frames for frames in lengths.values()) or self.rollout_frames < self.clip_frames:
             raise ValueError(f"{', '.join(f'{n}={v}' for n, v in lengths.items())} must be whole chunks of "
                              f"{cfg.chunk_frames} frames, and rollout_frames >= clip_frames")
@@ -330,7 +326,7 @@ class Preset:
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
                 "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_others",
-                "memory_anchor", "memory_free_anchor", "memory_identity"}
+                "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -801,21 +797,6 @@ def colour_loss(x0, frozen_x0, background, colour, other=-1, truth=None):
     return cross_entropy, outside, right
 
 
-def first_sprite_colour(x0, chunk_frames, min_pixels=8):
-    """The colour a rollout's sprite shows first, and the frame after that chunk: of the first chunk
-    in which a frame has at least `min_pixels` pixels nearest a sprite colour (nearest_palette), the
-    sprite colour most of those pixels show. x0: (1, F, C, H, W). Returns (index into SPRITE_COLOURS,
-    frame), or (-1, F) if no chunk shows a sprite."""
-    sprite = nearest_palette(x0)[0][0] - len(BACKGROUNDS)                           # (F, H, W): 0-3 a sprite colour
-    shown = (sprite >= 0) & (sprite < len(SPRITE_RGB))
-    for start in range(0, x0.shape[1], chunk_frames):
-        frames = slice(start, start + chunk_frames)
-        if (shown[frames].flatten(1).sum(1) >= min_pixels).any():
-            votes = torch.bincount(sprite[frames][shown[frames]], minlength=len(SPRITE_RGB))
-            return int(votes.argmax()), start + chunk_frames
-    return -1, x0.shape[1]
-
-
 class MemoryRecall:
     """Stage 2's last phase (ours, not the paper's). The memory's weights (GatedDeltaMemory) train at
     `memory_lr`, and the rest of the student at `memory_rest_lr` (0: frozen), on one question: after
@@ -887,19 +868,12 @@ class MemoryRecall:
         caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
         for student, cache in zip((model, frozen), caches):
             cache.set_prompt(student, self.text_encoder([caption]))
-        frames = max(preset.memory_free_frames, preset.memory_identity_frames if preset.memory_identity else 0)
-        made, frozen_made = paired_chunks(model, frozen, caches, frames // cf, exit_step, self.sigmas, gen)
-        free = (made - frozen_made)[:, :preset.memory_free_frames].square().mean()
-        identity = torch.zeros((), device=made.device)
-        if preset.memory_identity:                        # the sprite it drew first keeps its colour
-            background = parse_caption(caption).background
-            first, after = first_sprite_colour(made.detach(), cf)
-            if first >= 0 and after < made.shape[1]:
-                identity = colour_loss(made[:, after:], frozen_made[:, after:], background, first, -1, None)[0]
+        made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
+                                          self.sigmas, gen)
+        free = (made - frozen_made).square().mean()
         optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr],
-                       colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free
-                       + preset.memory_identity * identity)
-        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(), "identity": identity.item(),
+                       colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
+        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
                 "right": right / preset.memory_clips}
 
     def finish(self):
