@@ -1412,29 +1412,6 @@ def test_the_memory_phase_trains_beside_a_second_sprite_when_asked(run, monkeypa
         assert torch.equal(truth, clip.video[:, r * cf:(r + 2) * cf])
 
 
-def test_sprite_in_view_shows_its_sprite_clearly_in_its_colour():
-    cfg = tv.VideoSSMConfig(**train.PRESETS["test"].model)
-    world = train.World(cfg.frame_size, occluder=3)
-    video, caption, colour = train.sprite_in_view(world, cfg, seed=5)
-    assert video.shape[1] == 2 * cfg.chunk_frames and parse_caption(caption).count == 1
-    sprite = train.nearest_palette(video[:, -cfg.chunk_frames:])[0] - len(train.BACKGROUNDS)   # (1, F, H, W)
-    assert ((sprite == colour).flatten(2).sum(-1) >= 8).all()          # every frame of the last chunk, from pixels
-
-
-def test_the_memory_phase_asks_a_stream_from_ground_truth_to_keep_its_colour(run, monkeypatch):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_kept": 1.0, "memory_kept_frames": 6})
-    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
-    shown, search, asked, colour_loss = [], train.sprite_in_view, [], train.colour_loss
-    monkeypatch.setattr(train, "sprite_in_view", lambda *args: shown.append(search(*args)) or shown[-1])
-    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other, truth:
-                        asked.append((x0.shape[1], background, colour)) or
-                        colour_loss(x0, frozen_x0, background, colour, other, truth))
-    losses = stage.train_step(0)
-    _, caption, colour = shown[0]
-    assert asked[-1] == (6, parse_caption(caption).background, colour)      # the rollout after the ground truth
-    assert losses["kept"] > 0 and losses["free"] >= 0
-
-
 # ----------------------------------------------------------------------------------------------
 # sample.py: streaming to a file, prompt switches, its errors and Ctrl-C
 

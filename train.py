@@ -304,9 +304,6 @@ class Preset:
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
     memory_free_anchor: float = 100.0  # and on the free rollout
-    memory_kept: float = 0.0      # the share of steps whose free rollout starts from ground truth showing a sprite
-                                  # (sprite_in_view) and is asked that colour where it draws one: identity kept
-    memory_kept_frames: int = 72  # that rollout's length after the ground truth (the anchor: off the sprite)
 
     def __post_init__(self):
         """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
@@ -317,11 +314,9 @@ class Preset:
             zero = name in ZERO_ALLOWED
             if not isinstance(value, (dict, bool, tuple)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
                 raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if zero else '> 0'}")
-            if name in ("text_dropout", "switch_probability", "ema_decay", "memory_switches", "memory_others",
-                        "memory_kept") and value > 1:
+            if name in ("text_dropout", "switch_probability", "ema_decay", "memory_switches", "memory_others") and value > 1:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
-        lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames",
-                                                         "memory_kept_frames")}
+        lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames")}
         if any(frames % cfg.chunk_frames for frames in lengths.values()) or self.rollout_frames < self.clip_frames:
             raise ValueError(f"{', '.join(f'{n}={v}' for n, v in lengths.items())} must be whole chunks of "
                              f"{cfg.chunk_frames} frames, and rollout_frames >= clip_frames")
@@ -331,7 +326,7 @@ class Preset:
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
                 "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_others",
-                "memory_anchor", "memory_free_anchor", "memory_kept"}
+                "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -747,18 +742,6 @@ def sprite_returns(world, cfg, count, frames, seed, switch=False, other=False):
     return found
 
 
-def sprite_in_view(world, cfg, seed, chunks=2):
-    """A one-sprite clip of `chunks` chunks whose last chunk shows its sprite clearly (8 pixels in every
-    frame), searched 32 at a time from `seed`: (video (1, F, 3, H, W), caption, index into SPRITE_COLOURS)."""
-    frames = chunks * cfg.chunk_frames
-    for batch in range(64):
-        clips = world.sample(32, frames, seed=seed + 1000 * batch)
-        shown = (clips.visible_area[:, -cfg.chunk_frames:, 0] >= 8).all(1) & (clips.count == 1)     # (32,)
-        for b in torch.nonzero(shown).flatten().tolist():
-            return clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0])
-    raise SystemExit(f"no sprite in view in 2048 world clips of {frames} frames: {world}")
-
-
 def feed_context(model, text_encoder, cache, clip, chunks):
     """A Return's first `chunks` chunks of ground truth through the clean pass (tv.teacher_force), its
     prompt switch re-cached where it happens (D10: M is kept): the cache is then as if the model had
@@ -881,28 +864,16 @@ class MemoryRecall:
                                                                truth)
             colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
             right += clip_right
-        kept_asked = preset.memory_kept > 0 and torch.rand(1, generator=gen).item() < preset.memory_kept
+        caption = random_caption(gen)
         caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
-        if kept_asked:                # from ground truth of a sprite: the stream is asked to keep its colour
-            world = self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))]
-            video, caption, shown = sprite_in_view(world, model.cfg, int(torch.randint(2 ** 62, (1,), generator=gen)))
-            for student, cache in zip((model, frozen), caches):
-                cache.set_prompt(student, self.text_encoder([caption]))
-                with torch.set_grad_enabled(student is model):
-                    tv.teacher_force(student, cache, video.to(self.run.device))
-            made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_kept_frames // cf, exit_step,
-                                              self.sigmas, gen)
-            kept, free, _ = colour_loss(made, frozen_made, parse_caption(caption).background, shown, -1, None)
-        else:                         # from the prompt alone: the stream is asked to stay the frozen student's
-            caption = random_caption(gen)
-            for student, cache in zip((model, frozen), caches):
-                cache.set_prompt(student, self.text_encoder([caption]))
-            made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
-                                              self.sigmas, gen)
-            kept, free = torch.zeros((), device=made.device), (made - frozen_made).square().mean()
+        for student, cache in zip((model, frozen), caches):
+            cache.set_prompt(student, self.text_encoder([caption]))
+        made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
+                                          self.sigmas, gen)
+        free = (made - frozen_made).square().mean()
         optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr],
-                       colour + kept + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
-        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(), "kept": kept.item(),
+                       colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
+        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
                 "right": right / preset.memory_clips}
 
     def finish(self):
