@@ -304,8 +304,6 @@ class Preset:
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
     memory_free_anchor: float = 100.0  # and on the free rollout
-    memory_dmd: float = 0.0       # > 0: also stage 2's DMD loss (SelfRolloutDMD's rollout, scores and critic,
-                                  # dmd_batch clips) at this weight, beside the anchor on the free rollout
 
     def __post_init__(self):
         """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
@@ -328,7 +326,7 @@ class Preset:
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
                 "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_others",
-                "memory_anchor", "memory_free_anchor", "memory_dmd"}
+                "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -837,13 +835,6 @@ class MemoryRecall:
         size = self.model.cfg.frame_size
         self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-        if preset.memory_dmd:                     # DMD's real score (the teacher) and fake score (a critic)
-            self.teacher = build(load_checkpoint(run.path("teacher.pt")))[0].to(run.device).requires_grad_(False)
-            self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
-            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
-            self.modules.update(critic=self.critic, critic_optimizer=self.critic_optimizer)
-
-    rollout, scores, critic_loss = SelfRolloutDMD.rollout, SelfRolloutDMD.scores, SelfRolloutDMD.critic_loss
 
     def train_step(self, step):
         preset, model, frozen, cf = self.preset, self.model, self.frozen, self.model.cfg.chunk_frames
@@ -879,17 +870,10 @@ class MemoryRecall:
             cache.set_prompt(student, self.text_encoder([caption]))
         made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
                                           self.sigmas, gen)
-        free, dmd = (made - frozen_made).square().mean(), torch.zeros(())
-        if preset.memory_dmd:                     # and stage 2's DMD on a self-rollout, its critic following
-            x, dmd_caption = self.rollout(step)
-            dmd_gen = self.run.generator(4, step, 1)
-            dmd = dmd_loss(x, *self.scores(x.detach(), dmd_caption, dmd_gen))
-            for _ in range(preset.critic_updates):
-                optimizer_step(self.run, self.critic_optimizer, list(self.critic.parameters()), preset.critic_lr,
-                               self.critic_loss(x.detach(), dmd_caption, dmd_gen))
+        free = (made - frozen_made).square().mean()
         optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr],
-                       colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free + preset.memory_dmd * dmd)
-        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(), "dmd": dmd.item(),
+                       colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
+        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
                 "right": right / preset.memory_clips}
 
     def finish(self):
