@@ -1224,38 +1224,6 @@ def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(run):
     assert off.pairs is None and off.train_step(0)["regression"] == 0
 
 
-def test_stage2_asks_the_recall_question_when_dmd_recall_is_set(run, monkeypatch):
-    """dmd_recall > 0: each generator step adds the recall phase's colour loss and its anchor off the sprite
-    (recall_losses beside a frozen copy of stage 1's student) at that weight, its gradient reaching the memory,
-    which trains at memory_lr and the rest at dmd_lr. At 0 (every shipped preset's stage 2) no return clip is drawn."""
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "critic_warmup": 0, "dmd_regression": 0.0,
-                             "dmd_recall": 1.0, "memory_clips": 2})
-    stage = train.SelfRolloutDMD(run, preset, "test")
-    memory = [p for name, p in stage.model.named_parameters() if ".memory." in name]
-    groups = [g["params"] for g in stage.optimizer.param_groups]
-    assert len(groups) == 2 and len(groups[0]) == len(memory) and all(a is b for a, b in zip(groups[0], memory))
-    assert len(groups[1]) == len(list(stage.model.parameters())) - len(memory)
-    wake_memory(stage.model)
-    stage.scores = lambda x, caption, gen: (x, x.clone())          # DMD alone gives zero gradient
-    asked, recall = [], train.recall_losses
-    monkeypatch.setattr(train, "recall_losses", lambda *args: asked.append(args) or recall(*args))
-    losses = stage.train_step(0)
-    assert len(asked) == 1 and asked[0][3] is stage.frozen and not stage.frozen.training
-    stage1 = train.load_checkpoint(run.path("student_stage1.pt"))["model"]
-    assert all(torch.equal(stage1[k], v) for k, v in stage.frozen.state_dict().items())
-    assert losses["colour"] > 0 and 0 <= losses["right"] <= 1
-    assert all(total > 0 for total in memory_gradients(stage.model).values())      # from the colour loss alone
-    rate = lambda peak: train.learning_rate(0, stage.steps, peak, preset.warmup)
-    assert [g["lr"] for g in stage.optimizer.param_groups] == [rate(preset.memory_lr), rate(preset.dmd_lr)]
-    monkeypatch.setattr(train, "sprite_returns", lambda *args, **kwargs: pytest.fail("a return clip was drawn"))
-    off = train.SelfRolloutDMD(run, train.Preset(**{**vars(preset), "dmd_recall": 0.0}), "test")
-    assert len(off.optimizer.param_groups) == 1 and "colour" not in off.train_step(0)
-    window_student = train.student_from_teacher(train.build(train.load_checkpoint(run.path("teacher.pt")))[0], "window")
-    train.release(run.path("student_stage1.pt"), 1, "test", window_student, stage.text_encoder, [])
-    with pytest.raises(SystemExit, match="no memory to ask"):
-        train.SelfRolloutDMD(run, preset, "test")
-
-
 def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back():
     """Against the model's own visible_chunks, read from the pixels: up to the chunk the sprite comes back
     in, no chunk that chunk attends to shows it, and a chunk already evicted into M showed it in its colour."""

@@ -288,8 +288,6 @@ class Preset:
     switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
     dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2, DMD's anchor; 0 shows DMD
                                   # alone drift to plain backgrounds (notebook 04)
-    dmd_recall: float = 0.0       # >0: each generator step also asks the recall phase's question (recall_losses beside
-                                  # a frozen stage-1 copy, the memory at memory_lr) with this weight
     # stage 2's last phase: the memory recalls what left the window (MemoryRecall; 0 steps: none)
     memory_steps: int = 0
     memory_lr: float = 3e-3
@@ -327,8 +325,8 @@ class Preset:
 
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
-                "switch_probability", "ema_decay", "dmd_recall", "memory_steps", "memory_rest_lr", "memory_switches",
-                "memory_others", "memory_anchor", "memory_free_anchor"}
+                "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_others",
+                "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -591,18 +589,7 @@ class SelfRolloutDMD:
         self.text_encoder = self.text_encoder.to(run.device)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
         self.model = build(load_checkpoint(run.path("student_stage1.pt")))[0].to(run.device).train().requires_grad_(True)
-        # with dmd_recall, two groups: the memory at memory_lr, the rest at dmd_lr
-        memory = [p for name, p in self.model.named_parameters() if ".memory." in name] if preset.dmd_recall else []
-        if preset.dmd_recall and not tv.uses_memory(self.model.cfg.mode):
-            raise SystemExit(f"dmd_recall={preset.dmd_recall}: the {self.model.cfg.mode} student has no memory to "
-                             f"ask; set dmd_recall=0 for sink and window students")
-        rest = [p for name, p in self.model.named_parameters() if ".memory." not in name or not memory]
-        self.rates = [preset.memory_lr, preset.dmd_lr] if memory else [preset.dmd_lr]
-        self.optimizer = torch.optim.AdamW([{"params": group} for group in (memory, rest) if group],
-                                           lr=preset.dmd_lr, betas=(0.0, 0.99))
-        self.worlds = recall_worlds(preset, self.model.cfg) if memory else []
-        self.frozen = (build(load_checkpoint(run.path("student_stage1.pt")))[0].to(run.device).requires_grad_(False)
-                       if memory else None)         # the question's mask and its anchor off the sprite, as the phase's
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
         self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer,
                         "critic": self.critic, "critic_optimizer": self.critic_optimizer}
@@ -657,27 +644,20 @@ class SelfRolloutDMD:
         gen = run.generator(2, step, 1)
         x0_real, x0_fake = self.scores(x.detach(), caption, gen)
         loss = dmd_loss(x, x0_real, x0_fake)
-        regression, colour, right = torch.zeros(()), torch.zeros(()), 0.0
+        regression = torch.zeros(())
         if not warming_up:
             if preset.dmd_regression > 0:
                 regression = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs,
                                                  self.sigmas, run.generator(3, step))
-            if self.worlds:            # the recall phase's question asked here too, as the phase asks it
-                recall_gen = run.generator(5, step)
-                exit_step = int(torch.randint(len(self.sigmas), (1,), generator=recall_gen))
-                colour, anchor, right = recall_losses(run, preset, self.model, self.frozen, self.text_encoder,
-                                                      self.worlds, exit_step, self.sigmas, recall_gen)
-                colour = colour + preset.memory_anchor * anchor
-            lrs = [learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, peak, preset.warmup)
-                   for peak in self.rates]
-            optimizer_step(run, self.optimizer, list(self.model.parameters()), lrs,
-                           loss + preset.dmd_regression * regression + preset.dmd_recall * colour)
+            lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
+                               preset.warmup)
+            optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
+                           loss + preset.dmd_regression * regression)
         for _ in range(preset.critic_updates):            # the critic follows the generator's latest samples
             critic_loss = self.critic_loss(x.detach(), caption, gen)
             optimizer_step(run, self.critic_optimizer, list(self.critic.parameters()),
                            learning_rate(step, self.steps, preset.critic_lr, preset.warmup), critic_loss)
-        recall = {"colour": colour.item(), "right": right} if self.worlds else {}
-        return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item(), **recall}
+        return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
 
     def finish(self):
         release(self.run.path(self.released), 2, self.preset_name, self.model, self.text_encoder, self.log)
@@ -779,19 +759,15 @@ def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
     """The trained student makes `num_chunks` chunks with the sampler's few-step chain, stopping at
     `exit_step`, whose prediction is in the graph; the frozen student predicts from the same input
     at that step. Both caches get the trained student's chunks (the trained one's clean pass in the
-    graph, so the memory's write path learns, D11). Returns both predictions, (B, F, C, H, W).
-    frozen None (stage 2, one cache): the trained student's own prediction, detached, stands in."""
+    graph, so the memory's write path learns, D11). Returns both predictions, (B, F, C, H, W)."""
     cfg, device, made, frozen_made = model.cfg, next(model.parameters()).device, [], []
     shape = (1, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
     noise = lambda: torch.randn(shape, generator=gen).to(device)
     for _ in range(num_chunks):
         x, s, x0 = tv.denoise_chunk(model, caches[0], sigmas, exit_step, noise, grad=True)
-        if frozen is None:
-            frozen_made.append(x0.detach())
-        else:
-            with torch.no_grad():
-                frozen_made.append(tv.x0_from_velocity(x, frozen.forward_chunk(x, 1000 * s, caches[1]), s))
-                frozen.forward_chunk(x0.detach(), 0.0, caches[1], write=True)
+        with torch.no_grad():
+            frozen_made.append(tv.x0_from_velocity(x, frozen.forward_chunk(x, 1000 * s, caches[1]), s))
+            frozen.forward_chunk(x0.detach(), 0.0, caches[1], write=True)
         model.forward_chunk(x0.detach(), 0.0, caches[0], write=True)       # (D8) the clean pass
         made.append(x0)
     return torch.cat(made, 1), torch.cat(frozen_made, 1)
@@ -819,45 +795,6 @@ def colour_loss(x0, frozen_x0, background, colour, other=-1, truth=None):
     outside = ((x0 - frozen_x0).square() * (1 - sprite)).mean()
     right = bool((log_p.exp() * where[..., None]).flatten(0, -2).sum(0).argmax() == colour)
     return cross_entropy, outside, right
-
-
-def recall_worlds(preset, cfg):
-    """The worlds return clips come from: the family `memory_worlds`, or recall_world alone."""
-    return [World(cfg.frame_size, **w) for w in preset.memory_worlds] or [recall_world(preset, cfg)]
-
-
-def recall_losses(run, preset, model, frozen, text_encoder, worlds, exit_step, sigmas, gen):
-    """The recall question, asked `memory_clips` times: a Return from a world of `worlds`
-    (`memory_switches` of them with a prompt switch while the sprite is away, `memory_others` with a
-    second sprite in view meanwhile) goes into the cache as context (in the graph, feed_context) up to
-    the sprite's return; the student makes that chunk and the next (paired_chunks), and colour_loss
-    scores them against the true colour. Returns the colour loss, the anchor off the sprite (0
-    without `frozen`) and the share whose sprite pixels pick the true colour, each a mean over the clips."""
-    colour, anchor, right, cf, returns = 0.0, 0.0, 0, model.cfg.chunk_frames, []
-    for _ in range(preset.memory_clips):                          # each clip from a world of the family
-        world = worlds[int(torch.randint(len(worlds), (1,), generator=gen))]
-        seed = int(torch.randint(2 ** 62, (1,), generator=gen))
-        switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches
-        other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others
-        returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed, switch, other)
-    if len(returns) < preset.memory_clips:
-        raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
-                         f"after the window lost sight of them: raise memory_clip_frames")
-    students = (model,) if frozen is None else (model, frozen)
-    for clip in returns:
-        r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
-        caches = [tv.StreamCache(m, 1, device=run.device) for m in students]
-        for student, cache in zip(students, caches):
-            with torch.set_grad_enabled(student is model):
-                feed_context(student, text_encoder, cache, clip, r)
-        made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, sigmas, gen)
-        background = parse_caption(clip.caption_at_return).background
-        truth = clip.video[:, r * cf:(r + 2) * cf].to(run.device)                # the same two chunks
-        clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour, clip.other,
-                                                           truth)
-        colour, anchor = colour + clip_colour / len(returns), anchor + clip_anchor / len(returns)
-        right += clip_right / len(returns)
-    return colour, anchor, right
 
 
 class MemoryRecall:
@@ -895,15 +832,38 @@ class MemoryRecall:
         self.optimizer = torch.optim.AdamW([{"params": self.memory}, *([{"params": rest}] if rest else [])],
                                            lr=preset.memory_lr, betas=(0.9, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer}
-        self.worlds = recall_worlds(preset, self.model.cfg)
+        size = self.model.cfg.frame_size
+        self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
 
     def train_step(self, step):
         preset, model, frozen, cf = self.preset, self.model, self.frozen, self.model.cfg.chunk_frames
         gen = self.run.generator(4, step)
         exit_step = int(torch.randint(len(self.sigmas), (1,), generator=gen))
-        colour, anchor, right = recall_losses(self.run, preset, model, frozen, self.text_encoder, self.worlds,
-                                              exit_step, self.sigmas, gen)
+        colour, anchor, right = 0.0, 0.0, 0
+        returns = []
+        for _ in range(preset.memory_clips):                          # each clip from a world of the family
+            world = self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))]
+            seed = int(torch.randint(2 ** 62, (1,), generator=gen))
+            switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches
+            other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others
+            returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed, switch, other)
+        if len(returns) < preset.memory_clips:
+            raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
+                             f"after the window lost sight of them: raise memory_clip_frames")
+        for clip in returns:
+            r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
+            caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
+            for student, cache in zip((model, frozen), caches):
+                with torch.set_grad_enabled(student is model):
+                    feed_context(student, self.text_encoder, cache, clip, r)
+            made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
+            background = parse_caption(clip.caption_at_return).background
+            truth = clip.video[:, r * cf:(r + 2) * cf].to(self.run.device)            # the same two chunks
+            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour, clip.other,
+                                                               truth)
+            colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
+            right += clip_right
         caption = random_caption(gen)
         caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
         for student, cache in zip((model, frozen), caches):
@@ -913,7 +873,8 @@ class MemoryRecall:
         free = (made - frozen_made).square().mean()
         optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr],
                        colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
-        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(), "right": right}
+        return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
+                "right": right / preset.memory_clips}
 
     def finish(self):
         self.model.eval()
