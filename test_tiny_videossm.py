@@ -1669,6 +1669,150 @@ def test_identity_kept_is_one_on_ground_truth_and_halves_when_the_colour_changes
     assert 0.3 < metrics.identity_kept(recoloured(180)).nanmean() < 0.7    # half of the second half
 
 
+# The perturbation bench: every measure against controlled edits of ground truth, each edit one a measure must
+# see (its cell says which way it moves) or must not (=); nan: the measure has nothing left to score. Ground
+# truth: one-sprite clips with curtains whose sprite is in sight from frame 0, then out of sight for longer than
+# the sink and the window hold (9 frames), back within the first half. Recall is its probe's verdict
+# (metrics.recalled) on the frames from the sprite's return on; beside a second sprite, with that one's colour
+# left out, as the probe reads.
+MEASURES = ["fidelity", "presence", "shape match", "identity kept", "subject consistency", "dynamic degree", "recall",
+            "prompt match"]
+PERTURBATIONS = {  # the edit: which way it moves each measure, in the order of MEASURES
+    "recoloured after an absence": "= = = - - = - =",
+    "recoloured gradually": "- - = - - = - =",
+    "removed": "= - nan nan = - - =",
+    "frozen": "= + = = = - = =",
+    "shifted a pixel": "= = = = = = = =",
+    "faded towards the background": "- - nan nan = - - =",
+    "a second sprite added": "= + = - - + = =",
+    "the background switched": "= = = = = = = -",
+    "another shape drawn": "= = - = = = = =",
+}
+# What counts as a move: fidelity's soft sprite edges alone move it by 0.01 (a sprite more or less in view), shape
+# match's overlapping sprites by 0.03; dynamic degree by a fifth; the rest by 0.02.
+SMALLEST_MOVE = {"fidelity": 0.015, "shape match": 0.05}
+
+
+@pytest.fixture(scope="module")
+def returning():
+    """(world, clips, back): 12 such clips of 240 frames, and the frame in which each sprite is back (12,)."""
+    world = World(occluder=4)
+    clips = world.sample(128, 240, seed=5)
+    chosen, back = [], []
+    for b in torch.nonzero(clips.count == 1).flatten().tolist():
+        seen, hidden = (clips.visible_area[b, :, 0] >= 8).tolist(), (clips.visible_area[b, :, 0] < 1).tolist()
+        gone = hidden.index(True) if True in hidden[:120] else 120
+        returns = hidden.index(False, gone) if False in hidden[gone:120] else 120
+        if all(seen[:6]) and 9 < returns - gone and returns < 120 and len(chosen) < 12:
+            chosen.append(b), back.append(returns)
+    assert len(chosen) == 12
+    pick = lambda t: t[chosen]
+    return world, train.Clips(pick(clips.video), [clips.captions[b] for b in chosen], pick(clips.background),
+                              pick(clips.shape), pick(clips.count), pick(clips.sprite_colour), pick(clips.position),
+                              pick(clips.visible_area)), torch.tensor(back)
+
+
+def recoloured_and_removed(world, clips):
+    """Ground truth re-drawn with each sprite in the next colour, and with no sprite: two (B, F, 3, H, W)."""
+    present, colour = clips.sprite_colour >= 0, clips.sprite_colour.clamp(min=0)
+    draw = lambda colour, present: world.render(clips.background, clips.shape, colour, present, clips.position)[0]
+    return draw((colour + 1) % len(train.SPRITE_COLOURS), present), draw(colour, torch.zeros_like(present))
+
+
+def perturbed(world, clips, back, edit):
+    """Ground truth with one edit of PERTURBATIONS (or none: "ground truth"): the video (B, F, 3, H, W), and per
+    clip the colour a recall reading leaves out (B,), -1 for none."""
+    F = clips.video.shape[1]
+    present, colour = clips.sprite_colour >= 0, clips.sprite_colour.clamp(min=0)       # (B, S)
+    another = (colour[:, 0] + 1) % len(train.SPRITE_COLOURS)                           # (B,)
+    nothing_left_out = torch.full_like(another, -1)
+
+    def render(background=clips.background, shape=clips.shape, colour=colour, present=present, position=clips.position):
+        return world.render(background, shape, colour, present, position)[0]
+    recoloured, empty = recoloured_and_removed(world, clips)
+    if edit == "a second sprite added":                                   # in the second slot, in another colour
+        return render(colour=torch.stack([colour[:, 0], another], 1), present=torch.ones_like(present)), another
+    towards = torch.linspace(0, 1, F)[None, :, None, None, None]          # (1, F, 1, 1, 1) from 0 to 1
+    return {"ground truth": clips.video,
+            "recoloured after an absence": torch.where((torch.arange(F) >= back[:, None])[..., None, None, None],
+                                                       recoloured, clips.video),
+            "recoloured gradually": (1 - towards) * clips.video + towards * recoloured,
+            "removed": empty,
+            "frozen": clips.video[:, :1].expand_as(clips.video),
+            "shifted a pixel": render(position=clips.position + torch.tensor([1.0, 0.0])),
+            "faded towards the background": (clips.video + empty) / 2,
+            "the background switched": render(background=torch.where(torch.arange(F) >= F // 2,
+                                                                       (clips.background + 1) % 4, clips.background)),
+            "another shape drawn": render(shape=(clips.shape + 1) % len(SHAPES))}[edit], nothing_left_out
+
+
+def scores(clips, back, video, left_out):
+    """Each of MEASURES on a batch of videos of `clips`' prompts, averaged over the clips."""
+    recall = [metrics.recalled(v[None, back[b]:], int(clips.sprite_colour[b, 0]), int(left_out[b]))
+              for b, v in enumerate(video)]
+    return dict(zip(MEASURES, [metrics.fidelity(video), metrics.sprite_presence(video),
+                               metrics.shape_match(video, clips.shape), metrics.identity_kept(video).nanmean().item(),
+                               metrics.subject_consistency(video), metrics.dynamic_degree(video),
+                               sum(recall) / len(recall), metrics.prompt_match(video, clips.background)]))
+
+
+@pytest.fixture(scope="module")
+def truth_scores(returning):
+    return scores(returning[1], returning[2], *perturbed(*returning, "ground truth"))
+
+
+def test_ground_truth_scores_what_it_should_on_the_perturbation_bench(truth_scores):
+    truth = truth_scores
+    assert truth["fidelity"] > 0.98 and truth["shape match"] > 0.95 and 0.5 < truth["presence"] < 0.9   # curtains hide it
+    assert [truth[m] for m in ("identity kept", "subject consistency", "recall", "prompt match")] == [1.0] * 4
+    assert truth["dynamic degree"] > 0.005
+
+
+@pytest.mark.parametrize("edit", PERTURBATIONS)
+def test_every_measure_moves_the_named_way_on_the_perturbation_bench(returning, truth_scores, edit):
+    truth = truth_scores
+    edited = scores(returning[1], returning[2], *perturbed(*returning, edit))
+    seen = {}
+    for measure in MEASURES:
+        smallest = SMALLEST_MOVE.get(measure, 0.2 * truth[measure] if measure == "dynamic degree" else 0.02)
+        change = edited[measure] - truth[measure]
+        seen[measure] = ("nan" if math.isnan(edited[measure]) else "+" if change > smallest
+                         else "-" if change < -smallest else "=")
+    assert " ".join(seen.values()) == PERTURBATIONS[edit], (seen, edited, truth)
+
+
+def test_identity_kept_reads_the_colour_of_the_first_appearance_only(returning):
+    world, clips, back = returning
+    recoloured, empty = recoloured_and_removed(world, clips)
+    frame = torch.arange(clips.video.shape[1])[None, :, None, None, None]          # (1, F, 1, 1, 1)
+    assert (metrics.identity_kept(clips.video) == 1).all()
+    swapped = torch.where(frame >= 12, recoloured, clips.video)                  # right after its first appearance
+    assert (metrics.identity_kept(swapped) == 0).all()
+    # seen for 5 frames, away until its return, back in another colour: the first 12 frames that show a sprite
+    # are 5 of one colour and 7 of the other, so a reference read from them would call the colour kept
+    left_early = torch.where(frame < 5, clips.video, torch.where(frame >= back[:, None, None, None, None], recoloured,
+                                                                  empty))
+    assert (metrics.identity_kept(left_early) == 0).all()
+    drifting = torch.where(frame < 120, clips.video, clips.video + (frame - 120) / 120 * (recoloured - clips.video))
+    drifted = metrics.identity_kept(drifting).nanmean()     # a slow drift over the second half: kept while the
+    assert 0.3 < drifted < 0.7                              # frames read the first colour, about as long as the next
+    unseen_first = torch.where(frame < 120, empty, clips.video)
+    assert metrics.identity_kept(unseen_first).isnan().all()                     # left out, not scored 0
+
+
+def test_recall_is_the_colour_shown_most_not_a_glimpse_of_it(returning):
+    world, clips, back = returning
+    recoloured, empty = recoloured_and_removed(world, clips)
+    after = lambda video: video[:1, back[0]:]                                     # from the sprite's return on
+    colour = int(clips.sprite_colour[0, 0])
+    assert metrics.recalled(after(clips.video), colour) == 1.0
+    glimpse = lambda first, then: torch.cat([after(first)[:, :8], after(then)[:, 8:]], 1)
+    assert metrics.recalled(glimpse(clips.video, recoloured), colour) == 0.0     # right briefly, wrong after
+    assert metrics.recalled(glimpse(recoloured, clips.video), colour) == 1.0     # wrong briefly, right after
+    assert metrics.recalled(after(empty), colour) == 0.0                         # nothing shown is no answer
+    assert metrics.recalled(after(recoloured), colour, leave_out=(colour + 1) % 4) == 0.0   # nothing else read
+
+
 def test_prompt_match_reads_the_named_background():
     clips = World().sample(8, 12, seed=3, switch_at=6)
     assert metrics.prompt_match(clips.video, clips.background) == 1.0
@@ -1692,6 +1836,9 @@ def test_paired_interval_covers_a_known_difference_and_excludes_zero_only_when_i
     assert low < 0.5 < high and low > 0 and abs(mean - 0.5) < 0.05          # paired: the shared part cancels
     mean, low, high = benchmark.paired_interval(a, a.roll(1))                  # no true difference
     assert low < 0 < high
+    shared = 10 * torch.randn(64, generator=gen)                               # each video's own part, large
+    mean, low, high = benchmark.paired_interval(shared + 0.1 + 0.01 * torch.randn(64, generator=gen), shared)
+    assert 0.09 < low < high < 0.11 and high - low > 0.002     # paired: a narrow interval, resampled: not a point
     nan = torch.tensor([math.nan, 1.0, 2.0, 3.0])
     assert benchmark.paired_interval(nan, torch.zeros(4))[0] == 2.0           # a video either mode did not score is left out
 

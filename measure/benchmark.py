@@ -72,18 +72,16 @@ def interval_cell(a, b):
 def recall(model, text_encoder, probe, mode, sigmas, seed):
     """The recall probe on one train.Return: ground truth through the clean pass up to chunk
     `probe.context` (train.feed_context; the sink and the window then show none of the sprite), then the
-    model streams until four chunks after the sprite is clearly back. 1 if the sprite colour it shows most is the
-    sprite's own, else 0; with a second sprite in view (probe.other), of the colours other than that one's.
-    Ground truth scores 1; a model without memory of the clip, chance (1 / 4; 1 / 3 with a second sprite)."""
+    model streams until four chunks after the sprite is clearly back, scored by metrics.recalled: 1 if the sprite
+    colour it shows most is the sprite's own, else 0; with a second sprite in view (probe.other), of the colours
+    other than that one's. Ground truth scores 1; a model without memory of the clip, chance (1 / 4; 1 / 3 with a second sprite)."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
     cache = tv.StreamCache(model, 1, mode, device=device)
     train.feed_context(model, text_encoder, cache, probe, probe.context)
     made = math.ceil(probe.clear / cf) + 4 - probe.context
     video = torch.cat(list(tv.generate(model, text_encoder, {0: probe.caption_at_return}, made, sigmas,
                                        torch.Generator().manual_seed(seed), cache=cache)), 1)
-    _, sprite = metrics.read_attributes(video, leave_out=probe.other)          # (1, frames made)
-    shown = sprite[sprite >= 0]
-    return float(len(shown) > 0 and shown.mode().values.item() == probe.colour)
+    return metrics.recalled(video, probe.colour, leave_out=probe.other)
 
 
 def one_sprite_clips(preset, cfg, videos, frames, seed):

@@ -211,19 +211,48 @@ def shape_match(frames: torch.Tensor, shapes: torch.Tensor) -> float:
     return (readings == shapes.to(readings.device)[..., None])[readable].float().mean().item()
 
 
+def first_colour(track: torch.Tensor, longest: int = 12, gap: int = 3) -> int:
+    """The colour of a sprite's first appearance: of a track of sprite readings (F,) (read_attributes,
+    -1 = none), the colour read most often from the first frame that shows a sprite until it first leaves
+    sight (an absence of `gap` frames), at most `longest` frames of it. -1 if no frame shows a sprite.
+    Never reads past the first absence: a sprite that comes back in another colour has not kept its own."""
+    shown = torch.nonzero(track >= 0).flatten().tolist()
+    appearance = shown[:1]
+    for frame in shown[1:longest]:
+        if frame - appearance[-1] > gap:                  # `gap` frames or more without a sprite: it left
+            break
+        appearance.append(frame)
+    return int(track[appearance].mode().values) if appearance else -1
+
+
 def identity_kept(frames: torch.Tensor, reference: int = 12) -> torch.Tensor:
-    """Does a sprite keep the colour it started with? For clips of one sprite, per clip (B,): in the
-    second half, the share of frames showing a sprite in the colour seen most often in the first
-    `reference` frames that showed one. The colour is never named, so only memory of the video
-    keeps it. NaN for a clip with no sprite in either part."""
+    """Does a sprite keep the colour it first appeared in? For clips of one sprite, per clip (B,): of the
+    frames of the second half that show a sprite, the share in the colour of its first appearance in the
+    first half (first_colour, at most `reference` frames). The colour is never named, so only memory of
+    the video keeps it. NaN for a clip with no sprite in its first half or none in its second.
+    Moves: a recolouring after the first appearance, sudden or gradual; a second sprite in view. Blind by
+    design: a frozen clip keeps its colour (dynamic_degree sees it); a missing or faded sprite is not
+    scored (NaN: sprite_presence sees it)."""
     _, sprite = read_attributes(frames)  # (B, F), -1 = none
+    half = frames.shape[1] // 2
     kept = torch.full((frames.shape[0],), math.nan)
     for b, track in enumerate(sprite.cpu()):
-        early, late = track[track >= 0][:reference], track[frames.shape[1] // 2:]
+        colour, late = first_colour(track[:half], reference), track[half:]
         late = late[late >= 0]
-        if len(early) and len(late):
-            kept[b] = (late == early.mode().values).float().mean()
+        if colour >= 0 and len(late):
+            kept[b] = (late == colour).float().mean()
     return kept
+
+
+def recalled(frames: torch.Tensor, colour: int, leave_out: int = -1) -> float:
+    """The recall probe's verdict on what a model made after a sprite's long absence, frames (1, F, 3, H, W):
+    1.0 if the sprite colour shown in the most frames is `colour`, else 0.0 (none shown: 0.0). With a second
+    sprite in view, its colour `leave_out` is not read (read_attributes). A brief flash of the right colour
+    among frames of another is a wrong answer. Blind by design to motion: a frozen frame showing the
+    colour is right (dynamic_degree sees it)."""
+    _, sprite = read_attributes(frames, leave_out=leave_out)  # (1, F)
+    shown = sprite[sprite >= 0]
+    return float(len(shown) > 0 and shown.mode().values.item() == colour)
 
 
 def hidden_spans(clips: Clips) -> torch.Tensor:
