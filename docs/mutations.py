@@ -3,6 +3,8 @@ Break each equation's line by hand, one at a time, and name the test that goes r
 
     python docs/mutations.py                 every break below (an hour or more on a 2-core CPU)
     python docs/mutations.py E9 D12          only the breaks whose label contains E9 or D12
+    python docs/mutations.py --tests "identity or perturbation" identity
+                                             only those tests (pytest -k): faster, for breaks they should catch
 
 Works on a copy of the committed tree (git archive HEAD) in a temporary folder, so the checkout
 is never touched. A break that leaves the suite green is a test that is missing.
@@ -85,11 +87,23 @@ BREAKS = [
  ("two sprites: the colour loss asks the one in view's true pixels", "train.py", "    if other >= 0 and truth is not None:                                  # and the pixels around it in truth", "    if False:"),
  ("two sprites: the phase gives the colour loss no ground truth", "train.py", "                                                               truth)", "                                                               None)"),
  ("two sprites: the phase never draws them", "train.py", "other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others", "other = False"),
+ ("identity: reads past the first absence", "measure/metrics.py", "        if frame - appearance[-1] > gap:                  # `gap` frames or more without a sprite: it left\n            break\n", ""),
+ ("identity: the reference from the whole clip", "measure/metrics.py", "first_colour(track[:half], reference)", "first_colour(track, reference)"),
+ ("identity: a sprite unseen in the first half scores 0", "measure/metrics.py", "if colour >= 0 and len(late):", "if len(late):"),
+ ("recall: a glimpse of the colour is right", "measure/metrics.py", "shown.mode().values.item() == colour", "(shown == colour).any().item()"),
+ ("intervals: unpaired", "measure/benchmark.py", "low, high = difference[picks].mean(1)", "low, high = ((a - b.roll(1))[~(a.isnan() | b.isnan())])[picks].mean(1)"),
+ ("intervals: no resampling", "measure/benchmark.py", "picks = torch.randint(len(difference), (draws, len(difference)), generator=torch.Generator().manual_seed(seed))", "picks = torch.arange(len(difference)).expand(draws, -1)"),
+ ("fidelity: ten times as tolerant", "measure/metrics.py", "(-(distance / sigma) ** 2)", "(-(distance / (10 * sigma)) ** 2)"),
+ ("presence: an empty frame counts", "measure/metrics.py", "return (sprite >= 0).float().mean().item()", "return (sprite >= -1).float().mean().item()"),
+ ("shape: circles read as squares", "measure/metrics.py", "torch.where(fill > 0.88, 0,", "torch.where(fill > 0.64, 0,"),
+ ("subject consistency: any colour counts", "measure/metrics.py", "identity = rank < torch.as_tensor(sprites", "identity = rank < 4 * torch.as_tensor(sprites"),
+ ("dynamic degree: against the first frame", "measure/metrics.py", "(frames[:, 1:] - frames[:, :-1]).abs().mean()", "(frames[:, 1:] - frames[:, :1]).abs().mean()"),
+ ("prompt match: against the first caption", "measure/metrics.py", "(read == backgrounds)", "(read == backgrounds[:, :1])"),
  ("returns: the window not yet empty", "train.py", "context = math.ceil(hidden_at / cf) + cfg.window_chunks", "context = math.ceil(hidden_at / cf) + cfg.window_chunks - 1"),
 ]
 
 
-def main(only):
+def main(only, tests="not notebook and not torchrun"):
     root = tempfile.mkdtemp(prefix="mutations-")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(f"git -C {repo} archive HEAD | tar -x -C {root}", shell=True, check=True)
@@ -105,7 +119,7 @@ def main(only):
         open(path, "w").write(source.replace(old, new))
         try:
             run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                                  "-k", "not notebook and not torchrun"], cwd=root, capture_output=True, text=True,
+                                  "-k", tests], cwd=root, capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
             failed = re.findall(r"FAILED (\S+)", run.stdout)
             print(f"| {label} | {failed[0].split('::')[-1] if failed else 'NONE: the suite stays green'} |", flush=True)
@@ -114,4 +128,9 @@ def main(only):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    words = sys.argv[1:]
+    if "--tests" in words:
+        at = words.index("--tests")
+        main(words[:at] + words[at + 2:], words[at + 1])
+    else:
+        main(words)

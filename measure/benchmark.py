@@ -22,8 +22,8 @@ import tiny_videossm as tv
 import train
 from measure import metrics
 
-# Worlds the memory's phase never trains on, for recall that must carry over (SPEC section 8). Fixed on
-# 2026-12-01, before any phase trained on a family of worlds: a training recipe must leave them out.
+# Worlds the memory's phase never trains on, for recall that must carry over. Fixed before any phase trained on
+# a family of worlds (docs/experiments.md): no preset may train on one (the suite checks).
 # World fields; the curtains' width `occluder` as a share of the view (10 and 2 pixels of tiny's 32).
 HELD_OUT_WORLDS = {
     "exits at the view's edge (arena_scale=2.5)": dict(arena_scale=2.5),

@@ -7,10 +7,12 @@ controls (a frozen clip, added noise, a slow colour shift, a colour swap).
     VBench's long-video dimensions, model-free: fidelity, sprite_presence, subject_consistency,
         background_consistency, dynamic_degree, frozen_fraction, flicker, drift (video_metrics: all)
     does a model show the method: shape_match (the named shape), identity_kept (the first colour,
-        late), prompt_match (the named background); hidden_spans: how long ground truth hides sprites
+        late, against its first appearance), recalled (the recall probe's verdict), prompt_match (the named
+        background); hidden_spans: how long ground truth hides sprites
 
 Read them together: a frozen video is perfectly consistent, and an empty background is faithful and
-consistent. Frames are (B, F, 3, H, W) in [-1, 1], as train.py's glossary says.
+consistent. Each docstring says which edits of ground truth move the measure and which it is blind to by
+design; the suite's perturbation bench asserts both, edit by edit. Frames are (B, F, 3, H, W) in [-1, 1], as train.py's glossary says.
 """
 
 import math
@@ -73,12 +75,13 @@ def read_attributes(frames: torch.Tensor, min_sprite_pixels: int = 4, leave_out:
     return _read_votes(votes, min_sprite_pixels)
 
 
-# ---- metrics: model-free analogues of VBench's long-video dimensions (SPEC section 8) ---------
+# ---- metrics: model-free analogues of VBench's long-video dimensions -------------------------
 
 def fidelity(frames: torch.Tensor, sigma: float = 0.2) -> float:
     """Do the pixels stay on the world's palette? Mean of exp(-d^2 / sigma^2), d the distance to
     the nearest palette colour. In [0, 1], higher is better; ground truth loses a little on its
-    soft edges."""
+    soft edges. Moves: blends off the palette (a gradual recolouring, a faded sprite). Blind by design:
+    a sprite missing, frozen, recoloured in another palette colour or drawn as another shape."""
     _check_frames(frames)
     _, distance = nearest_palette(frames)  # (B, F, H, W)
     return (-(distance / sigma) ** 2).exp().mean().item()
@@ -88,7 +91,8 @@ def sprite_presence(frames: torch.Tensor, min_sprite_pixels: int = 4) -> float:
     """Are there sprites at all? The share of frames in which some sprite colour covers at least
     `min_sprite_pixels` pixels. Ground truth is below 1 only while every sprite is out of view. A
     model that paints empty backgrounds scores 0 here, while its fidelity and consistency look
-    perfect: read the other metrics next to this one."""
+    perfect: read the other metrics next to this one. Moves: a sprite removed or faded off its colour
+    (down), a frozen frame that shows one or a second sprite (up). Blind by design: which colour."""
     _, sprite = read_attributes(frames, min_sprite_pixels)  # (B, F), -1 = no sprite
     return (sprite >= 0).float().mean().item()
 
@@ -98,7 +102,9 @@ def subject_consistency(frames: torch.Tensor, chunk_frames: int = 3,
     """Do the sprites keep their colours? Each chunk showing a sprite is read for its dominant
     sprite colour; a clip scores the share of those chunks whose colour is one of its `sprites`
     most frequent ones (the identities; pass the count the caption names, an int or a (B,)
-    tensor). In [0, 1], higher is better; a clip that never shows a sprite scores 1."""
+    tensor). In [0, 1], higher is better. Moves: a recolouring, sudden or gradual; a second sprite.
+    Blind by design: a clip that never shows a sprite scores 1 (sprite_presence sees it); which colour
+    comes first (identity_kept reads that)."""
     _check_frames(frames)
     votes = _chunked(_colour_votes(frames), chunk_frames).sum(2)  # (B, C, P)
     _, sprite = _read_votes(votes, min_sprite_pixels=4)  # (B, C)
@@ -124,7 +130,8 @@ def background_consistency(frames: torch.Tensor, chunk_frames: int = 3, sigma: f
 
 def dynamic_degree(frames: torch.Tensor) -> float:
     """Motion per frame: mean |x_t - x_{t-1}| over pixels and channels. In [0, 2], 0 when frozen;
-    one sprite crossing a 32x32 view at about 1 px/frame gives about 0.01-0.02."""
+    one sprite crossing a 32x32 view at about 1 px/frame gives about 0.01-0.02. Moves: a sprite frozen,
+    removed or faded (down), a second one (up). Blind by design: colours, shapes."""
     _check_frames(frames, min_frames=2)
     return (frames[:, 1:] - frames[:, :-1]).abs().mean().item()
 
@@ -167,7 +174,7 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
             "flicker": flicker(frames), "drift": drift(frames, chunk_frames)}
 
 
-# ---- does a model show the method? Shapes, identity, and hidden spans (SPEC sections 4 and 8) -----
+# ---- does a model show the method? Shapes, identity, recall, and hidden spans -------------------
 
 def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
     """Read each sprite's shape from its pixels: (B, F, 4) per sprite colour, an index into SHAPES, or
@@ -203,7 +210,8 @@ def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
 def shape_match(frames: torch.Tensor, shapes: torch.Tensor) -> float:
     """Is the named shape drawn? Of the sprites whose shape can be read (shape_readings), the share
     that read as the shape the caption names, `shapes` (B, F) an index into SHAPES. In [0, 1] (a
-    blob for a square reads as a circle); NaN when no sprite can be read, as when none is drawn."""
+    blob for a square reads as a circle); NaN when no sprite can be read, as when none is drawn.
+    Moves: another shape drawn. Blind by design: colour, motion."""
     readings = shape_readings(frames)  # (B, F, 4)
     readable = readings >= 0
     if not readable.any():
@@ -271,6 +279,7 @@ def hidden_spans(clips: Clips) -> torch.Tensor:
 
 def prompt_match(frames: torch.Tensor, backgrounds: torch.Tensor) -> float:
     """Is the named background drawn? The share of frames whose background, read from the pixels, is
-    `backgrounds` (B, F), the index into BACKGROUNDS the caption names. Ground truth scores 1."""
+    `backgrounds` (B, F), the index into BACKGROUNDS the caption names. Ground truth scores 1. Moves: the
+    background switched against the caption. Blind by design: the sprites."""
     read, _ = read_attributes(frames)
     return (read == backgrounds).float().mean().item()

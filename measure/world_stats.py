@@ -1,6 +1,6 @@
 """
 How often and how long ground truth hides its sprites, out of the view or behind the curtains, against
-what the student's sink and window can bridge: does the memory have work to do? (SPEC section 4)
+what the student's sink and window can bridge: does the memory have work to do?
 
     python -m measure.world_stats                              tiny's world and the curtains' world
     python -m measure.world_stats --set world.arena_scale=2    another world
