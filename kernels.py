@@ -3,7 +3,7 @@ The global memory's math: the gated delta rule (VideoSSM eq. E7), three ways. Re
 first; it imports nothing but torch, so it can be copied as is.
 
     naive_gated_delta_rule     (E7) as a Python loop over tokens: slow, obvious, the reference
-    chunk_gated_delta_rule     the same in chunks of C tokens (UT transform / WY representation):
+    chunk_gated_delta_rule     the same in chunks of Tc tokens (UT transform / WY representation):
                                parallel inside a chunk, a short loop over chunks; differentiable
     gated_delta_rule           the entry point: the torch.compile'd chunked form on CUDA, eager elsewhere
 
@@ -23,8 +23,10 @@ as accurate as the loop.
 Glossary of dimension letters used in the shape comments:
     B   batch                         T   tokens in the sequence (time-major)
     H   heads                         K   key / query width per head (d_k)
-    V   value width per head (d_v)    C   tokens per chunk of the chunked form
-    N   number of chunks, ceil(T / C) BH  batch and heads flattened into one axis
+    V   value width per head (d_v)    Tc  tokens per chunk of the chunked form (chunk_size)
+    n   number of chunks, ceil(T / Tc) BH  batch and heads flattened into one axis
+In the chunked form's formulas, q, k, v stand for one chunk's queries, keys and values as
+matrices (a row per token) and u for its writes; G, D, N, W, U, O are matrices of that chunk.
 """
 
 import functools
@@ -89,75 +91,75 @@ def naive_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
 # ---- the chunked form ----------------------------------------------------------------------------
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chunk_size=64):
-    """(E7) in chunks of C tokens: the UT transform inside each chunk, a loop over chunks.
+    """(E7) in chunks of Tc tokens: the UT transform inside each chunk, a loop over chunks.
 
-    Inside a chunk (positions i, j = 0..C-1, cumulative log gate G_i = g_0 + ... + g_i) the C
-    updates collapse to matrix products. Writing D_ij = exp(G_i - G_j) for i >= j (0 above):
+    Inside a chunk (positions i, j = 0..Tc-1, cumulative log gate G_i = g_0 + ... + g_i) the Tc
+    updates collapse to matrix products. Writing D_ij = exp(G_i - G_j) for i >= j (0 above), and
+    (I + N)^-1 for the UT transform (applied as a triangular solve, never formed):
 
-        N  = strict_lower(diag(beta) (D * K K^T))     how earlier writes change later predictions
-        T  = (I + N)^-1                               the UT transform (a triangular solve)
-        W  = T diag(beta exp(G)) K                    what each token would subtract per unit of M
-        U  = T diag(beta) V                           the writes if M were 0 at the chunk's start
-        V' = U - W M                                  the actual writes u_t
-        O  = (Q exp(G)) M + (tril(Q K^T) * D) V'      reads: the old state plus the chunk's writes
-        M <- exp(G_last) M + (K exp(G_last - G))^T V'
+        N  = strict_lower(diag(beta) (D * k k^T))     how earlier writes change later predictions
+        W  = (I + N)^-1 diag(beta exp(G)) k           what each token would subtract per unit of M
+        U  = (I + N)^-1 diag(beta) v                  the writes if M were 0 at the chunk's start
+        u  = U - W M                                  the actual writes u_t
+        O  = (q exp(G)) M + (tril(q k^T) * D) u       reads: the old state plus the chunk's writes
+        M <- exp(G_last) M + (k exp(G_last - G))^T u
 
     Every exponent above is <= 0 because g <= 0 and the masks are applied *before* exp, so nothing
     overflows even at g = -50 (forming exp(G_i) * exp(-G_j) instead would give inf * 0 = nan).
 
-    N, T, W and U do not depend on M, so they are computed for all chunks at once; the loop over
+    N, W and U do not depend on M, so they are computed for all chunks at once; the loop over
     chunks is two small matmuls each. Arguments and returns as `naive_gated_delta_rule`, plus
-    `chunk_size` (C); T need not be a multiple of C (the tail is padded with g = beta = k = 0,
+    `chunk_size` (Tc); T need not be a multiple of Tc (the tail is padded with g = beta = k = 0,
     which leaves M untouched).
     """
     check_inputs(q, k, v, g, beta, initial_state, chunk_size)
     B, T, H, K = q.shape
-    Vd, C = v.shape[-1], chunk_size
+    Vd, Tc = v.shape[-1], chunk_size
     scale = K ** -0.5 if scale is None else scale
-    N = math.ceil(T / C)                                # chunks, the last one padded
-    pad = N * C - T
+    n = math.ceil(T / Tc)                               # chunks, the last one padded
+    pad = n * Tc - T
 
-    def to_chunks(x):                                   # (B, T, H, ...) -> (BH, N, C, ...)
+    def to_chunks(x):                                   # (B, T, H, ...) -> (BH, n, Tc, ...)
         x = x.transpose(1, 2)                           # (B, H, T, ...)
         if pad:
             x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-        return x.reshape(B * H, N, C, *x.shape[3:])   # batch and heads in one axis, for baddbmm below
+        return x.reshape(B * H, n, Tc, *x.shape[3:])  # batch and heads in one axis, for baddbmm below
 
-    q = to_chunks(q) * scale                            # (BH, N, C, K)
-    k = to_chunks(k)                                    # (BH, N, C, K)
-    v = to_chunks(v)                                    # (BH, N, C, V)
-    G = to_chunks(g).cumsum(-1)                         # (BH, N, C)  cumulative log decay
-    beta = to_chunks(beta)                              # (BH, N, C)
+    q = to_chunks(q) * scale                            # (BH, n, Tc, K)
+    k = to_chunks(k)                                    # (BH, n, Tc, K)
+    v = to_chunks(v)                                    # (BH, n, Tc, V)
+    G = to_chunks(g).cumsum(-1)                         # (BH, n, Tc)  cumulative log decay
+    beta = to_chunks(beta)                              # (BH, n, Tc)
 
-    upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)    # (C, C)  i < j
-    D = (G[..., :, None] - G[..., None, :]).masked_fill(upper, -math.inf).exp()  # (BH, N, C, C) masked before exp
+    upper = torch.ones(Tc, Tc, dtype=torch.bool, device=q.device).triu(1)  # (Tc, Tc)  i < j
+    D = (G[..., :, None] - G[..., None, :]).masked_fill(upper, -math.inf).exp()  # (BH, n, Tc, Tc) masked before exp
 
     # the UT transform as triangular solves with I + N. With unitriangular=True the solver reads the
     # diagonal as 1 and ignores what lies above it, so only N's strict lower part need be right.
-    k_beta = beta[..., None] * k                                            # (BH, N, C, K)
-    N_lower = (k_beta @ k.transpose(-1, -2)) * D                            # (BH, N, C, C)
+    k_beta = beta[..., None] * k                                            # (BH, n, Tc, K)
+    N_lower = (k_beta @ k.transpose(-1, -2)) * D                            # (BH, n, Tc, Tc)
     solve = lambda rhs: torch.linalg.solve_triangular(N_lower, rhs, upper=False, unitriangular=True)
-    W = solve(k_beta * G.exp()[..., None])              # (BH, N, C, K)  T diag(beta exp(G)) K
-    U = solve(beta[..., None] * v)                      # (BH, N, C, V)  T diag(beta) V
+    W = solve(k_beta * G.exp()[..., None])              # (BH, n, Tc, K)  (I + N)^-1 diag(beta exp(G)) k
+    U = solve(beta[..., None] * v)                      # (BH, n, Tc, V)  (I + N)^-1 diag(beta) v
 
-    q_decayed = q * G.exp()[..., None]                  # (BH, N, C, K)  reads of the state at chunk start
-    attn = (q @ k.transpose(-1, -2)) * D                # (BH, N, C, C)  reads of the chunk's own writes
-    k_to_end_T = (k * (G[..., -1:] - G).exp()[..., None]).transpose(-1, -2)  # (BH, N, K, C)  decayed to chunk end
-    chunk_decay = G[..., -1:].exp()[..., None]          # (BH, N, 1, 1)
+    q_decayed = q * G.exp()[..., None]                  # (BH, n, Tc, K)  reads of the state at chunk start
+    attn = (q @ k.transpose(-1, -2)) * D                # (BH, n, Tc, Tc)  reads of the chunk's own writes
+    k_to_end_T = (k * (G[..., -1:] - G).exp()[..., None]).transpose(-1, -2)  # (BH, n, K, Tc)  decayed to chunk end
+    chunk_decay = G[..., -1:].exp()[..., None]          # (BH, n, 1, 1)
 
     # the only sequential part: carry M across chunks
     M = q.new_zeros(B * H, K, Vd) if initial_state is None else initial_state.to(q.dtype).reshape(B * H, K, Vd)
     states, writes = [], []
-    for n in range(N):
+    for i in range(n):
         states.append(M)                                                    # M at the chunk's start
-        v_new = torch.baddbmm(U[:, n], W[:, n], M, alpha=-1)                # (BH, C, V)  V' = U - W M
+        v_new = torch.baddbmm(U[:, i], W[:, i], M, alpha=-1)                # (BH, Tc, V)  u = U - W M
         writes.append(v_new)
-        M = torch.baddbmm(chunk_decay[:, n] * M, k_to_end_T[:, n], v_new)  # (BH, K, V)
+        M = torch.baddbmm(chunk_decay[:, i] * M, k_to_end_T[:, i], v_new)  # (BH, K, V)
 
     # reads, for all chunks at once (collected after the loop: in-place writes into o inside it
     # would make autograd and torch.compile copy o at every chunk)
-    o = q_decayed @ torch.stack(states, dim=1) + attn @ torch.stack(writes, dim=1)  # (BH, N, C, V)
-    o = o.reshape(B, H, N * C, Vd)[:, :, :T].transpose(1, 2)                # (B, T, H, V)
+    o = q_decayed @ torch.stack(states, dim=1) + attn @ torch.stack(writes, dim=1)  # (BH, n, Tc, V)
+    o = o.reshape(B, H, n * Tc, Vd)[:, :, :T].transpose(1, 2)               # (B, T, H, V)
     return o, M.view(B, H, K, Vd)
 
 
@@ -199,8 +201,9 @@ def random_inputs(B, T, H, K, V, dtype=torch.float32, device="cpu", seed=0):
     return q, k, v, g, beta
 
 
-# ---- `python kernels.py [--cuda]`: a correctness check and a speed table -------------------------
-# (docs/kernel_peers.py runs the same with two outside pure-PyTorch implementations beside ours)
+# ---- `python kernels.py [--cuda]`: a correctness check --------------------------------------------
+# (speeds: python -m measure.kernel_speed; docs/kernel_peers.py checks and times two outside
+# pure-PyTorch implementations beside ours)
 
 def check(device="cpu"):
     """`python kernels.py`: the chunked form's largest difference from the naive loop (float64, an

@@ -1,8 +1,9 @@
-"""Tests that define done (SPEC.md section 9), in the order of the modules: kernels, the model, the
+"""Tests that define done, in the order of the modules: kernels, the model, the
 world, training, sampling, then the yardstick (measure/) and the notebooks. Each test makes what it
 needs (a fixture, a temporary folder) and passes alone and in any order. Run: python -m pytest"""
 
 import copy
+import importlib.util
 import math
 import os
 import re
@@ -211,8 +212,8 @@ def test_flow_matching_direction_of_time():
     assert tv.shift_sigma(torch.tensor(0.5), 3.0) == 0.75                  # shift > 1 leans to noise
 
 
-def load_wan_weights(ours, wan):
-    """Copy a diffusers WanTransformer3DModel's weights into our VideoDiT (names differ, math doesn't)."""
+def load_wan_weights(ours, wan_state):
+    """Copy a diffusers WanTransformer3DModel's state dict into our VideoDiT (names differ, math doesn't)."""
     rename = {"condition_embedder.time_embedder.linear_1": "time_embedding.0",
               "condition_embedder.time_embedder.linear_2": "time_embedding.2",
               "condition_embedder.time_proj": "time_projection.1",
@@ -224,7 +225,7 @@ def load_wan_weights(ours, wan):
               "norm2": "norm3", "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2",
               "blocks.0.scale_shift_table": "blocks.0.modulation", "blocks.1.scale_shift_table": "blocks.1.modulation"}
     state = {}
-    for name, tensor in wan.state_dict().items():
+    for name, tensor in wan_state.items():
         if name == "patch_embedding.weight":
             tensor = tensor.flatten(1)                       # Conv3d (d, C, 1, p, p) -> Linear (d, C*p*p)
         for old, new in rename.items():
@@ -236,22 +237,39 @@ def load_wan_weights(ours, wan):
     ours.load_state_dict(state, strict=True)
 
 
-def test_wan_parity():
-    diffusers = pytest.importorskip("diffusers", reason="Wan parity needs diffusers: pip install -r requirements-dev.txt")
-    torch.manual_seed(0)
-    wan = diffusers.WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
-                                          in_channels=3, out_channels=3, text_dim=8, freq_dim=16, ffn_dim=32,
-                                          num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                          eps=1e-6, rope_max_seq_len=32).eval()
-    with torch.no_grad():                                    # random everything, zero-inits included
-        for p in wan.parameters():
-            p.normal_(0, 0.1)
-    ours = tv.VideoDiT(small_config(causal=False)).eval()
-    load_wan_weights(ours, wan)
+# diffusers imports transformers, which imports Hugging Face's `kernels` package; in this process `kernels` is
+# our kernels.py. So the reference runs in a process of its own, started outside the repo root, and hands back
+# its random weights and its output through a file.
+WAN_REFERENCE = """
+import sys, torch, diffusers
+clip, timestep, text = torch.load(sys.argv[1])
+torch.manual_seed(0)
+wan = diffusers.WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=12,
+                                      in_channels=3, out_channels=3, text_dim=8, freq_dim=16, ffn_dim=32,
+                                      num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                      eps=1e-6, rope_max_seq_len=32).eval()
+with torch.no_grad():
+    for p in wan.parameters():                               # random everything, zero-inits included
+        p.normal_(0, 0.1)
+    expected = wan(clip.transpose(1, 2), timestep, text, return_dict=False)[0].transpose(1, 2)
+torch.save((wan.state_dict(), expected), sys.argv[1])
+"""
+
+
+def test_wan_parity(tmp_path):
+    if importlib.util.find_spec("diffusers") is None:
+        pytest.skip("Wan parity needs diffusers: pip install -r requirements-dev.txt")
     clip, text = random_clip(4, torch.float32)
     timestep = torch.tensor([637.0])
+    exchange = tmp_path / "wan.pt"
+    torch.save((clip, timestep, text), exchange)
+    result = subprocess.run([sys.executable, "-c", WAN_REFERENCE, str(exchange)], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wan_state, expected = torch.load(exchange)
+    ours = tv.VideoDiT(small_config(causal=False)).eval()
+    load_wan_weights(ours, wan_state)
     with torch.no_grad():
-        expected = wan(clip.transpose(1, 2), timestep, text, return_dict=False)[0].transpose(1, 2)
         got = ours(clip, timestep, text)
     assert expected.abs().max() > 0.1
     assert (got - expected).abs().max() <= 1e-5

@@ -27,8 +27,8 @@ Glossary (shape comments):
     p patch size     h, w tokens per frame along height, width (H // p, W // p)
     Lt text tokens   n chunks          M memory state, (B, nh, hd, hd) per layer
 
-Paper equations are tagged (E3)...(E11), and decisions the paper leaves open (D1)...(D12), with
-SPEC.md's table as the reference.
+Paper equations are tagged (E3)...(E11), and decisions the paper leaves open (D1)...(D12); the
+README's E/D tables list them all.
 """
 
 import math
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from kernels import gated_delta_rule
 
-# What a chunk sees of the past in each causal mode (SPEC section 6):
+# What a chunk sees of the past in each causal mode:
 #   hybrid   sink + window + memory M   VideoSSM
 #   sink     sink + window              LongLive
 #   window   window                     Self-Forcing with a rolling window
@@ -266,16 +266,17 @@ class GatedDeltaMemory(nn.Module):
 
         Args:
             x: (B, L, d) the layer input H_in;  q: (B, L, nh, hd) pre-RoPE queries (D2)
-            states: (B, S, nh, hd, hd) memory states; token l reads states[:, state_of_token[l]]
+            states: (B, n, nh, hd, hd) memory states, one per chunk (streaming: n = 1, the chunk's);
+                token l reads states[:, state_of_token[l]]
             state_of_token: (L,) long;  frame_index: (L,) absolute frame of each token (D6)
         Returns: (B, L, d)
         """
         B, L, _ = x.shape
         if q.shape != (B, L, self.nh, self.hd) or states.shape[2:] != (self.nh, self.hd, self.hd):
-            raise ValueError(f"q must have shape ({B}, {L}, {self.nh}, {self.hd}) and states (B, S, {self.nh}, "
+            raise ValueError(f"q must have shape ({B}, {L}, {self.nh}, {self.hd}) and states (B, n, {self.nh}, "
                              f"{self.hd}, {self.hd}); got {tuple(q.shape)} and {tuple(states.shape)}")
         q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5                              # (D2) (B, L, nh, hd)
-        read = torch.einsum("blhk,bshkv->bslhv", q_mem, states.to(q.dtype))           # (E8) Q M, (B, S, L, nh, hd)
+        read = torch.einsum("blhk,bshkv->bslhv", q_mem, states.to(q.dtype))           # (E8) Q M, (B, n, L, nh, hd)
         read = read[:, state_of_token, torch.arange(L, device=x.device)]             # each token its own, (B, L, nh, hd)
         h_global = self.norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))      # (E8) (D4) (B, L, d)
         return self.router(frame_index).to(h_global.dtype) * h_global                 # (E9) (B, L, d)
@@ -812,7 +813,7 @@ def teacher_force(model, cache, frames):
 
 def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1,
              exit_step=None, grad_chunks=(), cache=None):
-    """Stream a video chunk by chunk (SPEC section 6). Yields each chunk, (B, chunk_frames, C, H, W):
+    """Stream a video chunk by chunk. Yields each chunk, (B, chunk_frames, C, H, W):
     from noise, at each level predict x0 against the cache and re-noise to the next level with fresh
     noise; then the clean context pass at t = 0 writes the chunk into the cache (D8).
 

@@ -21,7 +21,7 @@ triangle wave of p0 + v f, shapes signed distances): a clip of any length costs 
 
 Glossary of the shape comments (frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W)):
     B   clips in the batch     F   frames      S   sprite slots (MAX_SPRITES)     H, W   height, width
-    C   chunks                 K   frames per chunk      P   palette colours (PALETTE)
+    C   colour channels (3)    n   chunks      P   palette colours (PALETTE)
 """
 
 import argparse
@@ -286,13 +286,13 @@ class Preset:
     dmd_lr: float = 1e-4
     critic_lr: float = 2e-4
     switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
-    dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2, DMD's anchor; 0 shows DMD
-                                  # alone drift to plain backgrounds (notebook 04)
+    dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2's loss as DMD's anchor
+                                  # (0: DMD alone; stage 2 then needs no ODE pairs)
     # stage 2's last phase: the memory recalls what left the window (MemoryRecall; 0 steps: none)
     memory_steps: int = 0
     memory_lr: float = 3e-3
-    memory_rest_lr: float = 0.0   # the rest of the student's rate in the phase (0: only the memory trains); recall
-                                  # on unseen worlds rises with it (docs/experiments.md)
+    memory_rest_lr: float = 0.0   # the learning rate of the rest of the student in the phase (0: only the
+                                  # memory trains)
     memory_clips: int = 2         # world clips with a sprite's return per step
     memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
@@ -370,8 +370,8 @@ def flow_matching_error(model, x0, noise, sigma, text, autocast):
 
 
 def bin_losses(sigma, per_sample_loss, bins=4):
-    """Loss per noise-level bin. Near s = 0 it stays highest: the target's noise can hardly be
-    read from an almost clean input, so that bin's loss has a floor."""
+    """The mean loss in each of `bins` equal bins of the noise level s, logged as s0 (s near 0) up to
+    s{bins - 1} (s near 1), to see at which noise levels the loss sits."""
     index = (sigma * bins).long().clamp(max=bins - 1)
     return {f"s{b}": per_sample_loss[index == b].mean().item() for b in range(bins) if (index == b).any()}
 
@@ -503,7 +503,7 @@ def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
         noisy.append(torch.stack(kept, 1).float().cpu())
         clean.append(x0.float().cpu())
         captions += names
-    pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions,   # (N, K, F, ...)
+    pairs = {"noisy": torch.cat(noisy), "clean": torch.cat(clean), "captions": captions,   # (clips, levels, F, ...)
              "made_by": made_by}
     if run.rank == 0:
         save_checkpoint(path, pairs)
