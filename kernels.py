@@ -31,7 +31,6 @@ matrices (a row per token) and u for its writes; G, D, N, W, U, O are matrices o
 
 import functools
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -200,20 +199,3 @@ def random_inputs(B, T, H, K, V, dtype=torch.float32, device="cpu", seed=0):
     beta = torch.sigmoid(randn(B, T, H))
     return q, k, v, g, beta
 
-
-# ---- `python kernels.py [--cuda]`: a correctness check --------------------------------------------
-# (speeds: python -m measure.kernel_speed; docs/kernel_peers.py checks and times two outside
-# pure-PyTorch implementations beside ours)
-
-def check(device="cpu"):
-    """`python kernels.py`: the chunked form's largest difference from the naive loop (float64, an
-    initial state, a length that is not a multiple of the chunk). Speeds: python -m measure.kernel_speed."""
-    inputs = random_inputs(1, 700, 4, 32, 32, torch.float64, device)
-    state0 = torch.randn(1, 4, 32, 32, dtype=torch.float64, device=device)
-    (o_ref, s_ref), (o, s) = (fn(*inputs, initial_state=state0) for fn in (naive_gated_delta_rule, chunk_gated_delta_rule))
-    print(f"chunked vs naive, float64, T=700, initial state: max abs diff "
-          f"{max((o - o_ref).abs().max().item(), (s - s_ref).abs().max().item()):.1e}")
-
-
-if __name__ == "__main__":
-    check("cuda" if "--cuda" in sys.argv else "cpu")

@@ -815,6 +815,12 @@ def test_the_whole_pipeline_runs_and_releases_every_stage(trained):
     assert sorted(f for f in os.listdir(trained) if f.endswith(".pt")) == sorted([*steps, "ode_pairs.pt"])  # no resume files
 
 
+def test_mode_picks_the_students_memory(run):
+    os.remove(run.path("student_stage1.pt"))
+    train.main(["--preset", "test", "--stage", "1", "--mode", "sink", "--out", run.out_dir])
+    assert train.load_checkpoint(run.path("student_stage1.pt"))["config"]["mode"] == "sink"
+
+
 def test_a_released_stage_is_skipped_and_the_phase_release_ends_stage_2(run, capsys):
     def main_prints(*flags):
         train.main(["--preset", "test", "--out", run.out_dir, *flags])
@@ -872,10 +878,10 @@ def test_teacher_compiles_only_where_it_can(tmp_path, monkeypatch, capsys):
     run = train.Run("cpu", str(tmp_path), seed=0)
     monkeypatch.setattr(train.shutil, "which", lambda name: "/usr/bin/" + name)   # a compiler: compiled (lazily)
     stage = train.Teacher(run, preset, "test")
-    assert stage.forward is not stage.model
+    assert stage.train_forward is not stage.model
     monkeypatch.setattr(train.shutil, "which", lambda name: None)                # none: eager, and says so
     stage = train.Teacher(run, preset, "test")
-    assert stage.forward is stage.model and "no C++ compiler" in capsys.readouterr().out
+    assert stage.train_forward is stage.model and "no C++ compiler" in capsys.readouterr().out
 
 
 def test_the_teachers_guided_sampling_solves_its_ode_with_cfg():
@@ -1069,6 +1075,14 @@ def test_stage1_student_learns_and_trains_the_write_path(run):
     assert all(total > 0 for total in memory_gradients(stage.model).values())
 
 
+def test_stage1_step_regresses_the_batch_it_draws(run):
+    """Stage 1's step: its data is ode_batch from the step's own generator, its loss ode_regression_loss on it."""
+    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    batch = train.ode_batch(run, stage.preset, stage.model.cfg, stage.pairs, stage.sigmas, run.generator(1, 3))
+    expected = train.ode_regression_loss(run, stage.model, stage.text_encoder, *batch).item()
+    assert stage.train_step(3)["loss"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_ode_pairs_of_another_teacher_are_made_again(run, capsys):
     path = run.path("ode_pairs.pt")
     stale = torch.load(path, weights_only=True)
@@ -1110,8 +1124,8 @@ def test_stage1_regresses_onto_the_teachers_clean_clip(run):
     clean, noise = torch.randn(4, 8, 3, 16, 16, generator=gen), torch.randn(4, 8, 3, 16, 16, generator=gen)
     noisy = torch.stack([tv.add_noise(clean, noise, torch.full((4,), s)) for s in stage.sigmas], 1)   # (N, K, F, ...)
     pairs = {"clean": clean, "noisy": noisy, "captions": ["a circle on red"] * 4}
-    loss = lambda model: train.ode_regression_loss(stage.run, stage.preset, model, stage.text_encoder, pairs,
-                                                   stage.sigmas, torch.Generator().manual_seed(0)).item()
+    batch = train.ode_batch(stage.run, stage.preset, stage.model.cfg, pairs, stage.sigmas, torch.Generator().manual_seed(0))
+    loss = lambda model: train.ode_regression_loss(stage.run, model, stage.text_encoder, *batch).item()
     assert loss(Stub(predict_clean=True)) < 1e-10 and loss(Stub(predict_clean=False)) > 1e-3
 
 
@@ -1224,6 +1238,18 @@ def test_a_self_rollout_exits_at_every_denoising_step(run, monkeypatch):
     assert sorted(set(exits)) == list(range(len(stage.sigmas)))
 
 
+def test_stage2_step_anchors_the_student_only_after_the_critics_warm_up(run):
+    """Stage 2's step: during the warm-up the student does not move and has no anchor; after it, the anchor
+    is stage 1's loss on ode_batch from the step's own generator."""
+    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    before = copy.deepcopy(stage.model.state_dict())
+    assert stage.preset.critic_warmup == 1 and stage.train_step(0)["regression"] == 0
+    assert all(torch.equal(before[k], v) for k, v in stage.model.state_dict().items())
+    batch = train.ode_batch(run, stage.preset, stage.model.cfg, stage.pairs, stage.sigmas, run.generator(3, 1))
+    expected = train.ode_regression_loss(run, stage.model, stage.text_encoder, *batch).item()
+    assert stage.train_step(1)["regression"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(run):
     """With DMD's gradient zero (real == fake), a generator step still moves the student: stage 1's
     regression, kept in stage 2 as DMD's anchor, reaches the optimizer and lowers its own loss."""
@@ -1244,12 +1270,16 @@ def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(run):
 
 def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back():
     """Against the model's own visible_chunks, read from the pixels: up to the chunk the sprite comes back
-    in, no chunk that chunk attends to shows it, and a chunk already evicted into M showed it in its colour."""
+    in, no chunk that chunk attends to shows it, and a chunk already evicted into M showed it in its colour.
+    The phase's search (train), and the recall probe's (measure.benchmark) with and without a switch."""
     for window, switch in [(2, False), (3, False), (2, True)]:
         cfg = tv.VideoSSMConfig(**{**train.PRESETS["test"].model, "window_chunks": window})
         cf = cfg.chunk_frames
-        returns = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=switch)
-        assert len(returns) == 6
+        returns = benchmark.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=switch)
+        phase = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0)
+        assert len(returns) == len(phase) == 6 and all(len(r) == 6 for r in phase)   # a train.Return: no switch, no other
+        if not switch:                                                    # the probe's rows search the phase's clips
+            assert all(torch.equal(a[0], b[0]) and a[1:6] == b[1:] for a, b in zip(returns, phase))
         for clip in returns:
             background, _ = read_attributes(clip.video)
             at = clip.switch * cf                                   # the first frame of the new caption (0: none)
@@ -1263,12 +1293,12 @@ def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back()
             attended = [f for c in chunks if c < r for f in range(c * cf, (c + 1) * cf)]
             evicted = [f for c in range(r) if c not in chunks for f in range(c * cf, (c + 1) * cf)]
             assert parse_caption(clip.caption).count == 1 and (sprite[0, attended] == -1).all()
-            assert (sprite[0, evicted] == clip.colour).any() and sprite[0, clip.clear] == clip.colour
+            assert (sprite[0, evicted] == clip.colour).any() and sprite[0, clip.clearly_back] == clip.colour
             probe_window = slice((clip.context - window) * cf, clip.context * cf)   # the probe's last window of context
             faint = train.sprite_mask(clip.video, background).sum((2, 3, 4))[0]        # the captions' backgrounds
             assert (sprite[0, probe_window] == -1).all() and (faint[probe_window] <= 3).all()   # under a pixel's area
             assert (sprite[0, at:at + cf] == -1).all()                # a switch happens while the sprite is away
-            assert clip.context <= r and clip.back <= clip.clear <= 60 - 4 * cf
+            assert clip.context <= r and clip.back <= clip.clearly_back <= 60 - 4 * cf
 
 
 def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
@@ -1277,9 +1307,9 @@ def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
     with a switch too, the sprite that hides is the one away when the prompt switches."""
     cfg = tv.VideoSSMConfig(**train.PRESETS["test"].model)
     cf = cfg.chunk_frames
-    returns = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, other=True)
-    assert len(returns) == 6 and {clip.other for clip in train.sprite_returns(World(16, occluder=4), cfg, 2, 60, 0)} == {-1}
-    switched = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=True, other=True)
+    returns = benchmark.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, other=True)
+    assert len(returns) == 6 and {clip.other for clip in benchmark.sprite_returns(World(16, occluder=4), cfg, 2, 60, 0)} == {-1}
+    switched = benchmark.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=True, other=True)
     for clip in switched:
         _, hider = read_attributes(clip.video, leave_out=clip.other)
         assert clip.switch > 0 and (hider[0, clip.switch * cf:(clip.switch + 1) * cf] != clip.colour).all()
@@ -1292,7 +1322,7 @@ def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
         attended = [f for c in chunks if c < r for f in range(c * cf, (c + 1) * cf)]
         evicted = [f for c in range(r) if c not in chunks for f in range(c * cf, (c + 1) * cf)]
         assert (hider[0, attended] != clip.colour).all() and (hider[0, evicted] == clip.colour).any()
-        assert hider[0, clip.clear] == clip.colour and clip.context <= r and clip.clear <= 60 - 4 * cf
+        assert hider[0, clip.clearly_back] == clip.colour and clip.context <= r and clip.clearly_back <= 60 - 4 * cf
         probe_window = slice((clip.context - cfg.window_chunks) * cf, clip.context * cf)
         assert (shown[0, probe_window] == clip.other).all()             # the window shows the other sprite only
 
@@ -1300,7 +1330,7 @@ def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
 def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(trained, monkeypatch):
     model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
-    clip = train.sprite_returns(train.recall_world(preset, cfg), cfg, 1, 60, seed=0, switch=True)[0]
+    clip = benchmark.sprite_returns(train.recall_world(preset, cfg), cfg, 1, 60, seed=0, switch=True)[0]
     held = lambda cache: (cache.next_chunk, list(cache.chunks), [layer.state.clone() for layer in cache.layers])
     recache = tv.recache
     switches = []                                                  # what the cache holds before and after a re-cache
@@ -1308,7 +1338,7 @@ def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(traine
         (held(cache), recache(model, cache, text), held(cache), text)))
     cache = tv.StreamCache(model, 1)
     with torch.no_grad():
-        train.feed_context(model, text_encoder, cache, clip, clip.context)
+        benchmark.feed_context(model, text_encoder, cache, clip, clip.context)
         new_kv = model.text_context(text_encoder([clip.new_caption]))
     [((at, chunks, states), _, (_, chunks_after, states_after), text)] = switches            # one switch
     assert at == clip.switch and cache.next_chunk == clip.context and len(chunks) > cfg.sink_chunks
@@ -1336,22 +1366,6 @@ def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
     for where in (slice(2, 5), slice(5, 8)):                                      # both drawn cyan, the true colour
         x0[..., where, where] = train.SPRITE_RGB[2].view(1, 1, 3, 1, 1)
     assert train.colour_loss(x0, frozen, 2, 2)[1] == 0                           # both asked for cyan: no anchor
-    ce, off, right = train.colour_loss(x0, frozen, 2, 2, other=3)                # orange is the other sprite's:
-    assert off > 0 and ce < 0.1 and right                                        # it is anchored, not asked
-
-
-def test_colour_loss_never_asks_the_sprite_in_view_to_turn_the_hidden_ones_colour():
-    """A second sprite drawn off its colour (white, where the ground truth shows it orange) is not
-    asked for the hidden sprite's cyan once the ground truth is given: only the hidden one is."""
-    frozen = train.BACKGROUND_RGB[2].view(1, 1, 3, 1, 1).repeat(1, 2, 1, 12, 12)   # blue, two white sprites
-    frozen[..., 1:4, 1:4] = frozen[..., 8:11, 8:11] = train.SPRITE_RGB[0].view(1, 1, 3, 1, 1)
-    truth = frozen.clone()
-    truth[..., 8:11, 8:11] = train.SPRITE_RGB[3].view(1, 1, 3, 1, 1)              # the one in view is orange
-    x0 = frozen.clone()
-    x0[..., 1:4, 1:4] = train.SPRITE_RGB[2].view(1, 1, 3, 1, 1)                   # the hidden one drawn cyan
-    asked_both, _, _ = train.colour_loss(x0, frozen, 2, 2, other=3)
-    asked, off, right = train.colour_loss(x0, frozen, 2, 2, other=3, truth=truth)
-    assert asked_both > 1 and asked < 0.1 and off == 0 and right
 
 
 def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
@@ -1378,6 +1392,22 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     os.remove(run.path("window_dmd.pt"))
 
 
+def test_the_memory_phase_step_asks_the_student_for_colour_and_anchors_it(run, monkeypatch):
+    """The phase's loss: colour_loss on the trained student's own chunks (in the graph), plus both anchors
+    at their weights."""
+    stage = train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt")
+    with torch.no_grad():                                   # it now differs from the frozen one: anchors > 0
+        for p in stage.model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    asked, colour_loss, stepped, optimizer_step = [], train.colour_loss, [], train.optimizer_step
+    monkeypatch.setattr(train, "colour_loss", lambda x0, *args: asked.append(x0.requires_grad) or colour_loss(x0, *args))
+    monkeypatch.setattr(train, "optimizer_step", lambda *args: stepped.append(args[-1].item()) or optimizer_step(*args))
+    losses, preset = stage.train_step(0), stage.preset
+    assert asked == [True] * preset.memory_clips and losses["anchor"] > 1e-4 and losses["free"] > 1e-4
+    assert stepped == [pytest.approx(losses["colour"] + preset.memory_anchor * losses["anchor"]
+                                     + preset.memory_free_anchor * losses["free"], rel=1e-5)]
+
+
 def test_the_memory_phase_moves_the_rest_of_the_student_at_its_own_rate(run):
     preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_rest_lr": 1e-4})
     stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
@@ -1398,36 +1428,6 @@ def test_the_memory_phase_draws_its_clips_from_every_world_of_its_family(run, mo
         stage.train_step(step)
     assert set(drawn) == {3, 5}
     assert [w.occluder for w in train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt").worlds] == [4]
-
-
-def test_the_memory_phase_switches_prompts_while_the_sprite_is_away(run, monkeypatch):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_switches": 1.0})
-    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
-    fed, feed, asked, colour_loss = [], train.feed_context, [], train.colour_loss
-    monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
-                        feed(model, encoder, cache, clip, chunks))
-    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other, truth:
-                        asked.append(background) or colour_loss(x0, frozen_x0, background, colour, other, truth))
-    stage.train_step(0)
-    assert len(fed) == 2 * preset.memory_clips and all(clip.switch > 0 for clip in fed)     # both students' caches
-    assert asked == [parse_caption(clip.caption_at_return).background for clip in fed[::2]]   # the new background
-
-
-def test_the_memory_phase_trains_beside_a_second_sprite_when_asked(run, monkeypatch):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_others": 1.0, "memory_clips": 2})
-    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
-    fed, feed, asked, colour_loss = [], train.feed_context, [], train.colour_loss
-    monkeypatch.setattr(train, "feed_context", lambda model, encoder, cache, clip, chunks: fed.append(clip) or
-                        feed(model, encoder, cache, clip, chunks))
-    monkeypatch.setattr(train, "colour_loss", lambda x0, frozen_x0, background, colour, other, truth: asked.append(
-                        (colour, other, truth)) or colour_loss(x0, frozen_x0, background, colour, other, truth))
-    stage.train_step(0)
-    cf = stage.model.cfg.chunk_frames
-    assert all(parse_caption(clip.caption).count == 2 and clip.other >= 0 for clip in fed)
-    assert [(colour, other) for colour, other, _ in asked] == [(clip.colour, clip.other) for clip in fed[::2]]
-    for (_, _, truth), clip in zip(asked, fed[::2]):                              # the one in view is left out,
-        r = clip.back // cf                                                        # around its true pixels too
-        assert torch.equal(truth, clip.video[:, r * cf:(r + 2) * cf])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1890,8 +1890,8 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
     model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
     world = train.recall_world(preset, cfg)
-    probes = (train.sprite_returns(world, cfg, 4, 60, seed=0) + train.sprite_returns(world, cfg, 2, 60, 0, switch=True)
-              + train.sprite_returns(world, cfg, 2, 60, 0, other=True))
+    probes = (benchmark.sprite_returns(world, cfg, 4, 60, seed=0) + benchmark.sprite_returns(world, cfg, 2, 60, 0, switch=True)
+              + benchmark.sprite_returns(world, cfg, 2, 60, 0, other=True))
     for probe in probes:
         made = []
 

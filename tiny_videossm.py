@@ -49,6 +49,11 @@ from kernels import gated_delta_rule
 MODES = ("hybrid", "sink", "window", "full", "memory")
 
 
+def check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+
+
 @dataclass
 class VideoSSMConfig:
     frame_size: int = 32          # frames are frame_size x frame_size pixels
@@ -74,8 +79,7 @@ class VideoSSMConfig:
             raise ValueError(f"frame_size {self.frame_size} is not divisible by patch_size {self.patch_size}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        check_mode(self.mode)
         if self.window_chunks < 1:
             raise ValueError(f"window_chunks must be >= 1 (the current chunk), got {self.window_chunks}")
         if self.sink_chunks < 0 or self.chunk_frames < 1:
@@ -599,8 +603,7 @@ class VideoDiT(nn.Module):
             velocity: shape (B, F, C, H, W)
         """
         cfg, mode = self.cfg, mode or self.cfg.mode
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        check_mode(mode)
         self.check_clip(x)
         B, F_ = x.shape[:2]
         if text.dim() != 3 or text.shape[0] != B or text.shape[2] != cfg.text_dim:
@@ -659,7 +662,7 @@ class VideoDiT(nn.Module):
 # ---- the streaming cache -------------------------------------------------------------------------
 
 class LayerCache:
-    """One layer's memory: sink and window chunks' pre-RoPE K, V and gates, and the state M.
+    """One layer's cache: sink and window chunks' pre-RoPE K, V and gates, and the memory state M.
     Gates are cached with K and V ("synchronized gate caching"): when a chunk leaves the window,
     its g and beta are at hand to write it into M, though its input H_in is long gone."""
 
@@ -718,8 +721,7 @@ class StreamCache:
         if not cfg.causal:
             raise ValueError("streaming needs a causal model (VideoSSMConfig(causal=True))")
         self.cfg, self.mode = cfg, mode or cfg.mode
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        check_mode(self.mode)
         self.layers = [LayerCache() for _ in range(cfg.n_layers)]
         for layer in self.layers:
             layer.state = torch.zeros(batch_size, cfg.n_heads, cfg.head_dim, cfg.head_dim, device=device,

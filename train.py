@@ -296,10 +296,6 @@ class Preset:
     memory_clips: int = 2         # world clips with a sprite's return per step
     memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
-    memory_switches: float = 0.0  # the share of them whose prompt switches while the sprite is away (D10): to teach
-                                  # recall across a switch (the probe's switch row; docs/experiments.md)
-    memory_others: float = 0.0    # the share of them with two sprites, one in view while the other is away: to teach
-                                  # recall beside a sprite the window holds (the probe's two-sprite row)
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
@@ -314,7 +310,7 @@ class Preset:
             zero = name in ZERO_ALLOWED
             if not isinstance(value, (dict, bool, tuple)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
                 raise ValueError(f"{name}={value}: must be a finite number {'>= 0' if zero else '> 0'}")
-            if name in ("text_dropout", "switch_probability", "ema_decay", "memory_switches", "memory_others") and value > 1:
+            if name in ("text_dropout", "switch_probability", "ema_decay") and value > 1:
                 raise ValueError(f"{name}={value}: must be between 0 and 1")
         lengths = {n: getattr(self, n) for n in ("clip_frames", "rollout_frames", "memory_clip_frames", "memory_free_frames")}
         if any(frames % cfg.chunk_frames for frames in lengths.values()) or self.rollout_frames < self.clip_frames:
@@ -325,8 +321,7 @@ class Preset:
 
 
 ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
-                "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_switches", "memory_others",
-                "memory_anchor", "memory_free_anchor"}
+                "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_anchor", "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -388,17 +383,17 @@ class Teacher:
         torch.manual_seed(run.seed)
         self.model = tv.VideoDiT(cfg).to(run.device)
         self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
-        self.parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.trained_parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
+        self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = EMA(self.model, preset.ema_decay)
         self.ema_text = EMA(self.text_encoder, preset.ema_decay)
-        self.forward = self.model
+        self.train_forward = self.model         # the forward train_step calls: the model, compiled where it can be
         if preset.compile:                      # same weights either way; on a CPU inductor needs a C++ compiler
             if run.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
                 print("stage 0: no C++ compiler found (g++, c++ or clang++), so the teacher trains without "
                       "torch.compile (slower)")
             else:
-                self.forward = torch.compile(self.model, dynamic=False)   # one graph per shape (clips, images)
+                self.train_forward = torch.compile(self.model, dynamic=False)   # one graph per shape (clips, images)
         self.world = World(cfg.frame_size, **preset.world)
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
@@ -416,7 +411,7 @@ class Teacher:
         x0 = clips.video.to(run.device)
         noise = torch.randn(x0.shape, generator=gen).to(run.device)
         sigma = torch.rand(B, generator=gen).to(run.device)
-        squared_error = flow_matching_error(self.forward, x0, noise, sigma, self.text_encoder(captions), run.autocast)
+        squared_error = flow_matching_error(self.train_forward, x0, noise, sigma, self.text_encoder(captions), run.autocast)
         # The sprite weight (ours, not Wan's): sprites are a few percent of the pixels, and a small
         # teacher lowers the plain loss most cheaply by painting the background well and the sprites
         # faintly. Counting sprite pixels more tilts it towards drawing them, a bias by design, as
@@ -425,7 +420,7 @@ class Teacher:
         per_sample = (weight * squared_error).flatten(1).mean(1)                                # (B,)
         loss = per_sample.mean()
         # update: AdamW, then the EMA the teacher samples with
-        optimizer_step(run, self.optimizer, self.parameters,
+        optimizer_step(run, self.optimizer, self.trained_parameters,
                        learning_rate(step, self.steps, preset.teacher_lr, preset.warmup), loss)
         self.ema.update(self.model)
         self.ema_text.update(self.text_encoder)
@@ -510,11 +505,9 @@ def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
     return pairs
 
 
-def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
-    """Stage 1's loss on a batch of pairs: each chunk at one of the student's levels (its own),
-    one parallel block-causal forward with the clean clip as context, MSE of the predicted clean
-    clip to the teacher's."""
-    cfg = model.cfg
+def ode_batch(run, preset, cfg, pairs, sigmas, gen):
+    """Stage 1's data: `student_batch` of the teacher's pairs, each chunk at one of the student's levels
+    (its own). Returns the noisy clips x, their levels per frame, the clean clips and the captions."""
     index = torch.randint(len(pairs["captions"]), (preset.student_batch,), generator=gen)
     clean = pairs["clean"][index].to(run.device)                                         # (B, F, C, H, W)
     n_chunks = preset.clip_frames // cfg.chunk_frames
@@ -523,14 +516,20 @@ def ode_regression_loss(run, preset, model, text_encoder, pairs, sigmas, gen):
     chunk_of_frame = torch.arange(preset.clip_frames) // cfg.chunk_frames
     x = noisy[:, chunk_of_frame, torch.arange(preset.clip_frames)].to(run.device)        # (B, F, C, H, W)
     sigma = torch.tensor(sigmas)[level][:, chunk_of_frame].to(run.device)                # (B, F)
-    text = text_encoder([pairs["captions"][i] for i in index])
+    return x, sigma, clean, [pairs["captions"][i] for i in index]
+
+
+def ode_regression_loss(run, model, text_encoder, x, sigma, clean, captions):
+    """Stage 1's loss on a batch of pairs (ode_batch): one parallel block-causal forward with the clean
+    clip as context, MSE of the predicted clean clip to the teacher's."""
+    text = text_encoder(captions)
     with run.autocast():
         velocity = model(x, 1000 * sigma, text, clean_context=clean)
     return (tv.x0_from_velocity(x, velocity.float(), sigma) - clean).square().mean()
 
 
 class ODEDistillation:
-    """Stage 1. Regress the teacher's ODE solutions (ode_pairs, ode_regression_loss); the memory is built
+    """Stage 1. Regress the teacher's ODE solutions (ode_pairs, ode_batch, ode_regression_loss); the memory is built
     in the graph from the evicted chunks (D11), as streaming will build it."""
     name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
 
@@ -547,8 +546,11 @@ class ODEDistillation:
 
     def train_step(self, step):
         run, preset = self.run, self.preset
-        loss = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs, self.sigmas,
-                                   run.generator(1, step))
+        # data: a batch of the teacher's pairs, each chunk at one of the student's levels
+        x, sigma, clean, captions = ode_batch(run, preset, self.model.cfg, self.pairs, self.sigmas, run.generator(1, step))
+        # loss: the student's clean clip against the teacher's
+        loss = ode_regression_loss(run, self.model, self.text_encoder, x, sigma, clean, captions)
+        # update: AdamW
         optimizer_step(run, self.optimizer, list(self.model.parameters()),
                        learning_rate(step, self.steps, preset.student_lr, preset.warmup), loss)
         return {"loss": loss.item()}
@@ -640,15 +642,19 @@ class SelfRolloutDMD:
     def train_step(self, step):
         run, preset = self.run, self.preset
         warming_up = step < preset.critic_warmup           # the critic first learns what the student makes
+        anchored = not warming_up and preset.dmd_regression > 0
+        # data: a self-rollout's last clip (in the graph once the critic has warmed up), and for the anchor a
+        # batch of stage 1's pairs
         x, caption = self.rollout(step, grad=not warming_up)
+        pairs = ode_batch(run, preset, self.model.cfg, self.pairs, self.sigmas, run.generator(3, step)) if anchored else ()
+        # loss: DMD on the clip, plus stage 1's regression
         gen = run.generator(2, step, 1)
         x0_real, x0_fake = self.scores(x.detach(), caption, gen)
         loss = dmd_loss(x, x0_real, x0_fake)
-        regression = torch.zeros(())
+        regression = ode_regression_loss(run, self.model, self.text_encoder, *pairs) if anchored else torch.zeros(())
+        # update: the student once the critic has warmed up; then the critic, on the same samples, each of its
+        # `critic_updates` losses taken after its last update
         if not warming_up:
-            if preset.dmd_regression > 0:
-                regression = ode_regression_loss(run, preset, self.model, self.text_encoder, self.pairs,
-                                                 self.sigmas, run.generator(3, step))
             lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
                                preset.warmup)
             optimizer_step(run, self.optimizer, list(self.model.parameters()), lr,
@@ -674,85 +680,54 @@ def recall_world(preset, cfg):
 
 class Return(NamedTuple):
     """A ground-truth clip in which a sprite leaves sight for longer than the sink and the window hold,
-    and comes back: then only the memory can tell its colour. With `other`, a second sprite stays in
-    sight meanwhile: the window holds a colour, but not the one that comes back."""
+    and comes back: then only the memory can tell its colour."""
     video: torch.Tensor  # (1, F, 3, H, W)
     caption: str
     colour: int          # index into SPRITE_COLOURS
     context: int         # chunks of ground truth the recall probe feeds: the last window_chunks show none of it
     back: int            # the frame in which a pixel of it is in sight again
-    clear: int           # the frame in which it is clearly back (8 pixels: measure/ reads it)
-    switch: int = 0      # the chunk from which the caption is new_caption (0: none); the sprite is out of sight
-    new_caption: str = ""
-    other: int = -1      # the colour of the sprite that stays in sight (-1: the clip has one sprite)
-
-    @property
-    def caption_at_return(self) -> str:
-        return self.new_caption if self.switch else self.caption
+    clearly_back: int    # the frame in which it is clearly back (8 pixels: measure/ reads it)
 
 
-def sprite_returns(world, cfg, count, frames, seed, switch=False, other=False):
-    """Up to `count` Returns among one-sprite clips of `frames` frames, searched 32 at a time from `seed`:
-    the sprite is out of sight in the sink's frames, seen clearly, then out of sight for so long that the
-    window holds none of it, and clearly back at least four chunks before the end. switch: the caption
-    changes (World.sample's switch_at) at a chunk in the middle of the absence, before the probe's context ends.
-    other: two-sprite clips instead, in which one sprite does this while the other is clearly in sight in
-    every frame of the probe's last window of context."""
-    cf, found = cfg.chunk_frames, []
-
-    def absence(clips, b, s=0):                               # (context, back, clear, hidden_at), or None
-        area = clips.visible_area[b, :, s].tolist()
-        seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
-        if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
-            return None
-        first = seen.index(True)
-        hidden_at = hidden.index(True, first) if True in hidden[first:] else frames
-        back = hidden.index(False, hidden_at) if False in hidden[hidden_at:] else frames
-        clear = seen.index(True, back) if True in seen[back:] else frames
-        context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
-        return (context, back, clear, hidden_at) if context * cf <= back and clear <= frames - 4 * cf else None
-
-    def hider(clips, b, sprites):                             # (the one of `sprites` that hides, its absence), or None
-        for s in sprites:
-            span = absence(clips, b, s)
-            if span is None:
-                continue
-            window = slice((span[0] - cfg.window_chunks) * cf, span[0] * cf)   # the probe's last window of context
-            if not other or (clips.visible_area[b, window, 1 - s] >= 8).all():
-                return s, span
+def sprite_absence(area, cfg):
+    """From one sprite's visible pixels per frame, area (F,): (context, back, clearly_back, hidden_at) as in
+    Return, hidden_at the frame it leaves sight, if the sprite is out of sight in the sink's frames, seen
+    clearly, then out of sight for so long that the window holds none of it, and clearly back at least four
+    chunks before the end; else None."""
+    cf, frames, area = cfg.chunk_frames, len(area), area.tolist()
+    seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
+    if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
         return None
+    first = seen.index(True)
+    hidden_at = hidden.index(True, first) if True in hidden[first:] else frames
+    back = hidden.index(False, hidden_at) if False in hidden[hidden_at:] else frames
+    clearly_back = seen.index(True, back) if True in seen[back:] else frames
+    context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
+    return (context, back, clearly_back, hidden_at) if context * cf <= back and clearly_back <= frames - 4 * cf else None
 
+
+def sprite_returns(world, cfg, count, frames, seed):
+    """Up to `count` Returns among one-sprite clips of `frames` frames, searched 32 at a time from `seed`
+    (sprite_absence). The recall probe's rows with a prompt switch or a second sprite: measure/benchmark.py."""
+    found = []
     for batch in range(64):                                   # a search: the clips are rare, not scarce
         clips = world.sample(32, frames, seed=seed + 1000 * batch)
-        found_in = {b: hider(clips, b, (0, 1) if other else (0,))
-                    for b in torch.nonzero(clips.count == (2 if other else 1)).flatten().tolist()}
-        found_in, chunk = {b: h for b, h in found_in.items() if h}, [0] * 32
-        if switch:                # the same clips, switched in the middle of each absence; the new shape covers
-            for b, (_, (context, _, _, hidden_at)) in found_in.items():  # other pixels, so look at them again
-                chunk[b] = (math.ceil(hidden_at / cf) + context) // 2
-            clips = world.sample(32, frames, seed=seed + 1000 * batch, switch_at=[max(1, c) * cf for c in chunk])
-            found_in = {b: hider(clips, b, (s,)) for b, (s, _) in found_in.items()}   # the same sprite hides
-        for b, h in found_in.items():
-            if h:
-                (s, (context, back, clear, _)), colour = h, clips.sprite_colour[b]
-                found.append(Return(clips.video[b:b + 1], clips.captions[b][0], int(colour[s]), context, back, clear,
-                                    chunk[b], clips.captions[b][-1] if switch else "", int(colour[1 - s]) if other else -1))
+        for b in torch.nonzero(clips.count == 1).flatten().tolist():
+            span = sprite_absence(clips.visible_area[b, :, 0], cfg)
+            if span:
+                found.append(Return(clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]),
+                                    *span[:3]))
                 if len(found) == count:
                     return found
     return found
 
 
 def feed_context(model, text_encoder, cache, clip, chunks):
-    """A Return's first `chunks` chunks of ground truth through the clean pass (tv.teacher_force), its
-    prompt switch re-cached where it happens (D10: M is kept): the cache is then as if the model had
-    streamed those frames under those prompts."""
+    """A Return's first `chunks` chunks of ground truth through the clean pass (tv.teacher_force) under its
+    caption: the cache is then as if the model had streamed those frames."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
     cache.set_prompt(model, text_encoder([clip.caption]))
-    cut = min(clip.switch or chunks, chunks)
-    tv.teacher_force(model, cache, clip.video[:, :cut * cf].to(device))
-    if cut < chunks:
-        tv.recache(model, cache, text_encoder([clip.new_caption]))
-        tv.teacher_force(model, cache, clip.video[:, cut * cf:chunks * cf].to(device))
+    tv.teacher_force(model, cache, clip.video[:, :chunks * cf].to(device))
 
 
 def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
@@ -773,28 +748,19 @@ def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
     return torch.cat(made, 1), torch.cat(frozen_made, 1)
 
 
-def colour_loss(x0, frozen_x0, background, colour, other=-1, truth=None):
+def colour_loss(x0, frozen_x0, background, colour):
     """Where the frozen student draws a sprite: cross-entropy of each pixel over the four sprite
     colours (logits: minus the squared distance to each), the true colour the target, so a pixel
-    may move towards it but not out of the sprite colours. Elsewhere, and where it draws the `other`
-    colour (a second sprite's, in view: not the one asked for) or, given `truth` (the ground truth of
-    the same frames), within two pixels of where that shows the other sprite, the squared difference
-    to the frozen student: the sprite in view is never asked to turn the hidden one's colour.
-    x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's pixels, summed, pick
-    the true colour."""
-    distance = lambda x: (x.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x.device)).square().sum(-1)  # (1, F, H, W, 4)
+    may move towards it but not out of the sprite colours. Elsewhere, the squared difference to the
+    frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's pixels,
+    summed, pick the true colour."""
     sprite = sprite_mask(frozen_x0, background)                                           # (1, F, 1, H, W)
-    if other >= 0:                                                        # the other sprite's pixels out
-        sprite = sprite * (distance(frozen_x0).argmin(-1) != other)[:, :, None]
-    if other >= 0 and truth is not None:                                  # and the pixels around it in truth
-        shown = sprite_mask(truth, background)[:, :, 0] * (distance(truth).argmin(-1) == other)    # (1, F, H, W)
-        sprite = sprite * (torch.nn.functional.max_pool2d(shown[0], 5, 1, 2)[None, :, None] == 0)
-    logits = -distance(x0)                                                                # (1, F, H, W, 4)
+    logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
     cross_entropy = -(log_p[..., colour] * where).sum() / where.sum().clamp_min(1.0)
     outside = ((x0 - frozen_x0).square() * (1 - sprite)).mean()
-    right = bool((log_p.exp() * where[..., None]).flatten(0, -2).sum(0).argmax() == colour)
-    return cross_entropy, outside, right
+    picks_true_colour = bool((log_p.exp() * where[..., None]).flatten(0, -2).sum(0).argmax() == colour)
+    return cross_entropy, outside, picks_true_colour
 
 
 class MemoryRecall:
@@ -804,13 +770,11 @@ class MemoryRecall:
     sprite the student brings back have its colour? Neither stage asks it: stage 1's teacher clips are
     too short to hide a sprite that long, and DMD's teacher sees only the window. Per step,
     `memory_clips` clips, each from a world of the family `memory_worlds` (curtains, arenas, speeds),
-    `memory_switches` of them with a prompt switch while the sprite is away and `memory_others` with a
-    second sprite in view meanwhile, go into the cache as context (in the graph, feed_context) up to
-    the sprite's return (sprite_returns); the student makes that chunk and the next, and colour_loss
-    scores them against the true colour. An anchor keeps the rest as it was: the squared difference
-    to the frozen stage-2 student, off the sprite on those chunks (`memory_anchor` times) and
-    everywhere on a free rollout of `memory_free_frames` frames from the prompt alone
-    (`memory_free_anchor` times)."""
+    go into the cache as context (in the graph, feed_context) up to the sprite's return (sprite_returns);
+    the student makes that chunk and the next, and colour_loss scores them against the true colour. An
+    anchor keeps the rest as it was: the squared difference to the frozen stage-2 student, off the sprite
+    on those chunks (`memory_anchor` times) and everywhere on a free rollout of `memory_free_frames`
+    frames from the prompt alone (`memory_free_anchor` times)."""
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
     def __init__(self, run, preset, preset_name, dmd_file):
@@ -839,18 +803,20 @@ class MemoryRecall:
     def train_step(self, step):
         preset, model, frozen, cf = self.preset, self.model, self.frozen, self.model.cfg.chunk_frames
         gen = self.run.generator(4, step)
+        # data: the denoising step the student's chunks stop at, and clips in which a sprite comes back
+        # after the window lost sight of it, each from a world of the family
         exit_step = int(torch.randint(len(self.sigmas), (1,), generator=gen))
-        colour, anchor, right = 0.0, 0.0, 0
         returns = []
-        for _ in range(preset.memory_clips):                          # each clip from a world of the family
+        for _ in range(preset.memory_clips):
             world = self.worlds[int(torch.randint(len(self.worlds), (1,), generator=gen))]
             seed = int(torch.randint(2 ** 62, (1,), generator=gen))
-            switch = preset.memory_switches > 0 and torch.rand(1, generator=gen).item() < preset.memory_switches
-            other = preset.memory_others > 0 and torch.rand(1, generator=gen).item() < preset.memory_others
-            returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed, switch, other)
+            returns += sprite_returns(world, model.cfg, 1, preset.memory_clip_frames, seed)
         if len(returns) < preset.memory_clips:
             raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
                              f"after the window lost sight of them: raise memory_clip_frames")
+        # loss: each clip's ground truth as context up to the return, the return's two chunks made by both
+        # students and scored for colour; then a free rollout of both from a random caption, for the anchor
+        colour, anchor, right = 0.0, 0.0, 0
         for clip in returns:
             r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
             caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
@@ -858,10 +824,8 @@ class MemoryRecall:
                 with torch.set_grad_enabled(student is model):
                     feed_context(student, self.text_encoder, cache, clip, r)
             made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
-            background = parse_caption(clip.caption_at_return).background
-            truth = clip.video[:, r * cf:(r + 2) * cf].to(self.run.device)            # the same two chunks
-            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour, clip.other,
-                                                               truth)
+            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, parse_caption(clip.caption).background,
+                                                               clip.colour)
             colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
             right += clip_right
         caption = random_caption(gen)
@@ -871,8 +835,10 @@ class MemoryRecall:
         made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
                                           self.sigmas, gen)
         free = (made - frozen_made).square().mean()
-        optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr],
-                       colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free)
+        loss = colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free
+        # update: the memory at memory_lr, the rest of the student at memory_rest_lr
+        optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr], loss)
+        # right: the share of the clips whose sprite pixels, summed, pick the true colour
         return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
                 "right": right / preset.memory_clips}
 
@@ -1107,8 +1073,8 @@ def main(argv=None):
                         help="change one field of the preset (repeatable): e.g. --set teacher_steps=8000 "
                              "--set model.dim=256; pass the same settings to every stage of a run")
     parser.add_argument("--stage", default="all", choices=["0", "1", "2", "all"], help="which stage(s) to run")
-    parser.add_argument("--memory", default="hybrid", choices=["hybrid", "sink", "window", "memory"],
-                        help="the student's memory: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing), "
+    parser.add_argument("--mode", default="hybrid", choices=["hybrid", "sink", "window", "memory"],
+                        help="the student's memory mode: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing), "
                              "memory (state-space only)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda trains in bf16 autocast")
     parser.add_argument("--out", default="checkpoints", help="checkpoint folder (default checkpoints/)")
@@ -1127,9 +1093,9 @@ def main(argv=None):
         parser.error(str(error))
     run = Run(args.device, args.out, args.seed)
     # stage 2 ends with the memory's recall phase when the student has a memory and the preset asks
-    dmd_file = "student_dmd.pt" if preset.memory_steps and tv.uses_memory(args.memory) else "student.pt"
+    dmd_file = "student_dmd.pt" if preset.memory_steps and tv.uses_memory(args.mode) else "student.pt"
     stages = [("0", "teacher.pt", lambda: Teacher(run, preset, spec)),
-              ("1", "student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.memory)),
+              ("1", "student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.mode)),
               ("2", dmd_file, lambda: SelfRolloutDMD(run, preset, spec, dmd_file))]
     if dmd_file != "student.pt":
         stages.append(("2", "student.pt", lambda: MemoryRecall(run, preset, spec, dmd_file)))

@@ -13,6 +13,7 @@ and with a second sprite in view meanwhile) and on worlds it never sees (HELD_OU
 import argparse
 import math
 import time
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -34,7 +35,7 @@ HELD_OUT_WORLDS = {
 
 # The phase's own world, with the caption switched while the sprite is away (D10 keeps M); not held out.
 SWITCHED = "the phase's own, a prompt switch while it is away"
-# The phase's own world, a second sprite in sight while the first is away (train.sprite_returns' other).
+# The phase's own world, a second sprite in sight while the first is away (sprite_returns' other).
 ACCOMPANIED = "the phase's own, a second sprite in view (chance 1/3)"
 
 
@@ -42,6 +43,72 @@ def held_out_world(name, size):
     """The World of HELD_OUT_WORLDS[name] for a view of `size` pixels."""
     fields = HELD_OUT_WORLDS[name]
     return train.World(size, **{**fields, "occluder": round(fields.get("occluder", 0) * size)})
+
+
+class RecallProbe(NamedTuple):
+    """A train.Return as the recall probe reads it, with what the switched and accompanied rows add."""
+    video: torch.Tensor  # (1, F, 3, H, W)
+    caption: str
+    colour: int          # index into SPRITE_COLOURS
+    context: int         # chunks of ground truth the probe feeds
+    back: int            # the frame in which a pixel of the sprite is in sight again
+    clearly_back: int    # the frame in which it is clearly back
+    switch: int = 0      # the chunk from which the caption is new_caption (0: none); the sprite is out of sight
+    new_caption: str = ""
+    other: int = -1      # the colour of the sprite that stays in sight (-1: the clip has one sprite)
+
+    @property
+    def caption_at_return(self) -> str:
+        return self.new_caption if self.switch else self.caption
+
+
+def sprite_returns(world, cfg, count, frames, seed, switch=False, other=False):
+    """train.sprite_returns' search, as RecallProbes, for the probe's rows. switch: the caption changes
+    (World.sample's switch_at) at a chunk in the middle of the absence, before the probe's context ends.
+    other: two-sprite clips instead, in which one sprite is away as train.sprite_absence asks while the
+    other is clearly in sight in every frame of the probe's last window of context."""
+    cf, found = cfg.chunk_frames, []
+
+    def hider(clips, b, sprites):                             # (the one of `sprites` that hides, its absence), or None
+        for s in sprites:
+            span = train.sprite_absence(clips.visible_area[b, :, s], cfg)
+            if span is None:
+                continue
+            window = slice((span[0] - cfg.window_chunks) * cf, span[0] * cf)   # the probe's last window of context
+            if not other or (clips.visible_area[b, window, 1 - s] >= 8).all():
+                return s, span
+        return None
+
+    for batch in range(64):                                   # a search: the clips are rare, not scarce
+        clips = world.sample(32, frames, seed=seed + 1000 * batch)
+        found_in = {b: hider(clips, b, (0, 1) if other else (0,))
+                    for b in torch.nonzero(clips.count == (2 if other else 1)).flatten().tolist()}
+        found_in, chunk = {b: h for b, h in found_in.items() if h}, [0] * 32
+        if switch:                # the same clips, switched in the middle of each absence; the new shape covers
+            for b, (_, (context, _, _, hidden_at)) in found_in.items():  # other pixels, so look at them again
+                chunk[b] = (math.ceil(hidden_at / cf) + context) // 2
+            clips = world.sample(32, frames, seed=seed + 1000 * batch, switch_at=[max(1, c) * cf for c in chunk])
+            found_in = {b: hider(clips, b, (s,)) for b, (s, _) in found_in.items()}   # the same sprite hides
+        for b, h in found_in.items():
+            if h:
+                (s, (context, back, clearly_back, _)), colour = h, clips.sprite_colour[b]
+                found.append(RecallProbe(clips.video[b:b + 1], clips.captions[b][0], int(colour[s]), context, back,
+                                         clearly_back, chunk[b], clips.captions[b][-1] if switch else "",
+                                         int(colour[1 - s]) if other else -1))
+                if len(found) == count:
+                    return found
+    return found
+
+
+def feed_context(model, text_encoder, cache, probe, chunks):
+    """train.feed_context, with the probe's prompt switch re-cached where it happens (D10: M is kept): the
+    cache is then as if the model had streamed those frames under those prompts."""
+    cf, device = model.cfg.chunk_frames, next(model.parameters()).device
+    cut = min(probe.switch or chunks, chunks)
+    train.feed_context(model, text_encoder, cache, probe, cut)
+    if cut < chunks:
+        tv.recache(model, cache, text_encoder([probe.new_caption]))
+        tv.teacher_force(model, cache, probe.video[:, cut * cf:chunks * cf].to(device))
 
 
 def cache_bytes(cache):
@@ -70,15 +137,16 @@ def interval_cell(a, b):
 
 @torch.no_grad()
 def recall(model, text_encoder, probe, mode, sigmas, seed):
-    """The recall probe on one train.Return: ground truth through the clean pass up to chunk
-    `probe.context` (train.feed_context; the sink and the window then show none of the sprite), then the
+    """The recall probe on one RecallProbe (or train.Return): ground truth through the clean pass up to chunk
+    `probe.context` (feed_context; the sink and the window then show none of the sprite), then the
     model streams until four chunks after the sprite is clearly back, scored by metrics.recalled: 1 if the sprite
     colour it shows most is the sprite's own, else 0; with a second sprite in view (probe.other), of the colours
     other than that one's. Ground truth scores 1; a model without memory of the clip, chance (1 / 4; 1 / 3 with a second sprite)."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
+    probe = RecallProbe(*probe)                                  # a train.Return: no switch, one sprite
     cache = tv.StreamCache(model, 1, mode, device=device)
-    train.feed_context(model, text_encoder, cache, probe, probe.context)
-    made = math.ceil(probe.clear / cf) + 4 - probe.context
+    feed_context(model, text_encoder, cache, probe, probe.context)
+    made = math.ceil(probe.clearly_back / cf) + 4 - probe.context
     video = torch.cat(list(tv.generate(model, text_encoder, {0: probe.caption_at_return}, made, sigmas,
                                        torch.Generator().manual_seed(seed), cache=cache)), 1)
     return metrics.recalled(video, probe.colour, leave_out=probe.other)
@@ -119,8 +187,7 @@ def benchmark(model, text_encoder, preset, modes, videos, frames, steps, seed, h
     trained_world = train.recall_world(preset, cfg)
     worlds = {"the phase's own": trained_world, SWITCHED: trained_world, ACCOMPANIED: trained_world,
               **({name: held_out_world(name, cfg.frame_size) for name in HELD_OUT_WORLDS} if held_out else {})}
-    probes = {name: train.sprite_returns(world, cfg, videos, frames, seed, switch=name == SWITCHED,
-                                       other=name == ACCOMPANIED)
+    probes = {name: sprite_returns(world, cfg, videos, frames, seed, switch=name == SWITCHED, other=name == ACCOMPANIED)
               for name, world in worlds.items()}
     speed, peak, recalled = {}, {}, {name: {} for name in worlds}                # recalled[world][mode]: (N,)
     steps_per_mode = math.ceil(len(prompts) / 16) + 1 + sum(map(len, probes.values()))
