@@ -27,6 +27,8 @@ def main():
     parser.add_argument("--mode", default="hybrid", choices=tv.MODES, help="the memory mode (default hybrid)")
     parser.add_argument("--checkpoint", default="checkpoints/student.pt", help="a released student")
     args = parser.parse_args()
+    if args.chunks < 2:
+        parser.error(f"--chunks {args.chunks}: identity kept compares two halves, so at least 2 chunks")
     if not args.prompt.startswith("a "):
         parser.error(f"--prompt {args.prompt!r}: identity kept is read on one sprite ('a {{shape}} on {{background}}')")
     model, text_encoder, preset = sample.load(args.checkpoint)
