@@ -124,8 +124,11 @@ def main(only, tests="not notebook and not torchrun"):
             run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                                   "-k", tests], cwd=root, capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
-            failed = re.findall(r"FAILED (\S+)", run.stdout)
-            print(f"| {label} | {failed[0].split('::')[-1] if failed else 'NONE: the suite stays green'} |", flush=True)
+            failed = re.findall(r"(?:FAILED|ERROR) (\S+)", run.stdout)                 # a test, or a fixture it needs
+            caught = failed[0].split("::")[-1] if failed else f"the suite stops (exit {run.returncode})"
+            if run.returncode in (0, 5):                                     # 5: --tests selected no test
+                caught = "NONE: the suite stays green" if run.returncode == 0 else "NONE: no test selected"
+            print(f"| {label} | {caught} |", flush=True)
         finally:
             open(path, "w").write(source)
 
