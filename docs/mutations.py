@@ -124,7 +124,7 @@ def main(only, tests="not notebook and not torchrun"):
             run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                                   "-k", tests], cwd=root, capture_output=True, text=True,
                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
-            failed = re.findall(r"(?:FAILED|ERROR) (\S+)", run.stdout)                 # a test, or a fixture it needs
+            failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", run.stdout, re.MULTILINE)                 # a test, or a fixture it needs
             caught = failed[0].split("::")[-1] if failed else f"the suite stops (exit {run.returncode})"
             if run.returncode in (0, 5):                                     # 5: --tests selected no test
                 caught = "NONE: the suite stays green" if run.returncode == 0 else "NONE: no test selected"
