@@ -1751,17 +1751,18 @@ def perturbed(world, clips, back, edit):
     if edit == "a second sprite added":                                   # in the second slot, in another colour
         return render(colour=torch.stack([colour[:, 0], another], 1), present=torch.ones_like(present)), another
     towards = torch.linspace(0, 1, F)[None, :, None, None, None]          # (1, F, 1, 1, 1) from 0 to 1
-    return {"ground truth": clips.video,
-            "recoloured after an absence": torch.where((torch.arange(F) >= back[:, None])[..., None, None, None],
-                                                       recoloured, clips.video),
-            "recoloured gradually": (1 - towards) * clips.video + towards * recoloured,
-            "removed": empty,
-            "frozen": clips.video[:, :1].expand_as(clips.video),
-            "shifted a pixel": render(position=clips.position + torch.tensor([1.0, 0.0])),
-            "faded towards the background": (clips.video + empty) / 2,
-            "the background switched": render(background=torch.where(torch.arange(F) >= F // 2,
-                                                                       (clips.background + 1) % 4, clips.background)),
-            "another shape drawn": render(shape=(clips.shape + 1) % len(SHAPES))}[edit], nothing_left_out
+    edits = {"ground truth": lambda: clips.video,                         # each made only when asked for
+             "recoloured after an absence": lambda: torch.where((torch.arange(F) >= back[:, None])[..., None, None, None],
+                                                                recoloured, clips.video),
+             "recoloured gradually": lambda: (1 - towards) * clips.video + towards * recoloured,
+             "removed": lambda: empty,
+             "frozen": lambda: clips.video[:, :1].expand_as(clips.video),
+             "shifted a pixel": lambda: render(position=clips.position + torch.tensor([1.0, 0.0])),
+             "faded towards the background": lambda: (clips.video + empty) / 2,
+             "the background switched": lambda: render(background=torch.where(
+                 torch.arange(F) >= F // 2, (clips.background + 1) % 4, clips.background)),
+             "another shape drawn": lambda: render(shape=(clips.shape + 1) % len(SHAPES))}
+    return edits[edit](), nothing_left_out
 
 
 def scores(clips, back, video, left_out):
