@@ -21,12 +21,13 @@ L2-normalised (D2); then every entry of the UT system below is bounded by 1 and 
 as accurate as the loop.
 
 Glossary of dimension letters used in the shape comments:
-    B   batch                         T   tokens in the sequence (time-major)
-    H   heads                         K   key / query width per head (d_k)
+    B   batch                         L   tokens in the sequence (time-major)
+    nh  heads                         K   key / query width per head (d_k)
     V   value width per head (d_v)    Tc  tokens per chunk of the chunked form (chunk_size)
-    n   number of chunks, ceil(T / Tc) BH  batch and heads flattened into one axis
+    n   number of chunks, ceil(L / Tc)
+(the model's letters, tiny_videossm.py; flash-linear-attention writes (B, T, H, K) for (B, L, nh, K)).
 In the chunked form's formulas, q, k, v stand for one chunk's queries, keys and values as
-matrices (a row per token) and u for its writes; G, D, N, W, U, O are matrices of that chunk.
+matrices (a row per token) and u for its writes; G, D, N, R, U, O are matrices of that chunk.
 """
 
 import functools
@@ -39,52 +40,52 @@ import torch.nn.functional as F
 # ---- the reference: a loop over tokens -----------------------------------------------------------
 
 def check_inputs(q, k, v, g, beta, initial_state=None, chunk_size=1):
-    """Shapes and dtypes at the door: a (B, H, T, K) tensor or a gate without its head axis would
+    """Shapes and dtypes at the door: a (B, nh, L, K) tensor or a gate without its head axis would
     otherwise broadcast silently into a wrong answer."""
     if q.dim() != 4:
-        raise ValueError(f"q must have shape (B, T, H, K), got {tuple(q.shape)}")
-    B, T, H, K = q.shape
+        raise ValueError(f"q must have shape (B, L, nh, K), got {tuple(q.shape)}")
+    B, L, nh, K = q.shape
     V = v.shape[-1]
-    expected = {"k": (k, (B, T, H, K)), "v": (v, (B, T, H, V)), "g": (g, (B, T, H)), "beta": (beta, (B, T, H)),
-                "initial_state": (initial_state, (B, H, K, V))}
+    expected = {"k": (k, (B, L, nh, K)), "v": (v, (B, L, nh, V)), "g": (g, (B, L, nh)), "beta": (beta, (B, L, nh)),
+                "initial_state": (initial_state, (B, nh, K, V))}
     for name, (x, shape) in expected.items():
         if x is not None and tuple(x.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} (B, T, H = {B}, {T}, {H} from q of shape "
-                             f"(B, T, H, K)), got {tuple(x.shape)}")
-    if T == 0 or chunk_size < 1:
-        raise ValueError(f"need at least one token and chunk_size >= 1, got T={T}, chunk_size={chunk_size}")
+            raise ValueError(f"{name} must have shape {shape} (B, L, nh = {B}, {L}, {nh} from q of shape "
+                             f"(B, L, nh, K)), got {tuple(x.shape)}")
+    if L == 0 or chunk_size < 1:
+        raise ValueError(f"need at least one token and chunk_size >= 1, got L={L}, chunk_size={chunk_size}")
     if not q.is_floating_point() or (q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16)):
         raise ValueError(f"q, k, v, g, beta are {q.dtype}; use float32 or float64 (on a GPU also bfloat16 and "
                          f"float16 run; on the CPU the triangular solve has no half-precision kernel)")
 
 
 def naive_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
-    """(E7) token by token. Slow (T Python iterations), obviously right.
+    """(E7) token by token. Slow (L Python iterations), obviously right.
 
     Args:
-        q, k:   shape (B, T, H, K)
-        v:      shape (B, T, H, V)
-        g:      shape (B, T, H), log decay, <= 0
-        beta:   shape (B, T, H), write strength in (0, 1)
+        q, k:   shape (B, L, nh, K)
+        v:      shape (B, L, nh, V)
+        g:      shape (B, L, nh), log decay, <= 0
+        beta:   shape (B, L, nh), write strength in (0, 1)
         scale:  multiplies q; default K**-0.5
-        initial_state: shape (B, H, K, V) or None (zeros)
+        initial_state: shape (B, nh, K, V) or None (zeros)
     Returns:
-        o:      shape (B, T, H, V), o_t = M_t^T (scale q_t)
-        state:  shape (B, H, K, V), M after the last token
+        o:      shape (B, L, nh, V), o_t = M_t^T (scale q_t)
+        state:  shape (B, nh, K, V), M after the last token
     """
     check_inputs(q, k, v, g, beta, initial_state)
-    B, T, H, K = q.shape
+    B, L, nh, K = q.shape
     scale = K ** -0.5 if scale is None else scale
-    M = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(q.dtype)  # (B, H, K, V)
+    M = q.new_zeros(B, nh, K, v.shape[-1]) if initial_state is None else initial_state.to(q.dtype)  # (B, nh, K, V)
     outputs = []
-    for t in range(T):
-        q_t, k_t, v_t = q[:, t] * scale, k[:, t], v[:, t]                  # (B, H, K), (B, H, K), (B, H, V)
+    for t in range(L):
+        q_t, k_t, v_t = q[:, t] * scale, k[:, t], v[:, t]                  # (B, nh, K), (B, nh, K), (B, nh, V)
         M = M * g[:, t].exp()[..., None, None]                              # decay
-        prediction = (M * k_t[..., None]).sum(-2)                           # (B, H, V)  M^T k_t
-        u_t = beta[:, t, :, None] * (v_t - prediction)                      # (B, H, V)  predict
-        M = M + k_t[..., :, None] * u_t[..., None, :]                       # (B, H, K, V)  write
-        outputs.append((M * q_t[..., None]).sum(-2))                        # (B, H, V)  read
-    return torch.stack(outputs, dim=1), M                                   # (B, T, H, V), (B, H, K, V)
+        prediction = (M * k_t[..., None]).sum(-2)                           # (B, nh, V)  M^T k_t
+        u_t = beta[:, t, :, None] * (v_t - prediction)                      # (B, nh, V)  predict
+        M = M + k_t[..., :, None] * u_t[..., None, :]                       # (B, nh, K, V)  write
+        outputs.append((M * q_t[..., None]).sum(-2))                        # (B, nh, V)  read
+    return torch.stack(outputs, dim=1), M                                   # (B, L, nh, V), (B, nh, K, V)
 
 
 # ---- the chunked form ----------------------------------------------------------------------------
@@ -97,69 +98,69 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
     (I + N)^-1 for the UT transform (applied as a triangular solve, never formed):
 
         N  = strict_lower(diag(beta) (D * k k^T))     how earlier writes change later predictions
-        W  = (I + N)^-1 diag(beta exp(G)) k           what each token would subtract per unit of M
+        R  = (I + N)^-1 diag(beta exp(G)) k           what each token would remove per unit of M (fla: w)
         U  = (I + N)^-1 diag(beta) v                  the writes if M were 0 at the chunk's start
-        u  = U - W M                                  the actual writes u_t
+        u  = U - R M                                  the actual writes u_t
         O  = (q exp(G)) M + (tril(q k^T) * D) u       reads: the old state plus the chunk's writes
         M <- exp(G_last) M + (k exp(G_last - G))^T u
 
     Every exponent above is <= 0 because g <= 0 and the masks are applied *before* exp, so nothing
     overflows even at g = -50 (forming exp(G_i) * exp(-G_j) instead would give inf * 0 = nan).
 
-    N, W and U do not depend on M, so they are computed for all chunks at once; the loop over
+    N, R and U do not depend on M, so they are computed for all chunks at once; the loop over
     chunks is two small matmuls each. Arguments and returns as `naive_gated_delta_rule`, plus
-    `chunk_size` (Tc); T need not be a multiple of Tc (the tail is padded with g = beta = k = 0,
+    `chunk_size` (Tc); L need not be a multiple of Tc (the tail is padded with g = beta = k = 0,
     which leaves M untouched).
     """
     check_inputs(q, k, v, g, beta, initial_state, chunk_size)
-    B, T, H, K = q.shape
+    B, L, nh, K = q.shape
     Vd, Tc = v.shape[-1], chunk_size
     scale = K ** -0.5 if scale is None else scale
-    n = math.ceil(T / Tc)                               # chunks, the last one padded
-    pad = n * Tc - T
+    n = math.ceil(L / Tc)                               # chunks, the last one padded
+    pad = n * Tc - L
 
-    def to_chunks(x):                                   # (B, T, H, ...) -> (BH, n, Tc, ...)
-        x = x.transpose(1, 2)                           # (B, H, T, ...)
+    def to_chunks(x):                                   # (B, L, nh, ...) -> (B*nh, n, Tc, ...)
+        x = x.transpose(1, 2)                           # (B, nh, L, ...)
         if pad:
             x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-        return x.reshape(B * H, n, Tc, *x.shape[3:])  # batch and heads in one axis, for baddbmm below
+        return x.reshape(B * nh, n, Tc, *x.shape[3:])  # batch and heads in one axis, for baddbmm below
 
-    q = to_chunks(q) * scale                            # (BH, n, Tc, K)
-    k = to_chunks(k)                                    # (BH, n, Tc, K)
-    v = to_chunks(v)                                    # (BH, n, Tc, V)
-    G = to_chunks(g).cumsum(-1)                         # (BH, n, Tc)  cumulative log decay
-    beta = to_chunks(beta)                              # (BH, n, Tc)
+    q = to_chunks(q) * scale                            # (B*nh, n, Tc, K)
+    k = to_chunks(k)                                    # (B*nh, n, Tc, K)
+    v = to_chunks(v)                                    # (B*nh, n, Tc, V)
+    G = to_chunks(g).cumsum(-1)                         # (B*nh, n, Tc)  cumulative log decay
+    beta = to_chunks(beta)                              # (B*nh, n, Tc)
 
     upper = torch.ones(Tc, Tc, dtype=torch.bool, device=q.device).triu(1)  # (Tc, Tc)  i < j
-    D = (G[..., :, None] - G[..., None, :]).masked_fill(upper, -math.inf).exp()  # (BH, n, Tc, Tc) masked before exp
+    D = (G[..., :, None] - G[..., None, :]).masked_fill(upper, -math.inf).exp()  # (B*nh, n, Tc, Tc) masked before exp
 
     # the UT transform as triangular solves with I + N. With unitriangular=True the solver reads the
     # diagonal as 1 and ignores what lies above it, so only N's strict lower part need be right.
-    k_beta = beta[..., None] * k                                            # (BH, n, Tc, K)
-    N_lower = (k_beta @ k.transpose(-1, -2)) * D                            # (BH, n, Tc, Tc)
+    k_beta = beta[..., None] * k                                            # (B*nh, n, Tc, K)
+    N_lower = (k_beta @ k.transpose(-1, -2)) * D                            # (B*nh, n, Tc, Tc)
     solve = lambda rhs: torch.linalg.solve_triangular(N_lower, rhs, upper=False, unitriangular=True)
-    W = solve(k_beta * G.exp()[..., None])              # (BH, n, Tc, K)  (I + N)^-1 diag(beta exp(G)) k
-    U = solve(beta[..., None] * v)                      # (BH, n, Tc, V)  (I + N)^-1 diag(beta) v
+    R = solve(k_beta * G.exp()[..., None])              # (B*nh, n, Tc, K)  (I + N)^-1 diag(beta exp(G)) k
+    U = solve(beta[..., None] * v)                      # (B*nh, n, Tc, V)  (I + N)^-1 diag(beta) v
 
-    q_decayed = q * G.exp()[..., None]                  # (BH, n, Tc, K)  reads of the state at chunk start
-    attn = (q @ k.transpose(-1, -2)) * D                # (BH, n, Tc, Tc)  reads of the chunk's own writes
-    k_to_end_T = (k * (G[..., -1:] - G).exp()[..., None]).transpose(-1, -2)  # (BH, n, K, Tc)  decayed to chunk end
-    chunk_decay = G[..., -1:].exp()[..., None]          # (BH, n, 1, 1)
+    q_decayed = q * G.exp()[..., None]                  # (B*nh, n, Tc, K)  reads of the state at chunk start
+    attn = (q @ k.transpose(-1, -2)) * D                # (B*nh, n, Tc, Tc)  reads of the chunk's own writes
+    k_to_end_T = (k * (G[..., -1:] - G).exp()[..., None]).transpose(-1, -2)  # (B*nh, n, K, Tc)  decayed to chunk end
+    chunk_decay = G[..., -1:].exp()[..., None]          # (B*nh, n, 1, 1)
 
     # the only sequential part: carry M across chunks
-    M = q.new_zeros(B * H, K, Vd) if initial_state is None else initial_state.to(q.dtype).reshape(B * H, K, Vd)
+    M = q.new_zeros(B * nh, K, Vd) if initial_state is None else initial_state.to(q.dtype).reshape(B * nh, K, Vd)
     states, writes = [], []
     for i in range(n):
         states.append(M)                                                    # M at the chunk's start
-        v_new = torch.baddbmm(U[:, i], W[:, i], M, alpha=-1)                # (BH, Tc, V)  u = U - W M
+        v_new = torch.baddbmm(U[:, i], R[:, i], M, alpha=-1)                # (B*nh, Tc, V)  u = U - R M
         writes.append(v_new)
-        M = torch.baddbmm(chunk_decay[:, i] * M, k_to_end_T[:, i], v_new)  # (BH, K, V)
+        M = torch.baddbmm(chunk_decay[:, i] * M, k_to_end_T[:, i], v_new)  # (B*nh, K, V)
 
     # reads, for all chunks at once (collected after the loop: in-place writes into o inside it
     # would make autograd and torch.compile copy o at every chunk)
-    o = q_decayed @ torch.stack(states, dim=1) + attn @ torch.stack(writes, dim=1)  # (BH, n, Tc, V)
-    o = o.reshape(B, H, n * Tc, Vd)[:, :, :T].transpose(1, 2)               # (B, T, H, V)
-    return o, M.view(B, H, K, Vd)
+    o = q_decayed @ torch.stack(states, dim=1) + attn @ torch.stack(writes, dim=1)  # (B*nh, n, Tc, V)
+    o = o.reshape(B, nh, n * Tc, Vd)[:, :, :L].transpose(1, 2)               # (B, L, nh, V)
+    return o, M.view(B, nh, K, Vd)
 
 
 # ---- choosing a path -----------------------------------------------------------------------------
@@ -186,16 +187,3 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chunk_siz
     if backend == "compiled":
         return compiled_chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
     raise ValueError(f"unknown backend {backend!r}: use 'auto', 'compiled', 'chunked' or 'naive'")
-
-
-def random_inputs(B, T, H, K, V, dtype=torch.float32, device="cpu", seed=0):
-    """Inputs in the model's regime: L2-normalised keys (D2), g <= 0, beta in (0, 1)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    randn = lambda *shape: torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
-    q = randn(B, T, H, K)
-    k = F.normalize(randn(B, T, H, K), dim=-1)
-    v = randn(B, T, H, V)
-    g = F.logsigmoid(randn(B, T, H) + 2.0)              # mostly close to 0: long memories
-    beta = torch.sigmoid(randn(B, T, H))
-    return q, k, v, g, beta
-

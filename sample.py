@@ -8,7 +8,6 @@ Stream a long video from the trained student, chunk by chunk, with optional prom
 Frames go to the file as they are made: an MP4 streams to disk through imageio's ffmpeg plugin,
 so memory stays flat however long the video (the model keeps only its sink, its window and the
 memory state M, tiny_videossm.StreamCache); a GIF's writer keeps its frames until the end.
-Ctrl-C or SIGTERM keeps the frames made so far as a playable video (EPILOG, stop_signals).
 How well the videos keep their sprites, and how the memory modes compare: measure/ (README).
 """
 
@@ -73,8 +72,7 @@ def to_pixels(chunk, scale):
 
 
 def open_writer(path, fps):
-    """A writer on a temporary file next to `path`, renamed when complete: an MP4 streams its frames to
-    disk, a GIF keeps them until it is closed."""
+    """A writer on a temporary file next to `path`, renamed when complete."""
     if not path.endswith((".gif", ".mp4")):
         raise SystemExit(f"--out {path}: use a .gif or .mp4 file name")
     folder = os.path.dirname(path) or "."

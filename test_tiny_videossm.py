@@ -23,7 +23,7 @@ import kernels
 import sample
 import tiny_videossm as tv
 import train
-from measure import benchmark, memory_trace, metrics, report, world_stats
+from measure import benchmark, kernel_speed, memory_trace, metrics, report, world_stats
 from measure.metrics import (drift, dynamic_degree, fidelity, flicker, frozen_fraction, read_attributes,
                              sprite_presence, video_metrics)
 from train import BACKGROUNDS, MAX_SPRITES, SHAPES, VOCAB, World, parse_caption, random_caption
@@ -53,7 +53,7 @@ def relative_error(actual, expected):
 @pytest.mark.parametrize("chunk_size", [16, 32, 64])
 @pytest.mark.parametrize("with_initial_state", [False, True])
 def test_chunked_matches_naive(dtype, tolerance, length, chunk_size, with_initial_state):
-    q, k, v, g, beta = kernels.random_inputs(2, length, 3, 16, 8, dtype, seed=length + chunk_size)
+    q, k, v, g, beta = kernel_speed.random_inputs(2, length, 3, 16, 8, dtype, seed=length + chunk_size)
     state0 = torch.randn(2, 3, 16, 8, dtype=dtype) if with_initial_state else None
     o_ref, state_ref = kernels.naive_gated_delta_rule(q, k, v, g, beta, initial_state=state0)
     o, state = kernels.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=state0, chunk_size=chunk_size)
@@ -64,7 +64,7 @@ def test_chunked_matches_naive(dtype, tolerance, length, chunk_size, with_initia
 
 @pytest.mark.parametrize("chunk_size", [16, 64])
 def test_chunked_gradients_match_naive(chunk_size):
-    inputs = kernels.random_inputs(2, 100, 2, 8, 8, torch.float64, seed=1)
+    inputs = kernel_speed.random_inputs(2, 100, 2, 8, 8, torch.float64, seed=1)
     state0 = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     grads = []
     for fn in (kernels.naive_gated_delta_rule, kernels.chunk_gated_delta_rule):
@@ -82,7 +82,7 @@ def test_chunked_gradients_match_naive(chunk_size):
 
 @pytest.mark.parametrize("gates", ["no decay", "full decay", "mixed"])
 def test_extreme_gates_stay_finite_and_match(gates):
-    q, k, v, g, beta = kernels.random_inputs(1, 150, 2, 16, 16, torch.float64, seed=2)
+    q, k, v, g, beta = kernel_speed.random_inputs(1, 150, 2, 16, 16, torch.float64, seed=2)
     if gates == "no decay":
         g = torch.zeros_like(g)
     elif gates == "full decay":
@@ -100,7 +100,7 @@ def test_extreme_gates_stay_finite_and_match(gates):
 
 def test_full_decay_forgets_everything_before():
     # with g = -50 the state is wiped at each token, so o_t depends on token t alone
-    q, k, v, g, beta = kernels.random_inputs(1, 20, 1, 8, 8, torch.float64, seed=3)
+    q, k, v, g, beta = kernel_speed.random_inputs(1, 20, 1, 8, 8, torch.float64, seed=3)
     g = torch.full_like(g, -50.0)
     o, _ = kernels.chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=8)
     expected = (q[:, :, :, None, :] * 8 ** -0.5 * k[:, :, :, None, :]).sum(-1) * beta[..., None] * v
@@ -108,7 +108,7 @@ def test_full_decay_forgets_everything_before():
 
 
 def test_split_sequence_with_carried_state_equals_one_call():
-    q, k, v, g, beta = kernels.random_inputs(2, 200, 2, 16, 8, torch.float64, seed=4)
+    q, k, v, g, beta = kernel_speed.random_inputs(2, 200, 2, 16, 8, torch.float64, seed=4)
     o_full, state_full = kernels.chunk_gated_delta_rule(q, k, v, g, beta)
     o_a, state_a = kernels.chunk_gated_delta_rule(q[:, :77], k[:, :77], v[:, :77], g[:, :77], beta[:, :77])
     o_b, state_b = kernels.chunk_gated_delta_rule(q[:, 77:], k[:, 77:], v[:, 77:], g[:, 77:], beta[:, 77:],
@@ -118,7 +118,7 @@ def test_split_sequence_with_carried_state_equals_one_call():
 
 
 def test_compiled_matches_eager_on_cpu():
-    inputs = kernels.random_inputs(1, 96, 2, 16, 16, torch.float32, seed=5)
+    inputs = kernel_speed.random_inputs(1, 96, 2, 16, 16, torch.float32, seed=5)
     o, state = kernels.gated_delta_rule(*inputs, chunk_size=32, backend="chunked")
     o_c, state_c = kernels.gated_delta_rule(*inputs, chunk_size=32, backend="compiled")
     assert relative_error(o_c, o) < 1e-5 and relative_error(state_c, state) < 1e-5
@@ -126,7 +126,7 @@ def test_compiled_matches_eager_on_cpu():
 
 def test_backend_choice(monkeypatch):
     """auto: the compiled chunked form for CUDA tensors, the eager one elsewhere; an unknown name is refused."""
-    inputs = kernels.random_inputs(1, 10, 1, 4, 4, torch.float64)
+    inputs = kernel_speed.random_inputs(1, 10, 1, 4, 4, torch.float64)
     o_auto, _ = kernels.gated_delta_rule(*inputs)
     o_naive, _ = kernels.gated_delta_rule(*inputs, backend="naive")
     assert relative_error(o_auto, o_naive) < 1e-12
@@ -141,7 +141,7 @@ def test_backend_choice(monkeypatch):
 
 
 def test_kernel_inputs_are_checked_at_the_door():
-    q, k, v, g, beta = kernels.random_inputs(2, 10, 3, 4, 5)
+    q, k, v, g, beta = kernel_speed.random_inputs(2, 10, 3, 4, 5)
     cases = [((q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g, beta), "must have shape"),  # (B, H, T, K)
              ((q, k, v[:1], g, beta), "v must have shape"),                      # another batch
              ((q, k, v, g[..., 0], beta), "g must have shape"),                  # no head axis
@@ -696,7 +696,7 @@ def test_bounces_keep_speed_and_flip_only_at_walls(long_clips):
 
 
 def test_sprites_leave_the_view_and_come_back(long_clips):
-    visible = long_clips.visible  # (B, F, S)
+    visible = long_clips.visible_area >= 1  # (B, F, S) a pixel's worth in view
     seen = visible.cummax(1).values
     left_after_seen = (seen & ~visible).cummax(1).values
     came_back = (left_after_seen & visible).any(1)  # (B, S)
@@ -750,7 +750,7 @@ def test_curtains_hide_sprites_for_long_spans_and_keep_the_worlds_physics():
     assert (b.video[..., :4] == train.OCCLUDER_RGB[:, None, None]).all()                   # the curtains, in front
     assert (b.video[..., -4:] == train.OCCLUDER_RGB[:, None, None]).all()
     assert torch.equal(a.video[..., 4:-4], b.video[..., 4:-4])                              # the rest as before
-    hidden = lambda clips: (~clips.visible & (clips.sprite_colour >= 0)[:, None]).sum()       # present sprites
+    hidden = lambda clips: ((clips.visible_area < 1) & (clips.sprite_colour >= 0)[:, None]).sum()       # present sprites
     assert (b.visible_area <= a.visible_area + 1e-4).all() and hidden(b) > 3 * hidden(a)
     spans_plain, spans_curtained = metrics.hidden_spans(a), metrics.hidden_spans(b)
     assert (spans_curtained > 9).sum() > 5 * max(1, (spans_plain > 9).sum())               # longer than sink + window
@@ -769,9 +769,9 @@ def test_sprite_mask_is_where_the_world_painted_sprites():
 
 def test_nearest_palette_names_the_colour_the_world_painted():
     clips = World(occluder=4).sample(4, 6, seed=1)
-    index, distance = train.nearest_palette(clips.video)
+    index, distance = metrics.nearest_palette(clips.video)
     background = index == clips.background[..., None, None]                       # (B, F, H, W)
-    grey, exact = index == len(train.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
+    grey, exact = index == len(metrics.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
     assert (grey & exact)[..., :4].all() and (grey & exact)[..., -4:].all()        # the curtains
     assert (background & exact).float().mean() > 0.6                             # most of the view: the background
     assert exact[background].float().mean() > 0.95                               # all but the sprites' soft edges

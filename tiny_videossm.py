@@ -161,13 +161,8 @@ class TextEncoder(nn.Module):
 # are rotated by angle position * frequency ("interleaved pairs").
 
 def rope_angles(frame_positions, h, w, head_dim, theta=10000.0):
-    """Rotation angles for tokens in (frame, row, column) order.
-
-    Args:
-        frame_positions: shape (F,), the time position of each frame (any real numbers)
-    Returns:
-        angles: shape (F * h * w, hd / 2), float64 so that large positions stay exact
-    """
+    """Rotation angles for tokens in (frame, row, column) order. frame_positions: (F,), the time position of
+    each frame (any real numbers) -> (F * h * w, hd / 2), float64 so that large positions stay exact."""
     F_, device = frame_positions.shape[0], frame_positions.device
     hw_dim = 2 * (head_dim // 6)                        # Wan: height and width get 2 * (hd // 6) each
     dims = (head_dim - 2 * hw_dim, hw_dim, hw_dim)      # time gets the rest
@@ -208,10 +203,8 @@ class GatedDeltaMemory(nn.Module):
         M = memory.write(M, k, v, g, beta)              later, when the token is evicted
         out = memory(x, q, states, state_of_token, t)   gamma_t * H_global, added to the attention's output
 
-    Args:
-        dim: the layer width d;  n_heads: nh (head width hd = d // nh; M is (B, nh, hd, hd))
-        router_horizon: T of (E9) in frames (D6)
-        kernel_chunk_size, kernel_backend: passed to kernels.gated_delta_rule
+    dim d and n_heads nh give head width hd = d // nh and M of shape (B, nh, hd, hd); router_horizon is T of
+    (E9) in frames (D6); kernel_chunk_size and kernel_backend are passed to kernels.gated_delta_rule.
     """
 
     def __init__(self, dim, n_heads, router_horizon, kernel_chunk_size=64, kernel_backend="auto"):
@@ -266,14 +259,12 @@ class GatedDeltaMemory(nn.Module):
         return torch.sigmoid(self.router_w * rho.log()[:, None] + self.router_b)      # (L, d)
 
     def forward(self, x, q, states, state_of_token, frame_index):
-        """(E8), (E9): what the memory adds to the attention output, gamma_t * H_global.
+        """(E8), (E9): what the memory adds to the attention output, gamma_t * H_global, (B, L, d).
 
         Args:
             x: (B, L, d) the layer input H_in;  q: (B, L, nh, hd) pre-RoPE queries (D2)
-            states: (B, n, nh, hd, hd) memory states, one per chunk (streaming: n = 1, the chunk's);
-                token l reads states[:, state_of_token[l]]
+            states: (B, n, nh, hd, hd), one M per chunk (streaming: n = 1); token l reads states[:, state_of_token[l]]
             state_of_token: (L,) long;  frame_index: (L,) absolute frame of each token (D6)
-        Returns: (B, L, d)
         """
         B, L, _ = x.shape
         if q.shape != (B, L, self.nh, self.hd) or states.shape[2:] != (self.nh, self.hd, self.hd):
@@ -302,11 +293,7 @@ class GatedDeltaMemory(nn.Module):
 
 class SelfAttention(nn.Module):
     """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, for the student, a
-    GatedDeltaMemory beside it, read by the same queries and fused before W_o (E10, D5).
-
-    Needs: a VideoSSMConfig. The caller supplies the attention context: `forward_parallel` takes a
-    Pattern (masks for a whole clip), `forward_cached` a LayerCache and a StreamStep.
-    """
+    GatedDeltaMemory beside it, read by the same queries and fused before W_o (E10, D5)."""
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
         super().__init__()
@@ -399,8 +386,7 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Wan's block: modulated self-attention, cross-attention, modulated FFN.
-    modulation + e0 gives shift/scale/gate for self-attention, then for the FFN."""
+    """Wan's block: modulated self-attention, cross-attention, modulated FFN."""
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
         super().__init__()
@@ -522,8 +508,6 @@ class VideoDiT(nn.Module):
     """Wan 2.1's DiT, small. One class, three roles:
         teacher and critic   VideoSSMConfig(causal=False): bidirectional, no memory
         student              VideoSSMConfig(causal=True, mode="hybrid"): block-causal with memory
-    Inputs are clips (B, F, C, H, W) in [-1, 1] space, a timestep in [0, 1000] per clip or per frame,
-    and text features from TextEncoder. Output: the predicted velocity, shaped like the clip.
     """
 
     def __init__(self, cfg: VideoSSMConfig):
@@ -588,10 +572,10 @@ class VideoDiT(nn.Module):
     # --- the parallel path
 
     def forward(self, x, timestep, text, clean_context=None, mode=None):
-        """The parallel path: predict the velocity for every frame of a clip in one pass.
+        """The parallel path: predict the velocity, shaped like x, for every frame of a clip in one pass.
 
         Args:
-            x: shape (B, F, C, H, W), the noisy clip
+            x: shape (B, F, C, H, W), the noisy clip (clean clips are in [-1, 1])
             timestep: shape (B,) or (B, F), in [0, 1000]; a causal student may use one per frame
             text: shape (B, Lt, text_dim), from TextEncoder
             clean_context: shape (B, F, C, H, W) or None. Causal only: the same clip clean; each
@@ -599,8 +583,6 @@ class VideoDiT(nn.Module):
                 cache holds finished chunks) and the memory is built from them. Without it, x's own
                 chunks are the context (right when every earlier chunk of x is clean, at t = 0).
             mode: attention mode override, one of MODES; default cfg.mode
-        Returns:
-            velocity: shape (B, F, C, H, W)
         """
         cfg, mode = self.cfg, mode or self.cfg.mode
         check_mode(mode)
@@ -624,16 +606,12 @@ class VideoDiT(nn.Module):
     # --- the streaming path
 
     def forward_chunk(self, x, timestep, cache, write=False):
-        """The streaming path: one chunk against the cache (earlier chunks, clean).
+        """The streaming path: one chunk against the cache (earlier chunks, clean); the velocity, shaped like x.
 
         Args:
-            x: shape (B, chunk_frames, C, H, W), the current chunk
-            timestep: a number or shape (B,) in [0, 1000]
-            cache: StreamCache (holds the prompt's cross-attention K/V, see StreamCache.set_prompt)
-            write: True for the clean context pass (D8): the chunk's K, V and gates go into the
-                cache, and if the window overflows its oldest chunk is evicted into M
-        Returns:
-            velocity: shape (B, chunk_frames, C, H, W)
+            x: shape (B, chunk_frames, C, H, W);  timestep: a number or shape (B,), in [0, 1000]
+            write: True for the clean context pass (D8): the chunk goes into the cache, and
+                StreamCache.commit evicts what left the window into M
         """
         cfg = self.cfg
         self.check_clip(x, "chunk")
@@ -697,13 +675,8 @@ class StreamStep:
 
 
 class StreamCache:
-    """Everything the streaming path remembers of the video so far; its size is constant in video
-    length in every mode but `full`.
-
-    What it holds, per layer (LayerCache): the prompt's cross-attention K/V; the pre-RoPE K, V and
-    gates g, beta of the cached chunks (the sink and the window, in chunk order); the memory state M
-    (zeros at first, float32). For the whole cache: `chunks`, the index of each cached chunk;
-    `frames`, their clean frames (for the re-cache); `next_chunk`, the index of the chunk being made.
+    """Everything the streaming path remembers of the video so far, a LayerCache per layer and the cached
+    chunks' clean frames; its size is constant in video length in every mode but `full`.
 
     Its life, one chunk at a time (generate does this):
         set_prompt(model, text)    before chunk 0: each layer's cross-attention K/V, computed once
@@ -712,8 +685,7 @@ class StreamCache:
         forward_chunk(write=True)  the clean pass at t = 0 appends the chunk's K, V, g, beta (D8)
         commit(frames, memories)   then the chunk that left the window is popped and written into M (E7,
                                    D7), chunks no mode attends to are dropped, and next_chunk moves on
-        recache(model, cache, text)   a prompt switch: new cross-attention K/V, the window re-encoded
-                                   under the new prompt; the sink's K/V and M are kept (D10)
+        recache(model, cache, text)   a prompt switch, between two chunks (D10)
     """
 
     def __init__(self, model, batch_size, mode=None, dtype=torch.float32, device="cpu"):
@@ -726,8 +698,8 @@ class StreamCache:
         for layer in self.layers:
             layer.state = torch.zeros(batch_size, cfg.n_heads, cfg.head_dim, cfg.head_dim, device=device,
                                       dtype=torch.promote_types(dtype, torch.float32))   # M stays float32 under bf16
-        self.chunks, self.frames = [], []
-        self.next_chunk = 0              # index of the chunk being generated
+        self.chunks, self.frames = [], []   # the cached chunks' indices and clean frames, in chunk order
+        self.next_chunk = 0                 # index of the chunk being generated
 
     def set_prompt(self, model, text):
         """text: (B, Lt, text_dim). Computes each layer's cross-attention K/V once."""
@@ -735,8 +707,7 @@ class StreamCache:
             layer.context_kv = kv
 
     def step(self, device):
-        """Positions for the chunk now being generated, and for the cached chunks it attends to.
-        (D12) Keys are cached before RoPE and rotated here, at each chunk's slot: the sink keeps
+        """(D12) Keys are cached before RoPE and rotated here, at each chunk's slot: the sink keeps
         positions 0, 1, ...; every other chunk j sits at j - position_shift(c), right after the sink."""
         cfg, c, hw = self.cfg, self.next_chunk, self.cfg.tokens_per_frame
         shift = position_shift(c, cfg, self.mode)
@@ -750,8 +721,7 @@ class StreamCache:
                           frame_index, uses_memory(self.mode))
 
     def commit(self, frames, memories):
-        """After the clean pass wrote chunk `next_chunk` into every layer: evict what left the window,
-        writing it into M with each layer's GatedDeltaMemory (`memories`, one per layer) (E7) (D7)."""
+        """memories: each layer's GatedDeltaMemory, which writes the chunk leaving the window into M (E7) (D7)."""
         c = self.next_chunk
         self.chunks.append(c)
         self.frames.append(frames)
@@ -815,16 +785,14 @@ def teacher_force(model, cache, frames):
 
 def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1,
              exit_step=None, grad_chunks=(), cache=None):
-    """Stream a video chunk by chunk. Yields each chunk, (B, chunk_frames, C, H, W):
-    from noise, at each level predict x0 against the cache and re-noise to the next level with fresh
-    noise; then the clean context pass at t = 0 writes the chunk into the cache (D8).
+    """Stream a video chunk by chunk, yielding each, (B, chunk_frames, C, H, W): denoise_chunk's chain,
+    then the clean context pass at t = 0 writes the chunk into the cache (D8).
 
     Args:
         prompts: {chunk index: prompt, or a list of one per video}; must contain 0. A later entry
             switches the prompt there (D10).
-        sigmas: the few denoising noise levels, high to low (denoising_sigmas)
+        sigmas: the few noise levels, high to low (denoising_sigmas); mode: overrides cfg.mode
         generator: torch.Generator for the noise (same seed, same video)
-        mode: memory mode override, one of MODES
         cache: a StreamCache to stream with (default: a new one), to look inside it while streaming or
             to continue from one that already holds chunks (teacher_force). The call's chunks are
             counted from 0 whatever the cache holds: keys of `prompts` and `grad_chunks` count from

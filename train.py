@@ -6,22 +6,19 @@ share (devices, checkpoints, the loop) and the command line come last. Imports t
 the measures of how well it all works live in measure/, which imports this file.
 
 The world. Every clip is a coloured background with one or two sprites gliding across it, in an
-arena one and a half times as wide and tall as the camera's view: they bounce off its walls, leave
-the picture and come back. The caption names the background colour, the sprite shape and how many
-sprites there are ("two circles on blue"), NOT the sprites' colours: those are drawn once per clip and
-never change, so a model that paints a returning sprite in its old colour has remembered it, the
-long-range memory VideoSSM is about. A caption can switch at a given frame: the named attributes
-change, the sprites keep their colours and motion. All closed form and vectorised (bounces are a
-triangle wave of p0 + v f, shapes signed distances): a clip of any length costs a few tensor ops.
+arena larger than the camera's view (World.arena_scale): they bounce off its walls, leave the picture
+and come back. The caption names the background colour, the sprite shape and how many sprites there
+are ("two circles on blue"), NOT the sprites' colours: those are drawn once per clip and never change,
+so a model that paints a returning sprite in its old colour has remembered it, the long-range memory
+VideoSSM is about. All closed form and vectorised: a clip of any length costs a few tensor ops.
 
     World(size=32).sample(batch_size, frames, seed, switch_at=None) -> Clips (video + truth)
     parse_caption(text) -> Caption      random_caption(generator) -> str      VOCAB
     sprite_mask(frames, background) -> where frames show a sprite (the teacher's loss weights it)
-    nearest_palette(frames) -> the world's colour nearest to each pixel (measure/ reads with it)
 
 Glossary of the shape comments (frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W)):
     B   clips in the batch     F   frames      S   sprite slots (MAX_SPRITES)     H, W   height, width
-    C   colour channels (3)    n   chunks      P   palette colours (PALETTE)
+    C   colour channels (3)    n   chunks
 """
 
 import argparse
@@ -54,7 +51,6 @@ OCCLUDER_RGB = torch.tensor([0.55, 0.55, 0.55]) * 2 - 1  # the grey curtains spr
 BACKGROUND_NAMES = list(BACKGROUNDS)
 BACKGROUND_RGB = torch.tensor(list(BACKGROUNDS.values())) * 2 - 1  # (4, 3) in [-1, 1]
 SPRITE_RGB = torch.tensor(list(SPRITE_COLOURS.values())) * 2 - 1  # (4, 3) in [-1, 1]
-PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])  # (P, 3) every colour the world paints
 
 VOCAB = sorted(["a", "two", "on", *SHAPES, *(shape + "s" for shape in SHAPES), *BACKGROUNDS])
 GRAMMAR = "'a {shape} on {background}' or 'two {shape}s on {background}'"
@@ -105,10 +101,6 @@ class Clips:
     position: torch.Tensor       # (B, F, S, 2) sprite centres (x, y) in view pixels; the view is [0, size)
     visible_area: torch.Tensor   # (B, F, S) pixels of each sprite in view, after occlusion
 
-    @property
-    def visible(self) -> torch.Tensor:
-        return self.visible_area >= 1.0  # (B, F, S) at least one pixel's worth in view
-
 
 @dataclass
 class World:
@@ -117,8 +109,7 @@ class World:
     arena_scale: float = 1.5  # the arena's side in view sides; the view sits in its centre
     min_speed: float = 0.6    # sprite speed in pixels per frame, drawn uniformly in [min, max]
     max_speed: float = 1.5
-    occluder: int = 0         # width in pixels of two grey curtains at the view's left and right edges:
-                              # sprites go behind them, bounce off the wall there and come back (0: none)
+    occluder: int = 0         # width in pixels of the grey curtains at the view's left and right edges (0: none)
 
     def __post_init__(self):
         if not (0 <= 2 * self.occluder < self.size and 0 < self.min_speed <= self.max_speed and self.arena_scale >= 1):
@@ -221,15 +212,11 @@ class World:
             a = alpha[:, :, s, None]  # (B, F, 1, H, W)
             video = video * (1 - a) + sprite_rgb[:, :, s] * a  # (B, F, 3, H, W)
             coverage = [c * (1 - a) for c in coverage] + [a]
-        band = self.occluder_columns()  # (W,) 1 where the band is, painted last: in front
+        column = torch.arange(self.size)  # the curtains, painted last (in front): 1 on the columns they cover
+        band = ((column < self.occluder) | (column >= self.size - self.occluder)).float()  # (W,)
         video = video * (1 - band) + OCCLUDER_RGB[:, None, None] * band  # (B, F, 3, H, W)
         visible_area = (torch.cat(coverage, 2) * (1 - band)).sum((-2, -1))  # (B, F, S)
         return video, visible_area
-
-    def occluder_columns(self) -> torch.Tensor:
-        """(W,) 1.0 on the columns the two curtains cover, `occluder` pixels at each side of the view."""
-        column = torch.arange(self.size)
-        return ((column < self.occluder) | (column >= self.size - self.occluder)).float()
 
 
 def sprite_mask(frames: torch.Tensor, background) -> torch.Tensor:
@@ -238,15 +225,6 @@ def sprite_mask(frames: torch.Tensor, background) -> torch.Tensor:
     0.0; shape (B, F, 1, H, W). On clean frames: a sprite, or most of one on its soft edge."""
     away = lambda rgb: (frames - rgb.to(frames.device)[..., None, None]).square().sum(2, keepdim=True) > 0.25
     return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()
-
-
-def nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel of frames (B, F, 3, H, W), the nearest PALETTE colour: its index and its distance,
-    both (B, F, H, W). The world's own way of reading pixels back; measure/ reads every frame with it."""
-    pixels = frames.movedim(2, -1)  # (B, F, H, W, 3)
-    distance = torch.cdist(pixels.reshape(-1, 3), PALETTE.to(frames))  # (B*F*H*W, P)
-    distance, index = distance.reshape(*pixels.shape[:-1], -1).min(-1)  # (B, F, H, W)
-    return index, distance
 
 
 # ---- presets: every size and schedule of a run ---------------------------------------------------
@@ -286,13 +264,11 @@ class Preset:
     dmd_lr: float = 1e-4
     critic_lr: float = 2e-4
     switch_probability: float = 0.25  # rollouts that switch prompt (LongLive)
-    dmd_regression: float = 1.0   # weight of stage 1's ODE regression kept in stage 2's loss as DMD's anchor
-                                  # (0: DMD alone; stage 2 then needs no ODE pairs)
+    dmd_regression: float = 1.0   # weight of stage 1's ODE regression in stage 2's loss, DMD's anchor (0: none)
     # stage 2's last phase: the memory recalls what left the window (MemoryRecall; 0 steps: none)
     memory_steps: int = 0
     memory_lr: float = 3e-3
-    memory_rest_lr: float = 0.0   # the learning rate of the rest of the student in the phase (0: only the
-                                  # memory trains)
+    memory_rest_lr: float = 0.0   # the rest of the student's learning rate in the phase (0: only the memory trains)
     memory_clips: int = 2         # world clips with a sprite's return per step
     memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
@@ -432,8 +408,7 @@ class Teacher:
 
 
 def guided_velocity(teacher, x, t, text, empty, cfg_scale):
-    """Classifier-free guidance: v_uncond + cfg_scale (v_cond - v_uncond), both in one batched forward;
-    `empty` is the empty prompt's text features. The teacher's ODE and stage 2's real score use it."""
+    """Classifier-free guidance, both forwards in one batch; `empty` is the empty prompt's text features."""
     v_cond, v_uncond = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty])).float().chunk(2)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
 
@@ -473,8 +448,7 @@ def student_from_teacher(teacher, mode):
 
 
 def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
-    """Teacher trajectories for random captions: each clip at the student's denoising levels
-    `sigmas` and its clean end. Made once and cached in the checkpoint folder (stages 1 and 2)."""
+    """Teacher trajectories for random captions at the student's levels `sigmas`, and their clean ends; cached."""
     path = run.path("ode_pairs.pt")
     made_by = [preset_name, preset.ode_clips, preset.ode_steps, run.seed,
                float(sum(p.detach().double().sum() for p in teacher.parameters()))]  # a retrained teacher differs
@@ -507,8 +481,7 @@ def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
 
 
 def ode_batch(run, preset, cfg, pairs, sigmas, gen):
-    """Stage 1's data: `student_batch` of the teacher's pairs, each chunk at one of the student's levels
-    (its own). Returns the noisy clips x, their levels per frame, the clean clips and the captions."""
+    """Stage 1's data: `student_batch` pairs, each chunk at its own level: noisy x, sigma (B, F), clean, captions."""
     index = torch.randint(len(pairs["captions"]), (preset.student_batch,), generator=gen)
     clean = pairs["clean"][index].to(run.device)                                         # (B, F, C, H, W)
     n_chunks = preset.clip_frames // cfg.chunk_frames
@@ -521,8 +494,7 @@ def ode_batch(run, preset, cfg, pairs, sigmas, gen):
 
 
 def ode_regression_loss(run, model, text_encoder, x, sigma, clean, captions):
-    """Stage 1's loss on a batch of pairs (ode_batch): one parallel block-causal forward with the clean
-    clip as context, MSE of the predicted clean clip to the teacher's."""
+    """Stage 1's loss: one parallel block-causal forward, the clean clip as context; MSE to the teacher's clip."""
     text = text_encoder(captions)
     with run.autocast():
         velocity = model(x, 1000 * sigma, text, clean_context=clean)
@@ -530,15 +502,13 @@ def ode_regression_loss(run, model, text_encoder, x, sigma, clean, captions):
 
 
 class ODEDistillation:
-    """Stage 1. Regress the teacher's ODE solutions (ode_pairs, ode_batch, ode_regression_loss); the memory is built
-    in the graph from the evicted chunks (D11), as streaming will build it."""
+    """Stage 1. Regress the teacher's ODE solutions; the memory is built in the graph as streaming builds it (D11)."""
     name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
 
     def __init__(self, run, preset, preset_name, mode):
         self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
         self.steps = preset.student_steps
-        teacher, self.text_encoder = build(load_checkpoint(run.path("teacher.pt")))
-        teacher, self.text_encoder = teacher.to(run.device), self.text_encoder.to(run.device)
+        teacher, self.text_encoder = (m.to(run.device) for m in build(load_checkpoint(run.path("teacher.pt"))))
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
         self.pairs = ode_pairs(run, preset, preset_name, teacher, self.text_encoder, self.sigmas)
         self.model = student_from_teacher(teacher, mode).train()
@@ -575,21 +545,17 @@ def dmd_loss(x, x0_real, x0_fake):
 
 
 class SelfRolloutDMD:
-    """Stage 2. The student streams a long video with its own cache (the sampler's code); a
-    teacher-length window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake
-    score = a critic trained on the student's samples. Some rollouts switch prompt before the
-    window. As in the DMD paper, a regression anchors DMD against collapsing to the teacher's commonest
-    picture: stage 1's loss on the teacher's ODE pairs stays in the generator's loss (`dmd_regression`).
-    The teacher sees only the window, so DMD cannot ask for what the window lost: the memory's recall
-    phase (MemoryRecall) follows."""
+    """Stage 2. The student streams a long video with its own cache (the sampler's code); a teacher-length
+    window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake score = a critic trained on
+    the student's samples. As in the DMD paper, a regression anchors DMD against collapsing to the teacher's
+    commonest picture: stage 1's loss on the teacher's ODE pairs stays in the generator's loss (`dmd_regression`)."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
     def __init__(self, run, preset, preset_name, released="student.pt"):
         self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
         self.steps, self.released = preset.dmd_steps, released
-        self.teacher, self.text_encoder = build(load_checkpoint(run.path("teacher.pt")))
-        self.teacher = self.teacher.to(run.device).requires_grad_(False)
-        self.text_encoder = self.text_encoder.to(run.device)
+        self.teacher, self.text_encoder = (m.to(run.device) for m in build(load_checkpoint(run.path("teacher.pt"))))
+        self.teacher.requires_grad_(False)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
         self.model = build(load_checkpoint(run.path("student_stage1.pt")))[0].to(run.device).train().requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
@@ -601,8 +567,7 @@ class SelfRolloutDMD:
                       if preset.dmd_regression > 0 else None)   # stage 1's cached pairs (or the same made again)
 
     def rollout(self, step, grad=True):
-        """A self-rollout ending at a random chunk; returns the last clip_frames frames (in the
-        graph if `grad`) and the caption in force over them."""
+        """A self-rollout to a random chunk: its last clip_frames frames (in the graph if `grad`) and their caption."""
         run, preset, cfg = self.run, self.preset, self.model.cfg
         gen = run.generator(2, step)
         window = preset.clip_frames // cfg.chunk_frames
@@ -633,8 +598,7 @@ class SelfRolloutDMD:
         return tv.x0_from_velocity(x_s, v_real, sigma), tv.x0_from_velocity(x_s, v_fake, sigma)
 
     def critic_loss(self, x, caption, gen):
-        """What the critic learns: flow matching on the student's samples x (B, F, C, H, W), at the
-        sampler's shifted levels, where those samples live (docs/experiments.md compares DMD's uniform ones)."""
+        """The critic's flow matching on the student's samples x, at the sampler's shifted levels, where they live."""
         noise = torch.randn(x.shape, generator=gen).to(x.device)
         sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), self.preset.shift).to(x.device)
         text = self.text_encoder([caption] * x.shape[0])
@@ -644,8 +608,7 @@ class SelfRolloutDMD:
         run, preset = self.run, self.preset
         warming_up = step < preset.critic_warmup           # the critic first learns what the student makes
         anchored = not warming_up and preset.dmd_regression > 0
-        # data: a self-rollout's last clip (in the graph once the critic has warmed up), and for the anchor a
-        # batch of stage 1's pairs
+        # data: a self-rollout's last clip (in the graph once the critic has warmed up), stage 1's pairs for the anchor
         x, caption = self.rollout(step, grad=not warming_up)
         pairs = ode_batch(run, preset, self.model.cfg, self.pairs, self.sigmas, run.generator(3, step)) if anchored else ()
         # loss: DMD on the clip, plus stage 1's regression
@@ -653,8 +616,7 @@ class SelfRolloutDMD:
         x0_real, x0_fake = self.scores(x.detach(), caption, gen)
         loss = dmd_loss(x, x0_real, x0_fake)
         regression = ode_regression_loss(run, self.model, self.text_encoder, *pairs) if anchored else torch.zeros(())
-        # update: the student once the critic has warmed up; then the critic, on the same samples, each of its
-        # `critic_updates` losses taken after its last update
+        # update: the student once the critic has warmed up; then the critic, `critic_updates` times on the same samples
         if not warming_up:
             lr = learning_rate(step - preset.critic_warmup, self.steps - preset.critic_warmup, preset.dmd_lr,
                                preset.warmup)
@@ -692,9 +654,8 @@ class Return(NamedTuple):
 
 def sprite_absence(area, cfg):
     """From one sprite's visible pixels per frame, area (F,): (context, back, clearly_back, hidden_at) as in
-    Return, hidden_at the frame it leaves sight, if the sprite is out of sight in the sink's frames, seen
-    clearly, then out of sight for so long that the window holds none of it, and clearly back at least four
-    chunks before the end; else None."""
+    Return, hidden_at the frame it leaves sight, if it is out of sight in the sink's frames, seen clearly, then
+    hidden until the window holds none of it, and clearly back at least four chunks before the end; else None."""
     cf, frames, area = cfg.chunk_frames, len(area), area.tolist()
     seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
     if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
@@ -708,8 +669,7 @@ def sprite_absence(area, cfg):
 
 
 def sprite_returns(world, cfg, count, frames, seed):
-    """Up to `count` Returns among one-sprite clips of `frames` frames, searched 32 at a time from `seed`
-    (sprite_absence). The recall probe's rows with a prompt switch or a second sprite: measure/benchmark.py."""
+    """Up to `count` Returns among one-sprite clips (sprite_absence); switched or two-sprite: measure/benchmark.py."""
     found = []
     for batch in range(64):                                   # a search: the clips are rare, not scarce
         clips = world.sample(32, frames, seed=seed + 1000 * batch)
@@ -724,18 +684,16 @@ def sprite_returns(world, cfg, count, frames, seed):
 
 
 def feed_context(model, text_encoder, cache, clip, chunks):
-    """A Return's first `chunks` chunks of ground truth through the clean pass (tv.teacher_force) under its
-    caption: the cache is then as if the model had streamed those frames."""
+    """Feed a Return's first `chunks` chunks under its caption: the cache is then as if the model had streamed them."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
     cache.set_prompt(model, text_encoder([clip.caption]))
     tv.teacher_force(model, cache, clip.video[:, :chunks * cf].to(device))
 
 
 def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
-    """The trained student makes `num_chunks` chunks with the sampler's few-step chain, stopping at
-    `exit_step`, whose prediction is in the graph; the frozen student predicts from the same input
-    at that step. Both caches get the trained student's chunks (the trained one's clean pass in the
-    graph, so the memory's write path learns, D11). Returns both predictions, (B, F, C, H, W)."""
+    """The trained student makes `num_chunks` chunks with the sampler's chain to `exit_step` (its prediction in
+    the graph); the frozen student predicts from the same input. Both caches get the trained student's chunks,
+    its clean pass in the graph so that the memory's write path learns (D11). Both predictions, (B, F, C, H, W)."""
     cfg, device, made, frozen_made = model.cfg, next(model.parameters()).device, [], []
     shape = (1, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
     noise = lambda: torch.randn(shape, generator=gen).to(device)
@@ -750,11 +708,10 @@ def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
 
 
 def colour_loss(x0, frozen_x0, background, colour):
-    """Where the frozen student draws a sprite: cross-entropy of each pixel over the four sprite
-    colours (logits: minus the squared distance to each), the true colour the target, so a pixel
-    may move towards it but not out of the sprite colours. Elsewhere, the squared difference to the
-    frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether the sprite's pixels,
-    summed, pick the true colour."""
+    """Where the frozen student draws a sprite: cross-entropy of each pixel over the four sprite colours, the
+    true colour the target, so a pixel may move towards it but not out of the sprite colours. Elsewhere, the
+    squared difference to the frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether
+    the sprite's pixels, summed, pick the true colour."""
     sprite = sprite_mask(frozen_x0, background)                                           # (1, F, 1, H, W)
     logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
@@ -765,17 +722,12 @@ def colour_loss(x0, frozen_x0, background, colour):
 
 
 class MemoryRecall:
-    """Stage 2's last phase (ours, not the paper's). The memory's weights (GatedDeltaMemory) train at
-    `memory_lr`, and the rest of the student at `memory_rest_lr` (0: frozen), on one question: after
-    ground truth in which a sprite left sight for longer than the sink and the window hold, does the
-    sprite the student brings back have its colour? Neither stage asks it: stage 1's teacher clips are
-    too short to hide a sprite that long, and DMD's teacher sees only the window. Per step,
-    `memory_clips` clips, each from a world of the family `memory_worlds` (curtains, arenas, speeds),
-    go into the cache as context (in the graph, feed_context) up to the sprite's return (sprite_returns);
-    the student makes that chunk and the next, and colour_loss scores them against the true colour. An
-    anchor keeps the rest as it was: the squared difference to the frozen stage-2 student, off the sprite
-    on those chunks (`memory_anchor` times) and everywhere on a free rollout of `memory_free_frames`
-    frames from the prompt alone (`memory_free_anchor` times)."""
+    """Stage 2's last phase (ours, not the paper's), one question: after ground truth in which a sprite
+    left sight for longer than the sink and the window hold, does the sprite the student brings back
+    have its colour? Neither stage asks it: stage 1's teacher clips are too short to hide a sprite that
+    long, and DMD's teacher sees only the window. The memory (GatedDeltaMemory) trains at `memory_lr`,
+    the rest of the student at `memory_rest_lr`; an anchor to the frozen stage-2 student keeps the rest
+    as it was, off the sprite (`memory_anchor`) and on a free rollout (`memory_free_anchor`)."""
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
     def __init__(self, run, preset, preset_name, dmd_file):
@@ -788,8 +740,7 @@ class MemoryRecall:
         if not tv.uses_memory(self.model.cfg.mode):
             raise SystemExit(f"{run.path(dmd_file)} has no memory to train (mode {self.model.cfg.mode}): set "
                              f"memory_steps=0 for sink and window students")
-        rest = [p for name, p in self.model.named_parameters() if ".memory." not in name]
-        rest = rest if preset.memory_rest_lr else []
+        rest = [p for name, p in self.model.named_parameters() if ".memory." not in name] if preset.memory_rest_lr else []
         self.model.requires_grad_(False).train()
         self.trained = self.memory + rest
         for p in self.trained:
@@ -804,8 +755,7 @@ class MemoryRecall:
     def train_step(self, step):
         preset, model, frozen, cf = self.preset, self.model, self.frozen, self.model.cfg.chunk_frames
         gen = self.run.generator(4, step)
-        # data: the denoising step the student's chunks stop at, and clips in which a sprite comes back
-        # after the window lost sight of it, each from a world of the family
+        # data: the exit step, and clips from the family's worlds whose sprite returns after the window lost sight of it
         exit_step = int(torch.randint(len(self.sigmas), (1,), generator=gen))
         returns = []
         for _ in range(preset.memory_clips):
@@ -815,8 +765,7 @@ class MemoryRecall:
         if len(returns) < preset.memory_clips:
             raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
                              f"after the window lost sight of them: raise memory_clip_frames")
-        # loss: each clip's ground truth as context up to the return, the return's two chunks made by both
-        # students and scored for colour; then a free rollout of both from a random caption, for the anchor
+        # loss: ground truth up to each return, the return's two chunks scored for colour; then a free rollout to anchor
         colour, anchor, right = 0.0, 0.0, 0
         for clip in returns:
             r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
@@ -825,23 +774,22 @@ class MemoryRecall:
                 with torch.set_grad_enabled(student is model):
                     feed_context(student, self.text_encoder, cache, clip, r)
             made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
-            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, parse_caption(clip.caption).background,
-                                                               clip.colour)
+            background = parse_caption(clip.caption).background
+            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
             colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
             right += clip_right
         caption = random_caption(gen)
         caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
         for student, cache in zip((model, frozen), caches):
             cache.set_prompt(student, self.text_encoder([caption]))
-        made, frozen_made = paired_chunks(model, frozen, caches, preset.memory_free_frames // cf, exit_step,
-                                          self.sigmas, gen)
+        free_chunks = preset.memory_free_frames // cf
+        made, frozen_made = paired_chunks(model, frozen, caches, free_chunks, exit_step, self.sigmas, gen)
         free = (made - frozen_made).square().mean()
         loss = colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free
         # update: the memory at memory_lr, the rest of the student at memory_rest_lr
         optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr], loss)
-        # right: the share of the clips whose sprite pixels, summed, pick the true colour
         return {"colour": colour.item(), "anchor": anchor.item(), "free": free.item(),
-                "right": right / preset.memory_clips}
+                "right": right / preset.memory_clips}          # share of clips whose sprite reads the true colour
 
     def finish(self):
         self.model.eval()
@@ -875,7 +823,6 @@ class Run:
             remove_stale_temporary_files(out_dir)
 
     def autocast(self):
-        """bf16 autocast on CUDA; full precision on the CPU."""
         return torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda")
 
     def generator(self, *keys):
@@ -894,7 +841,6 @@ class Run:
                     p.grad /= self.world_size
 
     def check_in_sync(self, module):
-        """Data parallel must leave every rank with the same weights; stop loudly if not."""
         if self.distributed:
             total = sum(p.double().sum() for p in module.state_dict().values()).reshape(1).to(self.device)
             gathered = [torch.zeros_like(total) for _ in range(self.world_size)]
@@ -927,7 +873,6 @@ def remove_stale_temporary_files(folder):
 
 
 def load_checkpoint(path):
-    """Read a checkpoint written by this script; one clear error for a missing or broken file."""
     if not os.path.isfile(path):
         raise SystemExit(f"no checkpoint at {path}: train one with `python train.py --preset tiny`, "
                          f"or pass the path of one")
@@ -992,10 +937,9 @@ def optimizer_step(run, optimizer, parameters, lr, loss):
 
 
 def run_stage(stage, run, stop_at=None):
-    """The loop every stage shares: resume, tqdm with loss and it/s, periodic atomic checkpoints.
-    A stage provides `name`, `steps`, `resume_file`, `modules` (saved and resumed),
-    `train_step(step) -> dict of losses` and `finish()`, which writes the released checkpoint.
-    Returns True when the stage is complete."""
+    """The loop every stage shares: resume, train, checkpoint. A stage provides `name`, `steps`, `resume_file`,
+    `modules` (saved and resumed), `train_step(step) -> dict of losses` and `finish()`, which writes the released
+    checkpoint. Returns True when the stage is complete."""
     resume_path, start = run.path(stage.resume_file), 0
     made_by = {"preset": stage.preset_name, "seed": run.seed}       # a resume file belongs to one run
     if os.path.exists(resume_path):
@@ -1066,9 +1010,8 @@ def preset_from(spec: str) -> Preset:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train tiny-videossm: stage 0 the teacher, stage 1 the causal "
                                      "student by ODE distillation, stage 2 the student by long self-rollouts with DMD, "
-                                     "then (tiny, gpu) its memory alone on sprites that come back after a long absence. "
-                                     "Each stage resumes from its last checkpoint and is skipped once it is released. "
-                                     "How well the models work: python -m measure.report (README).")
+                                     "then its memory's recall of sprites that come back after a long absence. Each "
+                                     "stage resumes from its last checkpoint and is skipped once it is released.")
     parser.add_argument("--preset", default="tiny", help=f"sizes and schedules: {', '.join(PRESETS)} (default tiny)")
     parser.add_argument("--set", default=[], action="append", metavar="FIELD=VALUE",
                         help="change one field of the preset (repeatable): e.g. --set teacher_steps=8000 "

@@ -12,7 +12,8 @@ controls (a frozen clip, added noise, a slow colour shift, a colour swap).
 
 Read them together: a frozen video is perfectly consistent, and an empty background is faithful and
 consistent. Each docstring says which edits of ground truth move the measure and which it is blind to by
-design; the suite's perturbation bench asserts both, edit by edit. Frames are (B, F, 3, H, W) in [-1, 1], as train.py's glossary says.
+design; the suite's perturbation bench asserts both, edit by edit. Frames are (B, F, 3, H, W) in [-1, 1], as train.py's glossary says;
+n counts chunks, P the palette's colours (PALETTE).
 """
 
 import math
@@ -20,9 +21,11 @@ import math
 import torch
 import torch.nn.functional as nnf
 
-from train import BACKGROUNDS, PALETTE, SPRITE_COLOURS, Clips, nearest_palette
+from train import BACKGROUND_RGB, BACKGROUNDS, OCCLUDER_RGB, SPRITE_COLOURS, SPRITE_RGB, Clips
 
 # ---- reading frames back: the world's palette as a measuring stick --------------------------
+
+PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])  # (P, 3) every colour the world paints
 
 SPRITE_TOLERANCE = 0.3  # a pixel counts for a sprite colour only this close to it: soft edges,
                         # blends of two colours, would otherwise vote for a third
@@ -36,11 +39,20 @@ def _check_frames(frames: torch.Tensor, min_frames: int = 1) -> None:
 
 
 def _chunked(x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-    """(B, F, ...) -> (B, C, K, ...) with C = F // K; an incomplete last chunk is left out."""
+    """(B, F, ...) -> (B, n, chunk_frames, ...), n = F // chunk_frames; an incomplete last chunk is left out."""
     if not 1 <= chunk_frames <= x.shape[1]:
         raise ValueError(f"chunk_frames={chunk_frames} must be between 1 and the {x.shape[1]} frames")
     chunks = x.shape[1] // chunk_frames
     return x[:, :chunks * chunk_frames].unflatten(1, (chunks, chunk_frames))
+
+
+def nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel of frames (B, F, 3, H, W), the nearest PALETTE colour: its index and its distance,
+    both (B, F, H, W). Every measure reads pixels back this way."""
+    pixels = frames.movedim(2, -1)  # (B, F, H, W, 3)
+    distance = torch.cdist(pixels.reshape(-1, 3), PALETTE.to(frames))  # (B*F*H*W, P)
+    distance, index = distance.reshape(*pixels.shape[:-1], -1).min(-1)  # (B, F, H, W)
+    return index, distance
 
 
 def _colour_votes(frames: torch.Tensor) -> torch.Tensor:
@@ -106,9 +118,9 @@ def subject_consistency(frames: torch.Tensor, chunk_frames: int = 3,
     Blind by design: a clip that never shows a sprite scores 1 (sprite_presence sees it); which colour
     comes first (identity_kept reads that)."""
     _check_frames(frames)
-    votes = _chunked(_colour_votes(frames), chunk_frames).sum(2)  # (B, C, P)
-    _, sprite = _read_votes(votes, min_sprite_pixels=4)  # (B, C)
-    shown = nnf.one_hot(sprite + 1, len(SPRITE_COLOURS) + 1)[..., 1:]  # (B, C, 4) which colour, if any
+    votes = _chunked(_colour_votes(frames), chunk_frames).sum(2)  # (B, n, P)
+    _, sprite = _read_votes(votes, min_sprite_pixels=4)  # (B, n)
+    shown = nnf.one_hot(sprite + 1, len(SPRITE_COLOURS) + 1)[..., 1:]  # (B, n, 4) which colour, if any
     rank = shown.sum(1).argsort(1, descending=True).argsort(1)  # (B, 4) 0 = the most frequent colour
     identity = rank < torch.as_tensor(sprites, device=rank.device).reshape(-1, 1)  # (B, 4)
     consistent = (shown * identity[:, None]).sum((1, 2))  # (B,)
@@ -122,9 +134,9 @@ def background_consistency(frames: torch.Tensor, chunk_frames: int = 3, sigma: f
     (sprites cover a small part of the view); each chunk scores exp(-|c - c_first|^2 / sigma^2)
     against the first chunk (which scores 1). In [0, 1], higher is better."""
     _check_frames(frames)
-    chunks = _chunked(frames, chunk_frames).transpose(2, 3).flatten(3)  # (B, C, 3, K*H*W)
-    colour = chunks.median(-1).values  # (B, C, 3)
-    distance_sq = ((colour - colour[:, :1]) ** 2).sum(-1)  # (B, C)
+    chunks = _chunked(frames, chunk_frames).transpose(2, 3).flatten(3)  # (B, n, 3, chunk_frames*H*W)
+    colour = chunks.median(-1).values  # (B, n, 3)
+    distance_sq = ((colour - colour[:, :1]) ** 2).sum(-1)  # (B, n)
     return (-distance_sq / sigma ** 2).exp().mean().item()
 
 
@@ -142,8 +154,8 @@ def frozen_fraction(frames: torch.Tensor, chunk_frames: int = 3, threshold: floa
     _check_frames(frames)
     if chunk_frames < 2:
         raise ValueError(f"motion inside a chunk needs chunk_frames >= 2, got {chunk_frames}")
-    chunks = _chunked(frames, chunk_frames)  # (B, C, K, 3, H, W)
-    motion = (chunks[:, :, 1:] - chunks[:, :, :-1]).abs().mean((2, 3, 4, 5))  # (B, C)
+    chunks = _chunked(frames, chunk_frames)  # (B, n, chunk_frames, 3, H, W)
+    motion = (chunks[:, :, 1:] - chunks[:, :, :-1]).abs().mean((2, 3, 4, 5))  # (B, n)
     return (motion < threshold).float().mean().item()
 
 
@@ -159,8 +171,8 @@ def drift(frames: torch.Tensor, chunk_frames: int = 3) -> float:
     chunk's: mean absolute difference over chunks and statistics. >= 0, lower is better; sprites
     coming and going give ground truth a small drift."""
     _check_frames(frames)
-    chunks = _chunked(frames, chunk_frames).transpose(2, 3).flatten(3)  # (B, C, 3, K*H*W)
-    stats = torch.cat([chunks.mean(-1), chunks.std(-1)], -1)  # (B, C, 6)
+    chunks = _chunked(frames, chunk_frames).transpose(2, 3).flatten(3)  # (B, n, 3, chunk_frames*H*W)
+    stats = torch.cat([chunks.mean(-1), chunks.std(-1)], -1)  # (B, n, 6)
     return (stats - stats[:, :1]).abs().mean().item()
 
 
@@ -268,7 +280,7 @@ def hidden_spans(clips: Clips) -> torch.Tensor:
     behind the occluder) and then seen again, over all clips and sprites: (N,) long."""
     present = clips.sprite_colour >= 0  # (B, S)
     lengths = []
-    for track in clips.visible.transpose(1, 2)[present].tolist():  # one list of booleans per sprite
+    for track in (clips.visible_area >= 1).transpose(1, 2)[present].tolist():  # one list of booleans per sprite
         hidden, seen = 0, False
         for visible in track:
             if visible and seen and hidden:

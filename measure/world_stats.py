@@ -32,7 +32,7 @@ def world_statistics(preset, clips=256, frames=240, seed=5):
             batch = train.World(cfg.frame_size, **world).sample(min(32, clips - start), frames, seed=seed + start)
             spans.append(metrics.hidden_spans(batch))
             present = (batch.sprite_colour >= 0)[:, None]  # (B, 1, S)
-            hidden += (~batch.visible & present).sum().item()
+            hidden += ((batch.visible_area < 1) & present).sum().item()
             sprite_frames += present.sum().item() * frames
         spans = torch.cat(spans).float()
         print(f"| {name} | {hidden / sprite_frames:.1%} | {len(spans) / clips:.2f} | {spans.mean():.1f} | "
