@@ -180,10 +180,11 @@ def gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chunk_siz
     "compiled", "chunked" (eager) or "naive". Arguments and returns as `chunk_gated_delta_rule`."""
     if backend == "auto":
         backend = "compiled" if q.is_cuda else "chunked"
-    if backend == "naive":
-        return naive_gated_delta_rule(q, k, v, g, beta, scale, initial_state)
-    if backend == "chunked":
-        return chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
-    if backend == "compiled":
+    if backend not in ("naive", "chunked", "compiled"):
+        raise ValueError(f"unknown backend {backend!r}: use 'auto', 'compiled', 'chunked' or 'naive'")
+    with torch.autocast(q.device.type, enabled=False):   # in the inputs' dtype: autocast would run matmuls in bf16
+        if backend == "naive":
+            return naive_gated_delta_rule(q, k, v, g, beta, scale, initial_state)
+        if backend == "chunked":
+            return chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
         return compiled_chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, chunk_size)
-    raise ValueError(f"unknown backend {backend!r}: use 'auto', 'compiled', 'chunked' or 'naive'")

@@ -136,8 +136,19 @@ def test_backend_choice(monkeypatch):
     for name in ("naive_gated_delta_rule", "chunk_gated_delta_rule", "compiled_chunk_gated_delta_rule"):
         monkeypatch.setattr(kernels, name, lambda *args, name=name: called.append(name))
     kernels.gated_delta_rule(*inputs)
-    kernels.gated_delta_rule(types.SimpleNamespace(is_cuda=True), *inputs[1:])      # what auto reads of q
+    kernels.gated_delta_rule(types.SimpleNamespace(is_cuda=True, device=torch.device("cuda")), *inputs[1:])  # what auto reads
     assert called == ["chunk_gated_delta_rule", "compiled_chunk_gated_delta_rule"]
+
+
+def test_the_kernel_computes_in_its_inputs_dtype_under_autocast():
+    """bf16 autocast (how the CUDA path trains) would run the chunked form's matmuls in bf16, and on the CPU stop
+    at the triangular solve: the entry point keeps its float32 inputs' precision, to the bit."""
+    inputs = kernel_speed.random_inputs(1, 40, 2, 8, 8, seed=6)
+    for backend in ("naive", "chunked"):
+        expected = kernels.gated_delta_rule(*inputs, chunk_size=16, backend=backend)
+        with torch.autocast("cpu", torch.bfloat16):
+            got = kernels.gated_delta_rule(*inputs, chunk_size=16, backend=backend)
+        assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(got, expected))
 
 
 def test_kernel_inputs_are_checked_at_the_door():
@@ -473,6 +484,25 @@ def test_memory_state_stays_float32_under_bf16_autocast():
     assert under_autocast.dtype == torch.float32 and (under_autocast - in_float32).abs().max() < 1e-6
     cache = tv.StreamCache(model, 1, dtype=torch.bfloat16)
     assert all(layer.state.dtype == torch.float32 for layer in cache.layers)
+
+
+def test_streaming_runs_under_bf16_autocast_with_M_in_float32():
+    """The sampler's path under bf16 autocast: denoising, the clean pass, evictions into M and a prompt switch's
+    re-cache run, M stays float32 through every write, and the frames follow float32's within bf16's rounding."""
+    model = small_model(dtype=torch.float32)
+    encoder = tv.TextEncoder(["a", "circle", "on", "red", "blue"], text_dim=8)
+    prompts, sigmas = {0: "a circle on red", 5: "a circle on blue"}, tv.denoising_sigmas(2)
+
+    def stream(cache):
+        with torch.no_grad():
+            return torch.cat(list(tv.generate(model, encoder, prompts, 8, sigmas, torch.Generator().manual_seed(7),
+                                              cache=cache)), 1)
+    in_float32, cache = stream(tv.StreamCache(model, 1)), tv.StreamCache(model, 1)
+    with torch.autocast("cpu", torch.bfloat16):
+        in_bf16 = stream(cache)
+    assert all(layer.state.dtype == torch.float32 and layer.state.abs().sum() > 0 for layer in cache.layers)
+    assert cache.layers[0].k.dtype == torch.bfloat16                  # autocast did reach the attention
+    assert torch.isfinite(in_bf16).all() and (in_bf16 - in_float32).abs().max() < 0.05 * in_float32.abs().max()
 
 
 def test_sink_positions_keep_every_query_key_distance_bounded_over_10000_frames():
@@ -980,6 +1010,57 @@ def test_the_gpu_preset_carries_tinys_recipe():
     for name in ("compile", "sprite_weight", "clip_frames", "shift", "denoising_steps", "cfg_scale", "ode_steps"):
         assert getattr(gpu, name) == getattr(tiny, name), name
     assert gpu.image_batch > 0 and gpu.memory_steps > 0 and gpu.model["dim"] > tiny.model["dim"]
+
+
+def test_every_stage_trains_under_bf16_autocast_with_M_in_float32(tmp_path, monkeypatch):
+    """The CUDA path's precision, on the CPU: with Run.autocast giving bf16 autocast (on CUDA it does), every model
+    call of every stage runs under it, the losses stay finite and every write leaves M in float32. A dtype
+    mismatch of the CUDA path fails here first."""
+    monkeypatch.setattr(train.Run, "autocast", lambda self: torch.autocast("cpu", torch.bfloat16))
+    stage_now, autocast_on, states = ["setup"], {}, []
+    for stage in (train.Teacher, train.ODEDistillation, train.SelfRolloutDMD, train.MemoryRecall):
+        def train_step(self, step, original=stage.train_step):
+            stage_now[0] = self.name
+            return original(self, step)
+        monkeypatch.setattr(stage, "train_step", train_step)
+    forward, forward_chunk, write = tv.VideoDiT.forward, tv.VideoDiT.forward_chunk, tv.GatedDeltaMemory.write
+    seen = lambda: autocast_on.setdefault(stage_now[0], []).append(torch.is_autocast_enabled("cpu"))
+    monkeypatch.setattr(tv.VideoDiT, "forward", lambda *args, **kwargs: seen() or forward(*args, **kwargs))
+    monkeypatch.setattr(tv.VideoDiT, "forward_chunk", lambda *args, **kwargs: seen() or forward_chunk(*args, **kwargs))
+    monkeypatch.setattr(tv.GatedDeltaMemory, "write", lambda *args: states.append(write(*args)) or states[-1])
+    train.main(["--preset", "test", "--out", str(tmp_path)])
+    stages = ["stage 0 (teacher)", "stage 1 (ODE distillation)", "stage 2 (self-rollout DMD)", "stage 2 (memory recall)"]
+    assert sorted(autocast_on) == sorted(stages)
+    assert all(all(calls) for calls in autocast_on.values()), {name: calls.count(False) for name, calls in autocast_on.items()}
+    assert states and all(state.dtype == torch.float32 for state in states)
+    for name in ("teacher.pt", "student_stage1.pt", "student_dmd.pt", "student.pt"):
+        log = train.load_checkpoint(tmp_path / name)["log"]
+        assert log and all(math.isfinite(value) for entry in log for value in entry.values())
+
+
+def test_the_gpu_presets_structure_trains_every_stage_and_streams_at_a_small_width(tmp_path):
+    """The `gpu` preset's structure (patch 2 on 32x32 frames, window 3, its router horizon, 96-frame rollouts, its
+    phase and its worlds), only two layers narrow and a step or two a stage: a preset edit that breaks a stage fails
+    here, not on a rented GPU."""
+    small = ["model.dim=12", "model.n_heads=2", "model.n_layers=2", "model.ffn_dim=12", "model.text_dim=8",
+             "model.freq_dim=8", "compile=false", "teacher_steps=2", "teacher_batch=1", "image_batch=2", "ode_clips=2",
+             "ode_steps=2", "student_steps=2", "student_batch=1", "dmd_steps=2", "critic_warmup=1", "dmd_batch=1",
+             "memory_steps=2", "memory_clips=1"]
+    train.main(["--preset", "gpu", *[flag for setting in small for flag in ("--set", setting)], "--out", str(tmp_path)])
+    gpu, student = train.PRESETS["gpu"], train.load_checkpoint(tmp_path / "student.pt")
+    structure = ("frame_size", "patch_size", "chunk_frames", "sink_chunks", "window_chunks", "router_horizon")
+    assert {key: student["config"][key] for key in structure} == {key: gpu.model[key] for key in structure}
+    assert student["preset"] == " ".join(["gpu", *small]) and len(student["log"]) == 2    # the phase ran
+    sample.main(["--checkpoint", str(tmp_path / "student.pt"), "--frames", "24", "--out", str(tmp_path / "gpu.mp4")])
+    assert len(read_video(tmp_path / "gpu.mp4")) == 24                            # 8 chunks: past sink and window
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without CUDA is told")
+def test_the_gpu_check_says_in_one_line_that_it_needs_cuda():
+    result = subprocess.run([sys.executable, "docs/gpu_check.py"], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    said = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1 and len(said.splitlines()) == 1 and "no CUDA device" in said
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -246,10 +246,8 @@ class GatedDeltaMemory(nn.Module):
         write would accumulate over a long video (flash-linear-attention does the same)."""
         dtype = torch.promote_types(state.dtype, torch.float32)
         k_mem = F.normalize(k.to(dtype), dim=-1)                                      # (D2) (B, L, nh, hd)
-        with torch.autocast(k.device.type, enabled=False):
-            _, state = gated_delta_rule(k_mem, k_mem, v.to(dtype), g.to(dtype), beta.to(dtype),   # outputs unused
-                                        initial_state=state.to(dtype), chunk_size=self.chunk_size,
-                                        backend=self.backend)
+        _, state = gated_delta_rule(k_mem, k_mem, v.to(dtype), g.to(dtype), beta.to(dtype),   # outputs unused
+                                    initial_state=state.to(dtype), chunk_size=self.chunk_size, backend=self.backend)
         return state                                                                  # (B, nh, hd, hd)
 
     def router(self, frame_index):

@@ -766,25 +766,26 @@ class MemoryRecall:
             raise SystemExit(f"too few sprites in 2048 world clips of {preset.memory_clip_frames} frames come back "
                              f"after the window lost sight of them: raise memory_clip_frames")
         # loss: ground truth up to each return, the return's two chunks scored for colour; then a free rollout to anchor
-        colour, anchor, right = 0.0, 0.0, 0
-        for clip in returns:
-            r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
+        with self.run.autocast():
+            colour, anchor, right = 0.0, 0.0, 0
+            for clip in returns:
+                r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
+                caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
+                for student, cache in zip((model, frozen), caches):
+                    with torch.set_grad_enabled(student is model):
+                        feed_context(student, self.text_encoder, cache, clip, r)
+                made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
+                background = parse_caption(clip.caption).background
+                clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
+                colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
+                right += clip_right
+            caption = random_caption(gen)
             caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
             for student, cache in zip((model, frozen), caches):
-                with torch.set_grad_enabled(student is model):
-                    feed_context(student, self.text_encoder, cache, clip, r)
-            made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
-            background = parse_caption(clip.caption).background
-            clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
-            colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
-            right += clip_right
-        caption = random_caption(gen)
-        caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
-        for student, cache in zip((model, frozen), caches):
-            cache.set_prompt(student, self.text_encoder([caption]))
-        free_chunks = preset.memory_free_frames // cf
-        made, frozen_made = paired_chunks(model, frozen, caches, free_chunks, exit_step, self.sigmas, gen)
-        free = (made - frozen_made).square().mean()
+                cache.set_prompt(student, self.text_encoder([caption]))
+            free_chunks = preset.memory_free_frames // cf
+            made, frozen_made = paired_chunks(model, frozen, caches, free_chunks, exit_step, self.sigmas, gen)
+            free = (made - frozen_made).square().mean()
         loss = colour + preset.memory_anchor * anchor + preset.memory_free_anchor * free
         # update: the memory at memory_lr, the rest of the student at memory_rest_lr
         optimizer_step(self.run, self.optimizer, self.trained, [preset.memory_lr, preset.memory_rest_lr], loss)
