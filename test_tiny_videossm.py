@@ -141,8 +141,8 @@ def test_backend_choice(monkeypatch):
 
 
 def test_the_kernel_computes_in_its_inputs_dtype_under_autocast():
-    """bf16 autocast (how the CUDA path trains) would run the chunked form's matmuls in bf16, and on the CPU stop
-    at the triangular solve: the entry point keeps its float32 inputs' precision, to the bit."""
+    """bf16 autocast (how the CUDA path trains) would run the chunked form's matmuls in bf16 and hand back a bf16
+    state: the entry point keeps its float32 inputs' precision, to the bit."""
     inputs = kernel_speed.random_inputs(1, 40, 2, 8, 8, seed=6)
     for backend in ("naive", "chunked"):
         expected = kernels.gated_delta_rule(*inputs, chunk_size=16, backend=backend)

@@ -71,6 +71,7 @@ BREAKS = [
  ("flow matching: target flipped (teacher, critic)", "train.py", "return (velocity.float() - tv.velocity_target(x0, noise)).square()", "return (velocity.float() - tv.velocity_target(noise, x0)).square()"),
  ("teacher ODE: Euler step against time", "train.py", "x = x + (s_next - s) * guided_velocity(", "x = x - (s_next - s) * guided_velocity("),
  ("teacher ODE: kept states after their step", "train.py", "        if s in keep_sigmas:\n            kept[s] = x.clone()\n        t = torch.full((B,), 1000 * s, device=device)\n        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)", "        t = torch.full((B,), 1000 * s, device=device)\n        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)\n        if s in keep_sigmas:\n            kept[s] = x.clone()"),
+ ("world: the right curtain left out", "train.py", "band = ((column < self.occluder) | (column >= self.size - self.occluder)).float()", "band = (column < self.occluder).float()"),
  ("sprite mask counts the curtains", "train.py", "return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()", "return away(BACKGROUND_RGB[background]).float()"),
  ("phase: its family of worlds ignored", "train.py", "self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]", "self.worlds = [recall_world(preset, self.model.cfg)]"),
  ("harness: the phase's release no longer ends stage 2", "train.py", 'if done or number == "2" and os.path.exists(run.path("student.pt")):', "if done:"),
