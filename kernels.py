@@ -25,7 +25,7 @@ Glossary of dimension letters used in the shape comments:
     nh  heads                         K   key / query width per head (d_k)
     V   value width per head (d_v)    Tc  tokens per chunk of the chunked form (chunk_size)
     n   number of chunks, ceil(L / Tc)
-(the model's letters, tiny_videossm.py; flash-linear-attention writes (B, T, H, K) for (B, L, nh, K)).
+They are the model's letters (tiny_videossm.py); flash-linear-attention writes (B, T, H, K) for (B, L, nh, K).
 In the chunked form's formulas, q, k, v stand for one chunk's queries, keys and values as
 matrices (a row per token) and u for its writes; G, D, N, R, U, O are matrices of that chunk.
 """
