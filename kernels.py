@@ -9,10 +9,10 @@ first; it imports nothing but torch, so it can be copied as is.
 
 The recurrence, per head, with a state M of shape (K, V) and M_0 = 0 (or a given state):
 
-    M    <- exp(g_t) * M                # decay            (g_t <= 0, log space)
-    u_t  =  beta_t * (v_t - M^T k_t)    # predict: keep only what M cannot already predict
-    M    <- M + k_t u_t^T               # write
-    o_t  =  M^T (scale * q_t)           # read, after the write (D3)
+    M    <- exp(g_i) * M                # decay            (g_i <= 0, log space)
+    u_i  =  beta_i * (v_i - M^T k_i)    # predict: keep only what M cannot already predict
+    M    <- M + k_i u_i^T               # write
+    o_i  =  M^T (scale * q_i)           # read, after the write (D3)
 
 Conventions are those of flash-linear-attention's `chunk_gated_delta_rule` (fla/ops/gated_delta_rule,
 the fast implementation this mirrors), so its reference can check ours: one gate g and one beta per
@@ -20,12 +20,12 @@ head per token (D1), g in log space, beta in (0, 1), `scale` defaulting to K**-0
 L2-normalised (D2); then every entry of the UT system below is bounded by 1 and the chunked form is
 as accurate as the loop.
 
-Glossary of dimension letters used in the shape comments:
-    B   batch                         L   tokens in the sequence (time-major)
-    nh  heads                         K   key / query width per head (d_k)
+Glossary of the letters used here (they are the README's glossary, which the rest of the code shares):
+    B   batch                         L   tokens in the sequence (time-major), i one token's index
+    nh  heads                         K   key / query width per head (d_k; hd in the model)
     V   value width per head (d_v)    Tc  tokens per chunk of the chunked form (chunk_size)
     n   number of chunks, ceil(L / Tc)
-They are the model's letters (tiny_videossm.py); flash-linear-attention writes (B, T, H, K) for (B, L, nh, K).
+flash-linear-attention writes (B, T, H, K) for (B, L, nh, K).
 In the chunked form's formulas, q, k, v stand for one chunk's queries, keys and values as
 matrices (a row per token) and u for its writes; G, D, N, R, U, O are matrices of that chunk.
 """
@@ -34,7 +34,7 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 
 
 # ---- the reference: a loop over tokens -----------------------------------------------------------
@@ -70,7 +70,7 @@ def naive_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
         scale:  multiplies q; default K**-0.5
         initial_state: shape (B, nh, K, V) or None (zeros)
     Returns:
-        o:      shape (B, L, nh, V), o_t = M_t^T (scale q_t)
+        o:      shape (B, L, nh, V), o_i = M_i^T (scale q_i)
         state:  shape (B, nh, K, V), M after the last token
     """
     check_inputs(q, k, v, g, beta, initial_state)
@@ -78,13 +78,13 @@ def naive_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None):
     scale = K ** -0.5 if scale is None else scale
     M = q.new_zeros(B, nh, K, v.shape[-1]) if initial_state is None else initial_state.to(q.dtype)  # (B, nh, K, V)
     outputs = []
-    for t in range(L):
-        q_t, k_t, v_t = q[:, t] * scale, k[:, t], v[:, t]                  # (B, nh, K), (B, nh, K), (B, nh, V)
-        M = M * g[:, t].exp()[..., None, None]                              # decay
-        prediction = (M * k_t[..., None]).sum(-2)                           # (B, nh, V)  M^T k_t
-        u_t = beta[:, t, :, None] * (v_t - prediction)                      # (B, nh, V)  predict
-        M = M + k_t[..., :, None] * u_t[..., None, :]                       # (B, nh, K, V)  write
-        outputs.append((M * q_t[..., None]).sum(-2))                        # (B, nh, V)  read
+    for i in range(L):
+        q_i, k_i, v_i = q[:, i] * scale, k[:, i], v[:, i]                  # (B, nh, K), (B, nh, K), (B, nh, V)
+        M = M * g[:, i].exp()[..., None, None]                              # decay
+        prediction = (M * k_i[..., None]).sum(-2)                           # (B, nh, V)  M^T k_i
+        u_i = beta[:, i, :, None] * (v_i - prediction)                      # (B, nh, V)  predict
+        M = M + k_i[..., :, None] * u_i[..., None, :]                       # (B, nh, K, V)  write
+        outputs.append((M * q_i[..., None]).sum(-2))                        # (B, nh, V)  read
     return torch.stack(outputs, dim=1), M                                   # (B, L, nh, V), (B, nh, K, V)
 
 
@@ -100,7 +100,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
         N  = strict_lower(diag(beta) (D * k k^T))     how earlier writes change later predictions
         R  = (I + N)^-1 diag(beta exp(G)) k           what each token would remove per unit of M (fla: w)
         U  = (I + N)^-1 diag(beta) v                  the writes if M were 0 at the chunk's start
-        u  = U - R M                                  the actual writes u_t
+        u  = U - R M                                  the actual writes u_i
         O  = (q exp(G)) M + (tril(q k^T) * D) u       reads: the old state plus the chunk's writes
         M <- exp(G_last) M + (k exp(G_last - G))^T u
 
@@ -122,7 +122,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
     def to_chunks(x):                                   # (B, L, nh, ...) -> (B*nh, n, Tc, ...)
         x = x.transpose(1, 2)                           # (B, nh, L, ...)
         if pad:
-            x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+            x = nnf.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
         return x.reshape(B * nh, n, Tc, *x.shape[3:])  # batch and heads in one axis, for baddbmm below
 
     q = to_chunks(q) * scale                            # (B*nh, n, Tc, K)
@@ -152,9 +152,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, chu
     states, writes = [], []
     for i in range(n):
         states.append(M)                                                    # M at the chunk's start
-        v_new = torch.baddbmm(U[:, i], R[:, i], M, alpha=-1)                # (B*nh, Tc, V)  u = U - R M
-        writes.append(v_new)
-        M = torch.baddbmm(chunk_decay[:, i] * M, k_to_end_T[:, i], v_new)  # (B*nh, K, V)
+        u = torch.baddbmm(U[:, i], R[:, i], M, alpha=-1)                   # (B*nh, Tc, V)  u = U - R M
+        writes.append(u)
+        M = torch.baddbmm(chunk_decay[:, i] * M, k_to_end_T[:, i], u)      # (B*nh, K, V)
 
     # reads, for all chunks at once (collected after the loop: in-place writes into o inside it
     # would make autograd and torch.compile copy o at every chunk)

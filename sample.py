@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import tiny_videossm as tv
-import train
+from world import BACKGROUND_NAMES, GRAMMAR, SHAPES, VOCAB, parse_caption
 
 DEFAULT_PROMPT = "a circle on blue"
 
@@ -89,40 +89,40 @@ def open_writer(path, fps):
     return writer, tmp
 
 
-def stream(model, text_encoder, schedule, frames, steps, shift, seed, mode, cache=None):
+def stream(model, text_encoder, schedule, frames, steps, timestep_shift, seed, mode, cache=None):
     """Yields chunks (1, chunk_frames, C, H, W) for `frames` frames (rounded up to whole chunks), on the
     model's device; pass a tv.StreamCache to watch it."""
     chunks = math.ceil(frames / model.cfg.chunk_frames)
     generator = torch.Generator().manual_seed(seed)
-    sigmas = tv.denoising_sigmas(steps, shift)
+    sigmas = tv.denoising_sigmas(steps, timestep_shift)
     yield from tv.generate(model, text_encoder, schedule, chunks, sigmas, generator, mode, cache=cache)
 
 
 def load(path):
-    """A released student checkpoint -> (model, text encoder, the preset it was trained with), on the CPU."""
-    checkpoint = train.load_checkpoint(path)
-    if "config" not in checkpoint:               # what train.py saves while a stage runs, to resume it
-        raise SystemExit(f"{path} is a training resume file, not a released checkpoint: pass a released one "
-                         f"(checkpoints/student.pt), or finish training (run the same train.py command "
-                         f"again) to write it")
-    model, text_encoder = train.build(checkpoint)
+    """A released student checkpoint -> (model, text encoder, the rest of the checkpoint: its sampling
+    values, what made it), on the CPU."""
+    try:
+        checkpoint = tv.load_checkpoint(path)
+        if "config" not in checkpoint:               # what train.py saves while a stage runs, to resume it
+            raise tv.CheckpointError(f"{path} is a training resume file, not a released checkpoint: pass a released "
+                                     f"one (checkpoints/student.pt), or finish training (run the same train.py "
+                                     f"command again) to write it")
+        model, text_encoder = tv.build(checkpoint, path)
+    except tv.CheckpointError as error:
+        raise SystemExit(str(error)) from None
     if not model.cfg.causal:
         raise SystemExit(f"{path} holds the bidirectional teacher; sample.py streams a causal student "
                          f"(checkpoints/student.pt)")
-    try:
-        preset = train.preset_from(checkpoint["preset"])
-    except ValueError as error:
-        raise SystemExit(f"{path} was trained with a preset this train.py does not know ({error})") from None
-    return model, text_encoder, preset
+    return model, text_encoder, {k: v for k, v in checkpoint.items() if k not in ("model", "text_encoder")}
 
 
 def check_prompt(flag, prompt):
-    """Only captions of the world's grammar mean anything to the model (train.parse_caption)."""
+    """Only captions of the world's grammar mean anything to the model (world.parse_caption)."""
     if not prompt.strip():
         raise SystemExit(f'{flag}: an empty prompt asks for nothing in particular; name what to show, '
                          f'e.g. {flag} "{DEFAULT_PROMPT}"')
     try:
-        train.parse_caption(prompt.lower())         # the text encoder lowercases too
+        parse_caption(prompt.lower())         # the text encoder lowercases too
     except ValueError as error:
         raise SystemExit(f"{flag}: {error}") from None
 
@@ -153,7 +153,7 @@ def stop_signals():
             signal.signal(s, handler)
 
 
-def make_video(args, model, text_encoder, preset):
+def make_video(args, model, text_encoder, checkpoint):
     cfg = model.cfg
     frames = round(args.seconds * args.fps) if args.frames is None else args.frames
     schedule = schedule_from_args(args, frames, cfg.chunk_frames)
@@ -161,8 +161,8 @@ def make_video(args, model, text_encoder, preset):
     started, written = time.time(), 0
     try:
         with stop_signals() as caught, tqdm(total=frames, unit="frame", desc=f"{args.mode} memory") as bar:
-            for chunk in stream(model, text_encoder, schedule, frames, args.steps, preset.shift, args.seed,
-                                args.mode):
+            for chunk in stream(model, text_encoder, schedule, frames, args.steps,
+                                checkpoint["sampling"]["timestep_shift"], args.seed, args.mode):
                 for frame in to_pixels(chunk, args.scale)[: frames - written]:
                     writer.append_data(frame)
                     written += 1
@@ -189,10 +189,10 @@ def make_video(args, model, text_encoder, preset):
 
 
 EPILOG = f"""prompts (--prompt, --switch) follow the grammar the model was trained on:
-  {train.GRAMMAR}
-  shape: {', '.join(train.SHAPES)}; background: {', '.join(train.BACKGROUND_NAMES)}
+  {GRAMMAR}
+  shape: {', '.join(SHAPES)}; background: {', '.join(BACKGROUND_NAMES)}
 the vocabulary, every word a prompt may use:
-  {' '.join(train.VOCAB)}
+  {' '.join(VOCAB)}
 
 Ctrl-C or SIGTERM stops after the chunk being made and keeps the frames so far
 as a playable video at --out; the exit status is then 130 after Ctrl-C, 143
@@ -221,7 +221,7 @@ def add_student_arguments(parser):
 
 def load_student(parser, args):
     """Check add_student_arguments' flags, set torch's threads, load the checkpoint onto --device.
-    Returns (model, text encoder, preset); args.steps defaults to the preset's."""
+    Returns (model, text encoder, the checkpoint's other values); args.steps defaults to the checkpoint's."""
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: must be at least 1")
     if not 0 <= args.seed < 2 ** 63:
@@ -232,9 +232,9 @@ def load_student(parser, args):
         parser.error("--device cuda: no CUDA device is visible; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, text_encoder, preset = load(args.checkpoint)
-    args.steps = args.steps or preset.denoising_steps
-    return model.to(args.device), text_encoder.to(args.device), preset
+    model, text_encoder, checkpoint = load(args.checkpoint)
+    args.steps = args.steps or checkpoint["sampling"]["denoising_steps"]
+    return model.to(args.device), text_encoder.to(args.device), checkpoint
 
 
 def main(argv=None):

@@ -26,7 +26,9 @@ import train
 from measure import benchmark, kernel_speed, memory_trace, metrics, report, world_stats
 from measure.metrics import (drift, dynamic_degree, fidelity, flicker, frozen_fraction, read_attributes,
                              sprite_presence, video_metrics)
-from train import BACKGROUNDS, MAX_SPRITES, SHAPES, VOCAB, World, parse_caption, random_caption
+from world import (BACKGROUND_NAMES, BACKGROUND_RGB, BACKGROUNDS, CURTAIN_RGB, GRAMMAR, MAX_SPRITES, SHAPES,
+                   SPRITE_COLOURS, SPRITE_RGB, VOCAB, Clips, World, parse_caption, random_caption, sprite_mask,
+                   sprite_returns, with_curtains)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -218,7 +220,7 @@ def test_flow_matching_direction_of_time():
     v = tv.velocity_target(x0, noise)
     assert torch.allclose(tv.x0_from_velocity(x_s, v, s), x0)
     assert torch.allclose(tv.add_noise(x0, noise, s + 1e-3) - x_s, 1e-3 * v, atol=1e-6)  # v = d x_s / d s
-    sigmas = tv.denoising_sigmas(4, shift=3.0)
+    sigmas = tv.denoising_sigmas(4, timestep_shift=3.0)
     assert sigmas[0] == 1.0 and all(a > b > 0 for a, b in zip(sigmas, sigmas[1:]))
     assert tv.shift_sigma(torch.tensor(0.5), 3.0) == 0.75                  # shift > 1 leans to noise
 
@@ -440,7 +442,7 @@ def test_memory_module_copies_out_with_kernels_alone():
     inside a toy attention: writing a sequence in pieces gives the state of writing it at once,
     and that state is the naive scan's (E7) with L2-normalised keys (D2)."""
     import inspect
-    namespace = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "math": math,
+    namespace = {"torch": torch, "nn": torch.nn, "nnf": torch.nn.functional, "math": math,
                  "gated_delta_rule": kernels.gated_delta_rule}
     exec(inspect.getsource(tv.GatedDeltaMemory), namespace)
     torch.manual_seed(0)
@@ -467,6 +469,68 @@ def test_memory_module_copies_out_with_kernels_alone():
     with torch.no_grad():
         memory.out_gate.weight.normal_()
     assert read().shape == (B, L, d) and read()[:, 5:].abs().min() > 0               # chunk 0 reads M = 0
+
+
+# The hybrid layer copies out whole: these names of tiny_videossm.py and kernels.py, nothing else (README, "Copy it out")
+HYBRID_LAYER = ["MODES", "check_mode", "VideoSSMConfig", "rope_angles", "frame_angles", "rope", "GatedDeltaMemory",
+                "uses_memory", "sink_and_window", "visible_chunks", "chunks_skipped", "seen_positions", "LayerCache",
+                "StreamStep", "stream_step", "HybridAttention"]
+
+LIFTED_STREAM = """
+import sys, torch
+from hybrid_layer import HybridAttention, LayerCache, VideoSSMConfig, stream_step
+assert "tiny_videossm" not in sys.modules
+torch.manual_seed(0)
+cfg = VideoSSMConfig(frame_size=8, patch_size=4, dim=24, n_heads=2, causal=True, chunk_frames=2, sink_chunks=1,
+                     window_chunks=2, router_horizon=10, kernel_chunk_size=4)
+layer = HybridAttention(cfg, memory=True).double()
+torch.nn.init.normal_(layer.memory.out_gate.weight, 0, 0.5)            # open the memory's gate: its path shows
+chunks = torch.randn(7, 2, 8, 24, dtype=torch.float64)                  # 7 chunks of 2 frames x 4 tokens, B = 2
+cache, cached, outputs = LayerCache(state=torch.zeros(2, 2, 12, 12, dtype=torch.float64)), [], []
+for c, x in enumerate(chunks):
+    step = stream_step(cfg, "hybrid", cached, c)
+    read, _ = layer.step(x * 0.5, cache, step)                          # a denoising step: reads only
+    written, cache = layer.step(x, cache, step, write=True)             # the clean pass: writes
+    cached = [[*cached, c][i] for i in step.kept]
+    outputs += [read, written]
+torch.save({"weights": layer.state_dict(), "chunks": chunks, "outputs": outputs, "state": cache.state,
+            "cached": cached}, sys.argv[1])
+"""
+
+
+def test_the_hybrid_layer_copies_out_whole_and_streams_as_the_repositorys(tmp_path):
+    """The hybrid layer (sink + window attention over its cache, the memory's read and write, the router, the
+    eviction into M) lifted from the model file with kernels.py alone into an empty folder, streamed chunk by chunk
+    state in and state out, in a process that cannot import tiny_videossm: equal to the repository's layer."""
+    import inspect
+    lifted = ["import math", "from dataclasses import dataclass, field", "from typing import NamedTuple", "",
+              "import torch", "import torch.nn as nn", "import torch.nn.functional as nnf", "",
+              "from kernels import gated_delta_rule", ""]
+    for name in HYBRID_LAYER:
+        thing = getattr(tv, name)
+        lifted.append(f"{name} = {thing!r}" if isinstance(thing, tuple) else inspect.getsource(thing))
+    (tmp_path / "hybrid_layer.py").write_text("\n\n".join(lifted))
+    shutil.copy(os.path.join(ROOT, "kernels.py"), tmp_path)
+    (tmp_path / "stream.py").write_text(LIFTED_STREAM)
+    result = subprocess.run([sys.executable, "stream.py", "streamed.pt"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr
+    lifted_run = torch.load(tmp_path / "streamed.pt", weights_only=True)
+    cfg = tv.VideoSSMConfig(frame_size=8, patch_size=4, dim=24, n_heads=2, causal=True, chunk_frames=2, sink_chunks=1,
+                            window_chunks=2, router_horizon=10, kernel_chunk_size=4)
+    layer = tv.HybridAttention(cfg, memory=True).double()
+    layer.load_state_dict(lifted_run["weights"])
+    cache, cached, outputs = tv.LayerCache(state=torch.zeros(2, 2, 12, 12, dtype=torch.float64)), [], []
+    for c, x in enumerate(lifted_run["chunks"]):
+        step = tv.stream_step(cfg, "hybrid", cached, c)
+        outputs.append(layer.step(x * 0.5, cache, step)[0])
+        written, cache = layer.step(x, cache, step, write=True)
+        cached = [[*cached, c][i] for i in step.kept]
+        outputs.append(written)
+    assert cached == lifted_run["cached"] == [0, 6] and lifted_run["state"].abs().sum() > 0   # chunks 1-5 went to M
+    for ours, theirs in zip(outputs, lifted_run["outputs"]):
+        assert torch.equal(ours, theirs)
+    assert torch.equal(cache.state, lifted_run["state"])
 
 
 def test_memory_state_stays_float32_under_bf16_autocast():
@@ -513,16 +577,17 @@ def test_sink_positions_keep_every_query_key_distance_bounded_over_10000_frames(
                             freq_dim=4, causal=True, chunk_frames=4, sink_chunks=1, window_chunks=2, kernel_chunk_size=4)
     model = tv.VideoDiT(cfg)
     cache, steps = tv.StreamCache(model, 1), []
-    k = v = torch.randn(1, 4, 1, 12)                      # a chunk: 4 frames of 1 token, 1 head
-    gates = model.blocks[0].self_attn.memory.gates(torch.randn(1, 4, 12))
     with torch.no_grad():
         for _ in range(10_000 // cfg.chunk_frames):       # forward_chunk's bookkeeping, without the network
             steps.append(cache.step("cpu"))
-            cache.layers[0].append(k, v, gates)
-            cache.commit(None, [model.blocks[0].self_attn.memory])
-    distances = [(s.query_frames[:, None] - s.key_frames[None, :]).abs().max().item() for s in steps]
+            cache.commit(None, steps[-1])
+    # a token a frame: a StreamStep's angles are one row per frame, and the time axis's first angle is the
+    # RoPE time position itself (its frequency is theta ** 0 = 1)
+    position = lambda angles: angles[:, 0]
+    distances = [(position(s.query_angles)[:, None] - position(s.key_angles)[None, :]).abs().max().item()
+                 for s in steps]
     assert len(steps) == 2500 and max(distances) == (1 + 2) * 4 - 1 == distances[-1]
-    assert steps[-1].query_frames.tolist() == steps[2].query_frames.tolist() == [8, 9, 10, 11]
+    assert position(steps[-1].query_angles).tolist() == position(steps[2].query_angles).tolist() == [8, 9, 10, 11]
     assert steps[-1].frame_index.tolist() == [9996, 9997, 9998, 9999]      # the router still sees the truth
 
 
@@ -537,8 +602,7 @@ def test_memory_mode_sees_earlier_chunks_only_through_M():
     assert cache.length() == 0 and cache.chunks == [] and cache.next_chunk == 4
     noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
     out = model.forward_chunk(noisy, 500.0, cache)
-    for layer in cache.layers:
-        layer.state = layer.state * 1.5
+    cache.layers = [layer._replace(state=layer.state * 1.5) for layer in cache.layers]
     assert (model.forward_chunk(noisy, 500.0, cache) - out).abs().max() > 1e-3
 
 
@@ -629,10 +693,11 @@ def test_teacher_force_leaves_the_cache_as_streaming_those_frames_would():
     """teacher_force (the recall probe's and the memory phase's context) goes through the clean pass:
     the next chunk's prediction equals the parallel path's with those frames as the clean context."""
     model = small_model(mode="hybrid")
-    clip, text = random_clip(10)
+    clip, _ = random_clip(10)
+    encoder = tv.TextEncoder(["a", "circle", "on", "red"], text_dim=8)
     cache = tv.StreamCache(model, 1, dtype=torch.float64)
-    cache.set_prompt(model, text)
-    tv.teacher_force(model, cache, clip[:, :8])
+    tv.teacher_force(model, encoder, cache, clip[:, :8], {0: "a circle on red"})   # it sets the prompt itself
+    text = encoder(["a circle on red"]).double()
     assert cache.next_chunk == 4 and cache.chunks == [0, 3] and all(layer.state.abs().max() > 0 for layer in cache.layers)
     noisy = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
     streamed = model.forward_chunk(noisy, 500.0, cache)
@@ -669,7 +734,7 @@ def test_bad_inputs_give_clear_errors():
 
 
 # ----------------------------------------------------------------------------------------------
-# train.py, the world: ground truth that every measure is calibrated on
+# world.py, the world: ground truth that every measure is calibrated on
 
 
 
@@ -773,32 +838,32 @@ def test_parse_caption_errors_and_round_trip():
 
 
 def test_curtains_hide_sprites_for_long_spans_and_keep_the_worlds_physics():
-    plain, curtained = World(), World(occluder=4)
+    plain, curtained = World(), World(curtains=4)
     a, b = plain.sample(16, 120, seed=4), curtained.sample(16, 120, seed=4)
     assert torch.equal(curtained.sample(16, 120, seed=4).video, b.video)                    # deterministic per seed
     assert torch.equal(a.position, b.position) and torch.equal(a.sprite_colour, b.sprite_colour)   # same motion
-    assert (b.video[..., :4] == train.OCCLUDER_RGB[:, None, None]).all()                   # the curtains, in front
-    assert (b.video[..., -4:] == train.OCCLUDER_RGB[:, None, None]).all()
+    assert (b.video[..., :4] == CURTAIN_RGB[:, None, None]).all()                   # the curtains, in front
+    assert (b.video[..., -4:] == CURTAIN_RGB[:, None, None]).all()
     assert torch.equal(a.video[..., 4:-4], b.video[..., 4:-4])                              # the rest as before
     hidden = lambda clips: ((clips.visible_area < 1) & (clips.sprite_colour >= 0)[:, None]).sum()       # present sprites
     assert (b.visible_area <= a.visible_area + 1e-4).all() and hidden(b) > 3 * hidden(a)
     spans_plain, spans_curtained = metrics.hidden_spans(a), metrics.hidden_spans(b)
     assert (spans_curtained > 9).sum() > 5 * max(1, (spans_plain > 9).sum())               # longer than sink + window
-    assert train.sprite_mask(b.video, b.background).sum() < train.sprite_mask(a.video, a.background).sum()   # curtains are not
-    with pytest.raises(ValueError, match="occluder"):
-        World(occluder=16)
+    assert sprite_mask(b.video, b.background).sum() < sprite_mask(a.video, a.background).sum()   # curtains are not
+    with pytest.raises(ValueError, match="curtains"):
+        World(curtains=16)
 
 
 def test_sprite_mask_is_where_the_world_painted_sprites():
     clips = World().sample(16, 12, seed=5)
-    found = train.sprite_mask(clips.video, clips.background).sum((2, 3, 4))           # (B, F) pixels marked as sprite
+    found = sprite_mask(clips.video, clips.background).sum((2, 3, 4))           # (B, F) pixels marked as sprite
     painted = clips.visible_area.sum(-1)                         # (B, F) sprite pixels the world drew
     assert (found[painted == 0] == 0).all() and (found[painted >= 4] > 0).all()
     assert 0.8 < found.sum() / painted.sum() < 1.3               # soft edges count when mostly covered
 
 
 def test_nearest_palette_names_the_colour_the_world_painted():
-    clips = World(occluder=4).sample(4, 6, seed=1)
+    clips = World(curtains=4).sample(4, 6, seed=1)
     index, distance = metrics.nearest_palette(clips.video)
     background = index == clips.background[..., None, None]                       # (B, F, H, W)
     grey, exact = index == len(metrics.PALETTE) - 1, distance < 0.01                # cdist: to about 1e-3
@@ -821,12 +886,12 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def run(trained, tmp_path):
-    """A Run in a copy of `trained`, for a test that may write into its folder."""
-    return train.Run("cpu", str(shutil.copytree(trained, tmp_path / "run")), seed=0)
+    """A Run in a copy of `trained`, for a test that may write into its folder: the run that trained it."""
+    return train.Run("cpu", str(shutil.copytree(trained, tmp_path / "run")), seed=0, spec="test")
 
 
 def weights(path):
-    return train.load_checkpoint(path)["model"]
+    return tv.load_checkpoint(path)["model"]
 
 
 def same_every_step(run):
@@ -839,8 +904,8 @@ def test_the_whole_pipeline_runs_and_releases_every_stage(trained):
     steps = {"teacher.pt": preset.teacher_steps, "student_stage1.pt": preset.student_steps,
              "student_dmd.pt": preset.dmd_steps, "student.pt": preset.memory_steps}
     for name, count in steps.items():
-        checkpoint = train.load_checkpoint(os.path.join(trained, name))
-        assert checkpoint["preset"] == "test" and len(checkpoint["log"]) == count
+        checkpoint = tv.load_checkpoint(os.path.join(trained, name))
+        assert checkpoint["made_by"]["preset"] == "test" and len(checkpoint["log"]) == count
         assert all(math.isfinite(v) for entry in checkpoint["log"] for v in entry.values())
     assert sorted(f for f in os.listdir(trained) if f.endswith(".pt")) == sorted([*steps, "ode_pairs.pt"])  # no resume files
 
@@ -848,26 +913,28 @@ def test_the_whole_pipeline_runs_and_releases_every_stage(trained):
 def test_mode_picks_the_students_memory(run):
     os.remove(run.path("student_stage1.pt"))
     train.main(["--preset", "test", "--stage", "1", "--mode", "sink", "--out", run.out_dir])
-    assert train.load_checkpoint(run.path("student_stage1.pt"))["config"]["mode"] == "sink"
+    assert tv.load_checkpoint(run.path("student_stage1.pt"))["config"]["mode"] == "sink"
 
 
 def test_a_released_stage_is_skipped_and_the_phase_release_ends_stage_2(run, capsys):
     def main_prints(*flags):
         train.main(["--preset", "test", "--out", run.out_dir, *flags])
         return capsys.readouterr().out
+    done = lambda number, name: rf"stage {number}: {re.escape(run.path(name))} .*done"   # made by this run: done
     said = main_prints()
-    for name in ("teacher.pt", "student_stage1.pt", "student_dmd.pt"):
-        assert f"{run.path(name)} exists; delete it to train this stage again" in said
+    for number, name in (("0", "teacher.pt"), ("1", "student_stage1.pt"), ("2", "student_dmd.pt")):
+        assert re.search(done(number, name), said)
     os.remove(run.path("student_dmd.pt"))                  # the phase's student.pt still says stage 2 is done
-    said = main_prints("--stage", "2").strip()
-    assert said == f"stage 2: {run.path('student.pt')} exists; delete it to train this stage again"
+    training_into, *said = main_prints("--stage", "2").strip().splitlines()
+    assert training_into.startswith(f"training into {run.out_dir}/")
+    assert len(said) == 1 and re.fullmatch(done("2", "student.pt"), said[0])
     assert not os.path.exists(run.path("student_dmd.pt"))
 
 
 def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
-    run = train.Run("cpu", str(tmp_path), seed=0)
+    run = train.Run("cpu", str(tmp_path), seed=0, spec="test")
     same_every_step(run)
-    stage = train.Teacher(run, train.PRESETS["test"], "test")
+    stage = train.Teacher(run)
     stage.steps = 400                                    # a long schedule: the learning rate stays up
     losses = [stage.train_step(step)["loss"] for step in range(25)]
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5])
@@ -878,10 +945,9 @@ def test_sprite_weight_raises_the_teacher_loss(tmp_path):
     the loss grows, but by much less than 1 + w times (sprites are a small part of the frame)."""
     losses = []
     for weight in (0.0, 3.0):
-        run = train.Run("cpu", str(tmp_path), seed=0)
+        run = train.Run("cpu", str(tmp_path), seed=0, spec=f"test sprite_weight={weight}")
         same_every_step(run)
-        preset = train.Preset(**{**vars(train.PRESETS["test"]), "sprite_weight": weight})
-        losses.append(train.Teacher(run, preset, "test").train_step(0)["loss"])
+        losses.append(train.Teacher(run).train_step(0)["loss"])
     plain, weighted = losses
     assert plain < weighted < 2 * plain
 
@@ -889,8 +955,7 @@ def test_sprite_weight_raises_the_teacher_loss(tmp_path):
 def test_teacher_alternates_clips_and_single_frames(tmp_path):
     """Joint image-video training: with image_batch set, even steps draw clips and odd steps draw that
     many 1-frame clips."""
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "image_batch": 6})
-    stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0), preset, "test")
+    stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0, spec="test image_batch=6"))
     drawn, sample = [], stage.world.sample
 
     def recording_sample(batch_size, frames, seed):
@@ -904,20 +969,19 @@ def test_teacher_alternates_clips_and_single_frames(tmp_path):
 
 
 def test_teacher_compiles_only_where_it_can(tmp_path, monkeypatch, capsys):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "compile": True})
-    run = train.Run("cpu", str(tmp_path), seed=0)
+    run = train.Run("cpu", str(tmp_path), seed=0, spec="test compile=true")
     monkeypatch.setattr(train.shutil, "which", lambda name: "/usr/bin/" + name)   # a compiler: compiled (lazily)
-    stage = train.Teacher(run, preset, "test")
+    stage = train.Teacher(run)
     assert stage.train_forward is not stage.model
     monkeypatch.setattr(train.shutil, "which", lambda name: None)                # none: eager, and says so
-    stage = train.Teacher(run, preset, "test")
+    stage = train.Teacher(run)
     assert stage.train_forward is stage.model and "no C++ compiler" in capsys.readouterr().out
 
 
 def test_the_teachers_guided_sampling_solves_its_ode_with_cfg():
     """teacher_sample (which makes stage 1's ODE pairs): with a stub teacher of constant velocity v the
     Euler steps from s = 1 to 0 are exact, so each kept state is the clean end plus s v, and v is the
-    guided v_uncond + cfg_scale (v_cond - v_uncond): conditional 1 and unconditional 0 give cfg_scale."""
+    guided v_uncond + guidance_scale (v_cond - v_uncond): conditional 1 and unconditional 0 give guidance_scale."""
     text_encoder = tv.TextEncoder(VOCAB, 8)
 
     class Stub(torch.nn.Module):
@@ -933,7 +997,8 @@ def test_the_teachers_guided_sampling_solves_its_ode_with_cfg():
     keep = tv.denoising_sigmas(3, 3.0)
     for unconditional, velocity in [(0.0, 2.5), (1.0, 1.0)]:
         clean, kept = train.teacher_sample(Stub(unconditional), text_encoder, ["a circle on red"] * 2, 4, steps=5,
-                                           shift=3.0, cfg_scale=2.5, generator=torch.Generator().manual_seed(0),
+                                           timestep_shift=3.0, guidance_scale=2.5,
+                                           generator=torch.Generator().manual_seed(0),
                                            keep_sigmas=keep)
         assert clean.shape == (2, 4, 3, 8, 8) and len(kept) == len(keep)
         for s, state in zip(keep, kept):
@@ -963,12 +1028,12 @@ def test_two_processes_under_torchrun_stay_in_sync(tmp_path):
 
 
 def test_checkpoint_and_preset_errors_are_clear(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no checkpoint at"):
-        train.load_checkpoint(str(tmp_path / "missing.pt"))
+    with pytest.raises(tv.CheckpointError, match="no checkpoint at"):
+        tv.load_checkpoint(str(tmp_path / "missing.pt"))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="corrupt"):
-        train.load_checkpoint(str(corrupt))
+    with pytest.raises(tv.CheckpointError, match="corrupt"):
+        tv.load_checkpoint(str(corrupt))
     with pytest.raises(SystemExit):
         train.main(["--preset", "huge", "--out", str(tmp_path)])
     assert "unknown preset 'huge'" in capsys.readouterr().err
@@ -979,7 +1044,7 @@ def test_checkpoint_and_preset_errors_are_clear(tmp_path, capsys):
     assert "--set teacher_step=3: expected FIELD=VALUE" in capsys.readouterr().err
 
 
-def test_preset_settings_apply_and_are_recorded(tmp_path):
+def test_preset_settings_apply_and_are_recorded(tmp_path, capsys):
     preset = train.preset_from("test teacher_steps=3 model.dim=48 compile=true teacher_lr=0.01")
     assert (preset.teacher_steps, preset.model["dim"], preset.compile, preset.teacher_lr) == (3, 48, True, 0.01)
     assert (train.PRESETS["test"].teacher_steps, train.PRESETS["test"].model["dim"]) == (6, 32)  # not mutated
@@ -991,23 +1056,36 @@ def test_preset_settings_apply_and_are_recorded(tmp_path):
                           ("huge teacher_steps=3", "unknown preset 'huge'")]:
         with pytest.raises(ValueError, match=message):
             train.preset_from(spec)
-    # a run records its settings with the preset's name, and what reads the checkpoint applies them
+    # a run records its settings with the preset's name and the whole recipe, and what reads the checkpoint
+    # applies the recorded values: a preset this train.py does not know changes nothing
+    spec = "test teacher_steps=2 clip_frames=4"
     train.main(["--preset", "test", "--stage", "0", "--set", "teacher_steps=2", "--set", "clip_frames=4",
                 "--out", str(tmp_path)])
-    checkpoint = train.load_checkpoint(str(tmp_path / "teacher.pt"))
-    assert checkpoint["preset"] == "test teacher_steps=2 clip_frames=4" and len(checkpoint["log"]) == 2
-    assert train.preset_from(checkpoint["preset"]).clip_frames == 4
-    train.save_checkpoint(str(tmp_path / "teacher.pt"), {**checkpoint, "preset": "huge"})
-    teacher, text_encoder = train.build(checkpoint)
-    train.release(str(tmp_path / "student.pt"), 1, "huge", train.student_from_teacher(teacher, "hybrid"), text_encoder, [])
-    for reads in (lambda: report.report(str(tmp_path)), lambda: sample.load(str(tmp_path / "student.pt"))):
-        with pytest.raises(SystemExit, match="a preset this train.py does not know"):
+    checkpoint = tv.load_checkpoint(str(tmp_path / "teacher.pt"))
+    made_by = checkpoint["made_by"]
+    assert made_by["preset"] == spec and len(checkpoint["log"]) == 2
+    assert train.preset_from(made_by["preset"]).clip_frames == made_by["recipe"]["clip_frames"] == 4
+    run = train.Run("cpu", str(tmp_path), seed=0, spec=spec)
+    run.made_by = {**run.made_by, "preset": "huge"}
+    train.save_checkpoint(run.path("teacher.pt"), {**checkpoint, "made_by": run.made_by})
+    teacher, text_encoder = tv.build(checkpoint)
+    train.release(run, "student.pt", 1, train.student_from_teacher(teacher, "hybrid"), text_encoder, [])
+    capsys.readouterr()
+    report.report(str(tmp_path), clips=2)
+    assert "2 clips of 4 frames" in capsys.readouterr().out
+    assert sample.load(run.path("student.pt"))[2]["made_by"]["recipe"]["clip_frames"] == 4
+    # and a checkpoint they cannot use is refused with one clear message
+    for name in ("teacher.pt", "student.pt"):
+        train.save_checkpoint(run.path(name), {**tv.load_checkpoint(run.path(name)), "format": "tiny-videossm/1"})
+    for reads in (lambda: report.report(str(tmp_path)), lambda: sample.load(run.path("student.pt"))):
+        with pytest.raises(SystemExit, match="another version of tiny-videossm"):
             reads()
 
 
 def test_the_gpu_preset_carries_tinys_recipe():
     gpu, tiny = train.PRESETS["gpu"], train.PRESETS["tiny"]
-    for name in ("compile", "sprite_weight", "clip_frames", "shift", "denoising_steps", "cfg_scale", "ode_steps"):
+    for name in ("compile", "sprite_weight", "clip_frames", "timestep_shift", "denoising_steps", "guidance_scale",
+                 "ode_steps"):
         assert getattr(gpu, name) == getattr(tiny, name), name
     assert gpu.image_batch > 0 and gpu.memory_steps > 0 and gpu.model["dim"] > tiny.model["dim"]
 
@@ -1034,7 +1112,7 @@ def test_every_stage_trains_under_bf16_autocast_with_M_in_float32(tmp_path, monk
     assert all(all(calls) for calls in autocast_on.values()), {name: calls.count(False) for name, calls in autocast_on.items()}
     assert states and all(state.dtype == torch.float32 for state in states)
     for name in ("teacher.pt", "student_stage1.pt", "student_dmd.pt", "student.pt"):
-        log = train.load_checkpoint(tmp_path / name)["log"]
+        log = tv.load_checkpoint(tmp_path / name)["log"]
         assert log and all(math.isfinite(value) for entry in log for value in entry.values())
 
 
@@ -1047,10 +1125,10 @@ def test_the_gpu_presets_structure_trains_every_stage_and_streams_at_a_small_wid
              "ode_steps=2", "student_steps=2", "student_batch=1", "dmd_steps=2", "critic_warmup=1", "dmd_batch=1",
              "memory_steps=2", "memory_clips=1"]
     train.main(["--preset", "gpu", *[flag for setting in small for flag in ("--set", setting)], "--out", str(tmp_path)])
-    gpu, student = train.PRESETS["gpu"], train.load_checkpoint(tmp_path / "student.pt")
+    gpu, student = train.PRESETS["gpu"], tv.load_checkpoint(tmp_path / "student.pt")
     structure = ("frame_size", "patch_size", "chunk_frames", "sink_chunks", "window_chunks", "router_horizon")
     assert {key: student["config"][key] for key in structure} == {key: gpu.model[key] for key in structure}
-    assert student["preset"] == " ".join(["gpu", *small]) and len(student["log"]) == 2    # the phase ran
+    assert student["made_by"]["preset"] == " ".join(["gpu", *small]) and len(student["log"]) == 2   # the phase ran
     sample.main(["--checkpoint", str(tmp_path / "student.pt"), "--frames", "24", "--out", str(tmp_path / "gpu.mp4")])
     assert len(read_video(tmp_path / "gpu.mp4")) == 24                            # 8 chunks: past sink and window
 
@@ -1096,9 +1174,10 @@ def test_a_resume_file_is_used_only_by_its_own_run(tmp_path, capsys):
     out = str(tmp_path)
     train.main(["--preset", "test", "--stage", "0", "--set", "teacher_steps=4", "--stop-at", "2", "--out", out])
     assert os.path.exists(tmp_path / "teacher.resume.pt")
-    for argv, differs in [(["--set", "teacher_steps=5"], "preset 'test teacher_steps=4'"),
-                          (["--set", "teacher_steps=4", "--seed", "1"], "seed 0")]:
-        with pytest.raises(SystemExit, match=f"belongs to another run: {differs}.*delete it"):
+    its_run = re.escape("belongs to another run (preset 'test teacher_steps=4', seed 0")
+    for argv, this_run in [(["--set", "teacher_steps=5"], "this one: preset 'test teacher_steps=5', seed 0"),
+                           (["--set", "teacher_steps=4", "--seed", "1"], "this one: preset 'test teacher_steps=4', seed 1")]:
+        with pytest.raises(SystemExit, match=f"{its_run}.*{re.escape(this_run)}.*--out with a folder of its own"):
             train.main(["--preset", "test", "--stage", "0", "--out", out, *argv])
         assert not os.path.exists(tmp_path / "teacher.pt")
     train.main(["--preset", "test", "--stage", "0", "--set", "teacher_steps=4", "--out", out])   # the same run resumes
@@ -1113,23 +1192,147 @@ def test_stale_temporary_files_are_cleaned_and_a_broken_pairs_cache_is_made_agai
     for path in (stale, mine):
         open(path, "wb").close()
     open(os.path.join(folder, "ode_pairs.pt"), "wb").write(b"broken")
-    run = train.Run("cpu", folder, seed=0)
+    run = train.Run("cpu", folder, seed=0, spec="test")
     assert not os.path.exists(stale) and os.path.exists(mine)
-    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    stage = train.ODEDistillation(run)
     assert "cannot be read" in capsys.readouterr().out and stage.pairs["clean"].shape[0] == 4
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     path = str(tmp_path / "x.pt")
-    train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "a": torch.ones(2)})
+    train.save_checkpoint(path, {"format": tv.CHECKPOINT_FORMAT, "a": torch.ones(2)})
 
-    def crash(obj, f):
-        open(f, "wb").write(b"half")
+    def crash(obj, f):                                  # f: a file name, or an open file
+        (f if hasattr(f, "write") else open(f, "wb")).write(b"half")
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"format": train.CHECKPOINT_FORMAT, "a": torch.zeros(2)})
-    assert torch.equal(train.load_checkpoint(path)["a"], torch.ones(2))     # the old file survives
+        train.save_checkpoint(path, {"format": tv.CHECKPOINT_FORMAT, "a": torch.zeros(2)})
+    assert torch.equal(tv.load_checkpoint(path)["a"], torch.ones(2))     # the old file survives
+
+
+def train_in_a_fresh_process(*flags, cwd=ROOT):
+    """python train.py FLAGS in a process of its own, with this process's torch threads (a sum split among more
+    threads rounds differently): (exit status, what it printed)."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags], cwd=cwd, capture_output=True,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_each_stage_started_in_a_fresh_process_gives_the_whole_runs_files(trained, tmp_path):
+    """Stage 1 and stage 2 started in processes of their own give, bit for bit, the files of one whole run (the
+    `trained` fixture, made inside this test process after whatever ran before it): every random draw of a stage
+    comes from its own seed, none from the process's global state."""
+    shutil.copy(os.path.join(trained, "teacher.pt"), tmp_path)
+    for stage in ("1", "2"):
+        status, said = train_in_a_fresh_process("--preset", "test", "--stage", stage, "--out", str(tmp_path))
+        assert status == 0, said
+    for name in ("student_stage1.pt", "student_dmd.pt", "student.pt"):
+        assert (tmp_path / name).read_bytes() == open(os.path.join(trained, name), "rb").read(), name
+
+
+def test_training_writes_a_folder_of_its_own_and_only_its_own_releases_count_as_done(trained, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Without --out a run trains into runs/PRESET; a folder whose releases another run made (another preset,
+    settings, seed or mode) is one clear message that names both runs and asks for --out, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    train.main(["--preset", "test", "--stage", "0", "--stop-at", "1"])
+    assert os.listdir(tmp_path / "runs" / "test") == ["teacher.resume.pt"]
+    folder = shutil.copytree(trained, tmp_path / "other")
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    for flags, says in [(["--seed", "1"], "made by another run (preset 'test', seed 0; this one: preset 'test', seed 1)"),
+                        (["--set", "teacher_steps=7"], "made by another run (preset 'test', seed 0; this one: preset "
+                                                       "'test teacher_steps=7', seed 0)"),
+                        (["--preset", "quick"], "this one: preset 'quick', seed 0"),
+                        (["--stage", "1", "--mode", "sink"], "made by preset 'test', seed 0 too, but with mode 'hybrid'")]:
+        with pytest.raises(SystemExit) as stop:
+            train.main(["--preset", "test", "--out", str(folder), *flags])
+        assert says in str(stop.value) and "--out" in str(stop.value) and "delete" not in str(stop.value), stop.value
+        assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+    train.main(["--preset", "test", "--out", str(folder)])
+    assert capsys.readouterr().out.count("was made by this preset, settings and seed: done") == 4
+
+
+def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_the_same_command_goes_on(trained, tmp_path,
+                                                                                           monkeypatch):
+    """A save that fails part-way (no space left) ends in one message that says what happened and what to do; the
+    last good checkpoint stays as it was, no half-written file is left, and the same command then resumes to the
+    teacher one uncut run makes."""
+    import errno
+    saves, real_save = [], torch.save
+
+    def fills_the_disk(obj, file):
+        saves.append(file)
+        if len(saves) == 2:                                  # the second save: step 6 of the test teacher
+            file.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, file)
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--preset", "test", "--stage", "0", "--out", str(tmp_path)])
+    said = str(stop.value)
+    assert "No space left on device" in said and "teacher.resume.pt, is kept as it was" in said, said
+    assert "run the same command again" in said
+    assert sorted(os.listdir(tmp_path)) == ["teacher.resume.pt"]      # no temporary file, no lock, no release
+    assert tv.load_checkpoint(str(tmp_path / "teacher.resume.pt"))["step"] == 3
+    monkeypatch.setattr(torch, "save", real_save)
+    train.main(["--preset", "test", "--stage", "0", "--out", str(tmp_path)])
+    assert (tmp_path / "teacher.pt").read_bytes() == open(os.path.join(trained, "teacher.pt"), "rb").read()
+
+
+def test_a_checkpoint_from_another_version_of_the_code_is_one_clear_message(trained, tmp_path, capsys):
+    """A release or resume file written by another version of the code (another format, or weights that do not fit
+    the model) is refused by sample.py and train.py with one message, never a traceback from load_state_dict."""
+    released = tv.load_checkpoint(os.path.join(trained, "student.pt"))
+    older = tmp_path / "older.pt"
+    torch.save({**released, "format": "tiny-videossm/1"}, older)
+    misfit = tmp_path / "misfit.pt"
+    torch.save({**released, "model": {k: v for k, v in released["model"].items() if "memory" not in k}}, misfit)
+    for path, says in [(older, "was written by another version of tiny-videossm (format 'tiny-videossm/1'"),
+                       (misfit, "does not fit this code's model")]:
+        with pytest.raises(SystemExit) as stop:
+            sample.main(["--checkpoint", str(path), "--frames", "6", "--out", str(tmp_path / "v.gif")])
+        assert says in str(stop.value) and "train it again" in str(stop.value), stop.value
+    folder = shutil.copytree(trained, tmp_path / "run")
+    os.remove(folder / "student.pt")
+    shutil.copy(misfit, folder / "student_dmd.pt")
+    with pytest.raises(SystemExit) as stop:                       # the phase loads student_dmd.pt
+        train.main(["--preset", "test", "--out", str(folder)])
+    assert "does not fit this code's model" in str(stop.value)
+    resume = {**tv.load_checkpoint(os.path.join(trained, "student_dmd.pt")), "step": 1, "log": []}
+    run = train.Run("cpu", str(folder), seed=0, spec="test")
+    torch.save({"format": tv.CHECKPOINT_FORMAT, "step": 1, "log": [], "made_by": {**run.made_by, "mode": "hybrid"},
+                "model": {"not": torch.zeros(1)}, "optimizer": {}}, folder / "student_memory.resume.pt")
+    shutil.copy(os.path.join(trained, "student_dmd.pt"), folder / "student_dmd.pt")
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--preset", "test", "--out", str(folder)])
+    assert "does not fit this code's stage 2 (memory recall)" in str(stop.value) and "another version" in str(stop.value)
+
+
+def test_two_runs_pointed_at_one_folder_the_second_is_refused_until_the_first_is_gone(trained, tmp_path):
+    """A run takes its folder (run.lock, its process id) for as long as it trains: a second run pointed there is one
+    message and writes nothing; once the first is gone (ended, or killed without cleaning up), the folder is free."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run.lock").write_text(str(holder.pid))
+        with pytest.raises(SystemExit) as stop:
+            train.main(["--preset", "test", "--stage", "0", "--out", str(tmp_path)])
+        assert f"being written by another training run (process {holder.pid})" in str(stop.value)
+        assert sorted(os.listdir(tmp_path)) == ["run.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    train.main(["--preset", "test", "--stage", "0", "--out", str(tmp_path)])     # a killed holder's lock is taken over
+    assert sorted(os.listdir(tmp_path)) == ["teacher.pt"]                         # and released at the end
+    status, said = train_in_a_fresh_process("--preset", "test", "--stage", "0", "--out", str(tmp_path))
+    assert status == 0 and "was made by this preset, settings and seed: done" in said, said
+
+
+def test_sampling_and_measuring_load_no_training_code():
+    """sample.py and the benchmark stand on the model and the world: importing them imports no train.py."""
+    code = "import sys, sample, measure.benchmark; print('train' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def wake_memory(model):
@@ -1147,7 +1350,7 @@ def memory_gradients(model):
 
 def test_stage1_student_learns_and_trains_the_write_path(run):
     same_every_step(run)
-    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    stage = train.ODEDistillation(run)
     assert stage.pairs["noisy"].shape[:2] == (4, 2)                   # clips x the student's 2 levels
     wake_memory(stage.model)
     stage.steps = 400
@@ -1158,7 +1361,7 @@ def test_stage1_student_learns_and_trains_the_write_path(run):
 
 def test_stage1_step_regresses_the_batch_it_draws(run):
     """Stage 1's step: its data is ode_batch from the step's own generator, its loss ode_regression_loss on it."""
-    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    stage = train.ODEDistillation(run)
     batch = train.ode_batch(run, stage.preset, stage.model.cfg, stage.pairs, stage.sigmas, run.generator(1, 3))
     expected = train.ode_regression_loss(run, stage.model, stage.text_encoder, *batch).item()
     assert stage.train_step(3)["loss"] == pytest.approx(expected, rel=1e-6)
@@ -1169,13 +1372,13 @@ def test_ode_pairs_of_another_teacher_are_made_again(run, capsys):
     stale = torch.load(path, weights_only=True)
     stale["made_by"][-1] += 1.0                                  # as if the teacher had been retrained since
     torch.save(stale, path)
-    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    stage = train.ODEDistillation(run)
     assert "made by another teacher" in capsys.readouterr().out
     assert stage.pairs["made_by"] == torch.load(path, weights_only=True)["made_by"] != stale["made_by"]
 
 
 def test_student_starts_as_the_teacher(trained):
-    teacher, text_encoder = train.build(train.load_checkpoint(os.path.join(trained, "teacher.pt")))
+    teacher, text_encoder = tv.build(tv.load_checkpoint(os.path.join(trained, "teacher.pt")))
     student = train.student_from_teacher(teacher, "hybrid")
     clip = torch.randn(1, 4, 3, 16, 16)
     text = text_encoder(["a circle on red"])
@@ -1189,7 +1392,7 @@ def test_student_starts_as_the_teacher(trained):
 def test_stage1_regresses_onto_the_teachers_clean_clip(run):
     """Stage 1's target is the teacher's clean end of the trajectory: a stub student that predicts
     exactly that clip has zero loss, and one that predicts the noisy input does not."""
-    stage = train.ODEDistillation(run, train.PRESETS["test"], "test", "hybrid")
+    stage = train.ODEDistillation(run)
 
     class Stub(torch.nn.Module):
         cfg = stage.model.cfg
@@ -1234,10 +1437,10 @@ def test_dmd_gradient_has_the_size_of_E11():
 
 
 def test_the_real_score_is_the_teacher_with_classifier_free_guidance(run):
-    """(E11) real score = v_uncond + cfg_scale (v_cond - v_uncond): with a stub teacher whose
-    conditional velocity is 1 and unconditional 0, x0_fake - x0_real = sigma * cfg_scale; with both
-    at 1 it is sigma. Their ratio is cfg_scale whatever sigma was drawn."""
-    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    """(E11) real score = v_uncond + guidance_scale (v_cond - v_uncond): with a stub teacher whose
+    conditional velocity is 1 and unconditional 0, x0_fake - x0_real = sigma * guidance_scale; with both
+    at 1 it is sigma. Their ratio is guidance_scale whatever sigma was drawn."""
+    stage = train.SelfRolloutDMD(run)
 
     class Stub(torch.nn.Module):
         def __init__(self, unconditional):
@@ -1256,11 +1459,11 @@ def test_the_real_score_is_the_teacher_with_classifier_free_guidance(run):
         return x0_fake - x0_real
     guided, unguided = gap(0.0), gap(1.0)
     assert unguided.abs().min() > 0.01
-    assert torch.allclose(guided / unguided, torch.full_like(x, stage.preset.cfg_scale), rtol=1e-5)
+    assert torch.allclose(guided / unguided, torch.full_like(x, stage.preset.guidance_scale), rtol=1e-5)
 
 
 def test_stage2_critic_learns_and_generator_gets_memory_gradients(run):
-    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    stage = train.SelfRolloutDMD(run)
     generator, critic = copy.deepcopy(stage.model.state_dict()), copy.deepcopy(stage.critic.state_dict())
     stage.train_step(0)                      # a critic warm-up step (critic_warmup=1): only the critic moves
     assert all(torch.equal(generator[k], v) for k, v in stage.model.state_dict().items())
@@ -1286,7 +1489,7 @@ def test_the_critic_learns_the_flow_of_the_students_samples_at_the_samplers_leve
     noise), at shifted levels (mostly high noise, where the few-step sampler works). A stub critic that
     knows the sample and answers the exact velocity (x_s - x) / s scores 0; the levels it is asked at
     average the shifted mean, above the uniform 0.5; and train_step trains it on the rollout's window."""
-    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    stage = train.SelfRolloutDMD(run)
     x = torch.randn(4096, 1, 3, 2, 2, generator=torch.Generator().manual_seed(1))
     levels = []
 
@@ -1295,9 +1498,9 @@ def test_the_critic_learns_the_flow_of_the_students_samples_at_the_samplers_leve
         return (x_s - x) / (t / 1000).view(-1, 1, 1, 1, 1)
     stage.critic, stage.text_encoder = exact, lambda captions: torch.zeros(len(captions), 1, 1)
     assert stage.critic_loss(x, "a circle on red", torch.Generator().manual_seed(2)) < 1e-8
-    shifted = tv.shift_sigma(torch.rand(100_000, generator=torch.Generator().manual_seed(3)), stage.preset.shift)
+    shifted = tv.shift_sigma(torch.rand(100_000, generator=torch.Generator().manual_seed(3)), stage.preset.timestep_shift)
     assert abs(levels[0].mean() - shifted.mean()) < 0.01 and shifted.mean() > 0.6
-    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    stage = train.SelfRolloutDMD(run)
     window, caption = stage.rollout(0, grad=False)                     # the rollout of step 0, made again
     seen = []
     monkeypatch.setattr(stage, "critic_loss", lambda x, caption_, gen: seen.append((x, caption_)) or
@@ -1309,7 +1512,7 @@ def test_the_critic_learns_the_flow_of_the_students_samples_at_the_samplers_leve
 
 def test_a_self_rollout_exits_at_every_denoising_step(run, monkeypatch):
     """Self-Forcing: each rollout draws the step its chunks stop at, among all of the student's steps."""
-    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    stage = train.SelfRolloutDMD(run)
     exits, generate = [], tv.generate
     monkeypatch.setattr(tv, "generate", lambda *args, exit_step=None, **kwargs: exits.append(exit_step) or
                         generate(*args, exit_step=exit_step, **kwargs))
@@ -1322,7 +1525,7 @@ def test_a_self_rollout_exits_at_every_denoising_step(run, monkeypatch):
 def test_stage2_step_anchors_the_student_only_after_the_critics_warm_up(run):
     """Stage 2's step: during the warm-up the student does not move and has no anchor; after it, the anchor
     is stage 1's loss on ode_batch from the step's own generator."""
-    stage = train.SelfRolloutDMD(run, train.PRESETS["test"], "test")
+    stage = train.SelfRolloutDMD(run)
     before = copy.deepcopy(stage.model.state_dict())
     assert stage.preset.critic_warmup == 1 and stage.train_step(0)["regression"] == 0
     assert all(torch.equal(before[k], v) for k, v in stage.model.state_dict().items())
@@ -1334,9 +1537,10 @@ def test_stage2_step_anchors_the_student_only_after_the_critics_warm_up(run):
 def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(run):
     """With DMD's gradient zero (real == fake), a generator step still moves the student: stage 1's
     regression, kept in stage 2 as DMD's anchor, reaches the optimizer and lowers its own loss."""
+    settings = "test critic_warmup=0 dmd_lr=1e-3 warmup=0"
+    run = train.Run("cpu", run.out_dir, seed=0, spec=settings)              # `run`'s folder, these settings
     same_every_step(run)
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "critic_warmup": 0, "dmd_lr": 1e-3, "warmup": 0})
-    stage = train.SelfRolloutDMD(run, preset, "test")
+    stage = train.SelfRolloutDMD(run)
     stage.steps = 400
     stage.scores = lambda x, caption, gen: (x, x.clone())          # DMD alone gives zero gradient
     with torch.no_grad():                                            # knock the student off the pairs it fits
@@ -1345,29 +1549,30 @@ def test_stage2_anchor_pulls_the_student_to_the_teacher_pairs(run):
     losses = [stage.train_step(step) for step in range(8)]
     assert all(step["dmd"] == 0 for step in losses)
     assert losses[-1]["regression"] < 0.9 * losses[0]["regression"]
-    off = train.SelfRolloutDMD(run, train.Preset(**{**vars(preset), "dmd_regression": 0.0}), "test")
+    off = train.SelfRolloutDMD(train.Run("cpu", run.out_dir, seed=0, spec=f"{settings} dmd_regression=0"))
     assert off.pairs is None and off.train_step(0)["regression"] == 0
 
 
 def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back():
     """Against the model's own visible_chunks, read from the pixels: up to the chunk the sprite comes back
     in, no chunk that chunk attends to shows it, and a chunk already evicted into M showed it in its colour.
-    The phase's search (train), and the recall probe's (measure.benchmark) with and without a switch."""
+    The phase's search (train) and the recall probe's (measure.benchmark), one search, with and without a switch."""
+    assert train.sprite_returns is benchmark.sprite_returns is sprite_returns     # the probe's rows: the phase's clips
     for window, switch in [(2, False), (3, False), (2, True)]:
         cfg = tv.VideoSSMConfig(**{**train.PRESETS["test"].model, "window_chunks": window})
         cf = cfg.chunk_frames
-        returns = benchmark.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=switch)
-        phase = train.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0)
-        assert len(returns) == len(phase) == 6 and all(len(r) == 6 for r in phase)   # a train.Return: no switch, no other
-        if not switch:                                                    # the probe's rows search the phase's clips
-            assert all(torch.equal(a[0], b[0]) and a[1:6] == b[1:] for a, b in zip(returns, phase))
+        returns = sprite_returns(World(16, curtains=4), cfg, 6, 60, seed=0, switch=switch)
+        assert len(returns) == 6
+        if not switch:                                          # as the phase draws them: no switch, no other
+            assert all((clip.switch, clip.new_caption, clip.other) == (0, "", -1) for clip in returns)
         for clip in returns:
             background, _ = read_attributes(clip.video)
             at = clip.switch * cf                                   # the first frame of the new caption (0: none)
             assert (clip.switch > 0) == switch and (background[0, :at] == parse_caption(clip.caption).background).all()
-            assert (background[0, at:] == parse_caption(clip.caption_at_return).background).all()
+            caption_at_return = clip.prompts()[clip.switch]         # the caption in force from chunk `switch` on
+            assert (background[0, at:] == parse_caption(caption_at_return).background).all()
             if switch:
-                assert clip.new_caption != clip.caption and clip.switch < clip.context
+                assert clip.new_caption != clip.caption and clip.switch < clip.context_chunks
             _, sprite = read_attributes(clip.video)                                         # (1, F), -1: none
             r = clip.back // cf
             chunks, _ = tv.visible_chunks(r, cfg, "hybrid")
@@ -1375,11 +1580,11 @@ def test_sprite_returns_hide_the_sprite_from_sink_and_window_and_bring_it_back()
             evicted = [f for c in range(r) if c not in chunks for f in range(c * cf, (c + 1) * cf)]
             assert parse_caption(clip.caption).count == 1 and (sprite[0, attended] == -1).all()
             assert (sprite[0, evicted] == clip.colour).any() and sprite[0, clip.clearly_back] == clip.colour
-            probe_window = slice((clip.context - window) * cf, clip.context * cf)   # the probe's last window of context
-            faint = train.sprite_mask(clip.video, background).sum((2, 3, 4))[0]        # the captions' backgrounds
+            probe_window = slice((clip.context_chunks - window) * cf, clip.context_chunks * cf)   # the last window of context
+            faint = sprite_mask(clip.video, background).sum((2, 3, 4))[0]        # the captions' backgrounds
             assert (sprite[0, probe_window] == -1).all() and (faint[probe_window] <= 3).all()   # under a pixel's area
             assert (sprite[0, at:at + cf] == -1).all()                # a switch happens while the sprite is away
-            assert clip.context <= r and clip.back <= clip.clearly_back <= 60 - 4 * cf
+            assert clip.context_chunks <= r and clip.back <= clip.clearly_back <= 60 - 4 * cf
 
 
 def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
@@ -1388,9 +1593,9 @@ def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
     with a switch too, the sprite that hides is the one away when the prompt switches."""
     cfg = tv.VideoSSMConfig(**train.PRESETS["test"].model)
     cf = cfg.chunk_frames
-    returns = benchmark.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, other=True)
-    assert len(returns) == 6 and {clip.other for clip in benchmark.sprite_returns(World(16, occluder=4), cfg, 2, 60, 0)} == {-1}
-    switched = benchmark.sprite_returns(World(16, occluder=4), cfg, 6, 60, seed=0, switch=True, other=True)
+    returns = sprite_returns(World(16, curtains=4), cfg, 6, 60, seed=0, other=True)
+    assert len(returns) == 6 and {clip.other for clip in sprite_returns(World(16, curtains=4), cfg, 2, 60, 0)} == {-1}
+    switched = sprite_returns(World(16, curtains=4), cfg, 6, 60, seed=0, switch=True, other=True)
     for clip in switched:
         _, hider = read_attributes(clip.video, leave_out=clip.other)
         assert clip.switch > 0 and (hider[0, clip.switch * cf:(clip.switch + 1) * cf] != clip.colour).all()
@@ -1403,15 +1608,16 @@ def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
         attended = [f for c in chunks if c < r for f in range(c * cf, (c + 1) * cf)]
         evicted = [f for c in range(r) if c not in chunks for f in range(c * cf, (c + 1) * cf)]
         assert (hider[0, attended] != clip.colour).all() and (hider[0, evicted] == clip.colour).any()
-        assert hider[0, clip.clearly_back] == clip.colour and clip.context <= r and clip.clearly_back <= 60 - 4 * cf
-        probe_window = slice((clip.context - cfg.window_chunks) * cf, clip.context * cf)
+        assert hider[0, clip.clearly_back] == clip.colour and clip.context_chunks <= r and clip.clearly_back <= 60 - 4 * cf
+        probe_window = slice((clip.context_chunks - cfg.window_chunks) * cf, clip.context_chunks * cf)
         assert (shown[0, probe_window] == clip.other).all()             # the window shows the other sprite only
 
 
-def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(trained, monkeypatch):
-    model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
+def test_teacher_force_switches_the_prompt_where_the_clip_does_and_keeps_M(trained, monkeypatch):
+    model, text_encoder, checkpoint = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
-    clip = benchmark.sprite_returns(train.recall_world(preset, cfg), cfg, 1, 60, seed=0, switch=True)[0]
+    world = with_curtains(World(cfg.frame_size, **checkpoint["made_by"]["recipe"]["world"]))
+    clip = sprite_returns(world, cfg, 1, 60, seed=0, switch=True)[0]
     held = lambda cache: (cache.next_chunk, list(cache.chunks), [layer.state.clone() for layer in cache.layers])
     recache = tv.recache
     switches = []                                                  # what the cache holds before and after a re-cache
@@ -1419,38 +1625,39 @@ def test_feed_context_switches_the_prompt_where_the_clip_does_and_keeps_M(traine
         (held(cache), recache(model, cache, text), held(cache), text)))
     cache = tv.StreamCache(model, 1)
     with torch.no_grad():
-        benchmark.feed_context(model, text_encoder, cache, clip, clip.context)
-        new_kv = model.text_context(text_encoder([clip.new_caption]))
+        tv.teacher_force(model, text_encoder, cache, clip.video[:, :clip.context_chunks * cfg.chunk_frames],
+                         clip.prompts())
+        new_kv = model.text_kvs(text_encoder([clip.new_caption]))
     [((at, chunks, states), _, (_, chunks_after, states_after), text)] = switches            # one switch
-    assert at == clip.switch and cache.next_chunk == clip.context and len(chunks) > cfg.sink_chunks
+    assert at == clip.switch and cache.next_chunk == clip.context_chunks and len(chunks) > cfg.sink_chunks
     assert torch.equal(text, text_encoder([clip.new_caption]))
-    assert torch.equal(cache.layers[0].context_kv[0], new_kv[0][0])
+    assert torch.equal(cache.text_kvs[0][0], new_kv[0][0])
     assert chunks_after == chunks and all(torch.equal(a, b) for a, b in zip(states, states_after))  # M kept (D10)
     assert states[0].abs().sum() > 0                                   # and not empty: chunks had gone into it
 
 
 def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
-    frozen = train.BACKGROUND_RGB[2].view(1, 1, 3, 1, 1).repeat(1, 2, 1, 8, 8)     # blue, with a white sprite
-    frozen[..., 2:5, 2:5] = train.SPRITE_RGB[0].view(1, 1, 3, 1, 1)
+    frozen = BACKGROUND_RGB[2].view(1, 1, 3, 1, 1).repeat(1, 2, 1, 8, 8)     # blue, with a white sprite
+    frozen[..., 2:5, 2:5] = SPRITE_RGB[0].view(1, 1, 3, 1, 1)
     losses = {}
     for name, colour in {"white": 0, "cyan": 2}.items():
         x0 = frozen.clone()
-        x0[..., 2:5, 2:5] = train.SPRITE_RGB[colour].view(1, 1, 3, 1, 1)
+        x0[..., 2:5, 2:5] = SPRITE_RGB[colour].view(1, 1, 3, 1, 1)
         losses[name] = train.colour_loss(x0, frozen, background=2, colour=2)
     (ce_white, off_white, right_white), (ce_cyan, off_cyan, right_cyan) = losses["white"], losses["cyan"]
     assert ce_cyan < 0.1 and ce_white > 1 and right_cyan and not right_white           # the true colour is cyan
     assert off_white == off_cyan == 0                                             # the rest is as frozen
     grain = frozen + 0.1 * torch.randn(frozen.shape, generator=torch.Generator().manual_seed(0))
     assert train.colour_loss(grain, frozen, 2, 2)[1] > 0
-    frozen[..., 5:8, 5:8] = train.SPRITE_RGB[3].view(1, 1, 3, 1, 1)              # and an orange sprite in view
+    frozen[..., 5:8, 5:8] = SPRITE_RGB[3].view(1, 1, 3, 1, 1)              # and an orange sprite in view
     x0 = frozen.clone()
     for where in (slice(2, 5), slice(5, 8)):                                      # both drawn cyan, the true colour
-        x0[..., where, where] = train.SPRITE_RGB[2].view(1, 1, 3, 1, 1)
+        x0[..., where, where] = SPRITE_RGB[2].view(1, 1, 3, 1, 1)
     assert train.colour_loss(x0, frozen, 2, 2)[1] == 0                           # both asked for cyan: no anchor
 
 
 def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
-    stage = train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt")
+    stage = train.MemoryRecall(run, "student_dmd.pt")
     wake_memory(stage.model)
     before = copy.deepcopy(stage.model.state_dict())
     frozen = copy.deepcopy(stage.frozen.state_dict())
@@ -1466,17 +1673,17 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     assert moved and all(".memory." in k for k in moved)
     assert {"alpha_proj.weight", "beta_proj.weight"} <= {k.rsplit(".memory.", 1)[1] for k in moved}   # (D11)
     assert all(torch.equal(frozen[k], v) for k, v in stage.frozen.state_dict().items())
-    window_student = train.student_from_teacher(train.build(train.load_checkpoint(run.path("teacher.pt")))[0], "window")
-    train.release(run.path("window_dmd.pt"), 2, "test", window_student, stage.text_encoder, [])
+    window_student = train.student_from_teacher(run.build("teacher.pt")[0], "window")
+    train.release(run, "window_dmd.pt", 2, window_student, stage.text_encoder, [])
     with pytest.raises(SystemExit, match="no memory to train"):
-        train.MemoryRecall(run, train.PRESETS["test"], "test", "window_dmd.pt")
+        train.MemoryRecall(run, "window_dmd.pt")
     os.remove(run.path("window_dmd.pt"))
 
 
 def test_the_memory_phase_step_asks_the_student_for_colour_and_anchors_it(run, monkeypatch):
     """The phase's loss: colour_loss on the trained student's own chunks (in the graph), plus both anchors
     at their weights."""
-    stage = train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt")
+    stage = train.MemoryRecall(run, "student_dmd.pt")
     with torch.no_grad():                                   # it now differs from the frozen one: anchors > 0
         for p in stage.model.parameters():
             p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
@@ -1490,8 +1697,9 @@ def test_the_memory_phase_step_asks_the_student_for_colour_and_anchors_it(run, m
 
 
 def test_the_memory_phase_moves_the_rest_of_the_student_at_its_own_rate(run):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_rest_lr": 1e-4})
-    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
+    run = train.Run("cpu", run.out_dir, seed=0, spec="test memory_rest_lr=1e-4")   # `run`'s folder, this setting
+    preset = run.preset
+    stage = train.MemoryRecall(run, "student_dmd.pt")
     before = copy.deepcopy(stage.model.state_dict())
     stage.train_step(0)
     moved = {k for k, v in stage.model.state_dict().items() if not torch.equal(before[k], v)}
@@ -1500,15 +1708,16 @@ def test_the_memory_phase_moves_the_rest_of_the_student_at_its_own_rate(run):
 
 
 def test_the_memory_phase_draws_its_clips_from_every_world_of_its_family(run, monkeypatch):
-    preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_worlds": (dict(occluder=3), dict(occluder=5))})
-    stage = train.MemoryRecall(run, preset, "test", "student_dmd.pt")
+    run.preset = train.Preset(**{**vars(train.PRESETS["test"]), "memory_worlds": (dict(curtains=3), dict(curtains=5))})
+    stage = train.MemoryRecall(run, "student_dmd.pt")                  # (a tuple of worlds: no --set for it)
     drawn, search = [], train.sprite_returns
-    monkeypatch.setattr(train, "sprite_returns", lambda world, *args, **kwargs: drawn.append(world.occluder) or
+    monkeypatch.setattr(train, "sprite_returns", lambda world, *args, **kwargs: drawn.append(world.curtains) or
                         search(world, *args, **kwargs))
     for step in range(6):
         stage.train_step(step)
     assert set(drawn) == {3, 5}
-    assert [w.occluder for w in train.MemoryRecall(run, train.PRESETS["test"], "test", "student_dmd.pt").worlds] == [4]
+    run.preset = train.PRESETS["test"]
+    assert [w.curtains for w in train.MemoryRecall(run, "student_dmd.pt").worlds] == [4]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1535,7 +1744,7 @@ def test_sample_writes_a_video_and_the_same_seed_gives_the_same_video(student, t
 
 
 def test_a_switch_leaves_the_frames_before_it_unchanged(student):
-    model, text_encoder, preset = sample.load(student)
+    model, text_encoder, _ = sample.load(student)
     chunks = lambda schedule: torch.cat(list(sample.stream(model, text_encoder, schedule, 16, 2, 3.0, 5,
                                                            "hybrid")), 1)
     base = chunks({0: "a circle on red"})
@@ -1604,7 +1813,7 @@ def test_a_switch_needs_a_chunk_of_its_own_that_starts_inside_the_video():
 
 def test_sample_says_a_resume_file_is_not_a_released_checkpoint(tmp_path):
     resume = str(tmp_path / "student.resume.pt")       # as train.py's stages save it: no config
-    train.save_checkpoint(resume, {"format": train.CHECKPOINT_FORMAT, "step": 3, "log": [], "model": {}})
+    train.save_checkpoint(resume, {"format": tv.CHECKPOINT_FORMAT, "step": 3, "log": [], "model": {}})
     with pytest.raises(SystemExit, match="training resume file, not a released checkpoint.*student.pt"):
         sample.main(["--checkpoint", resume, "--out", str(tmp_path / "v.mp4")])
     assert os.listdir(tmp_path) == ["student.resume.pt"]
@@ -1613,15 +1822,15 @@ def test_sample_says_a_resume_file_is_not_a_released_checkpoint(tmp_path):
 def test_sample_steps_default_to_the_checkpoints_preset(student, tmp_path, monkeypatch):
     steps, denoising_sigmas = [], tv.denoising_sigmas
 
-    def recording_sigmas(n, shift):
+    def recording_sigmas(n, timestep_shift):
         steps.append(n)
-        return denoising_sigmas(n, shift)
+        return denoising_sigmas(n, timestep_shift)
 
     monkeypatch.setattr(tv, "denoising_sigmas", recording_sigmas)
     for flags in [[], ["--steps", "3"]]:
         sample.main(["--checkpoint", student, "--frames", "2", "--out", str(tmp_path / "v.mp4"), *flags])
-    preset = train.preset_from(train.load_checkpoint(student)["preset"])
-    assert steps == [preset.denoising_steps, 3] and preset.denoising_steps != 4     # 4: the old fixed default
+    sampling = tv.load_checkpoint(student)["sampling"]                          # what the student was distilled for
+    assert steps == [sampling["denoising_steps"], 3] and sampling["denoising_steps"] != 4   # 4: the old fixed default
 
 
 def test_sample_threads_flag_sets_torchs_threads(student, tmp_path):
@@ -1637,7 +1846,7 @@ def test_sample_help_lists_the_grammar_and_the_vocabulary(capsys):
     with pytest.raises(SystemExit) as stop:
         sample.main(["--help"])
     text = capsys.readouterr().out
-    assert stop.value.code == 0 and train.GRAMMAR in text and " ".join(VOCAB) in text
+    assert stop.value.code == 0 and GRAMMAR in text and " ".join(VOCAB) in text
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -1663,11 +1872,12 @@ def test_the_shipped_student_shows_a_switched_prompt():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "student.pt")
     if not os.path.exists(path):
         pytest.skip("no bundled checkpoints/student.pt")
-    model, text_encoder, preset = sample.load(path)
+    model, text_encoder, checkpoint = sample.load(path)
     schedule = sample.prompt_schedule("a circle on blue", [(24, "a circle on red")], 48, model.cfg.chunk_frames)
-    video = torch.cat(list(sample.stream(model, text_encoder, schedule, 48, 4, preset.shift, 0, "hybrid")), 1)
+    video = torch.cat(list(sample.stream(model, text_encoder, schedule, 48, 4, checkpoint["sampling"]["timestep_shift"],
+                                         0, "hybrid")), 1)
     background, _ = read_attributes(video)                                   # (1, 48) indices
-    blue, red = train.BACKGROUND_NAMES.index("blue"), train.BACKGROUND_NAMES.index("red")
+    blue, red = BACKGROUND_NAMES.index("blue"), BACKGROUND_NAMES.index("red")
     assert (background[0, :24] == blue).float().mean() > 0.9
     assert (background[0, 24 + 2 * model.cfg.chunk_frames:] == red).float().mean() > 0.9
 
@@ -1703,7 +1913,7 @@ def test_metrics_calibration(long_clips):
     assert truth["dynamic_degree"] > 0.005 and truth["frozen_fraction"] < 0.5
 
     assert truth["sprite_presence"] > 0.5
-    empty = train.BACKGROUND_RGB[long_clips.background][..., None, None].expand_as(video)   # sprites removed
+    empty = BACKGROUND_RGB[long_clips.background][..., None, None].expand_as(video)   # sprites removed
     assert sprite_presence(empty) == 0 and fidelity(empty) > truth["fidelity"]             # why presence exists
 
     frozen = video[:, :1].expand_as(video)
@@ -1733,7 +1943,7 @@ def test_shape_match_reads_the_named_shape_and_not_a_blob():
     assert metrics.shape_match(truth.video, truth.shape) > 0.95
     one_by_one = torch.tensor([metrics.shape_match(truth.video[b:b + 1], truth.shape[b:b + 1]) for b in range(16)])
     assert one_by_one.nan_to_num(1.0).min() > 0.9 and one_by_one.isnan().sum() <= 2   # greyish soft edges are no curtain
-    curtained = World(occluder=4).sample(16, 48, seed=1)
+    curtained = World(curtains=4).sample(16, 48, seed=1)
     assert metrics.shape_match(curtained.video, curtained.shape) > 0.9
     wrong = (truth.shape + 1) % len(SHAPES)                               # the frames of another shape
     assert metrics.shape_match(truth.video, wrong) < 0.05
@@ -1758,7 +1968,7 @@ def test_identity_kept_is_one_on_ground_truth_and_halves_when_the_colour_changes
     def recoloured(from_frame):                                           # the sprite turns another colour
         colour = truth.sprite_colour[one].clone()
         changed = colour.clone()
-        changed[:, 0] = (colour[:, 0] + 1) % len(train.SPRITE_COLOURS)
+        changed[:, 0] = (colour[:, 0] + 1) % len(SPRITE_COLOURS)
         shape, background = truth.shape[one], truth.background[one]
         present = colour >= 0
         before, _ = World().render(background, shape, colour.clamp(min=0), present, truth.position[one])
@@ -1795,7 +2005,7 @@ SMALLEST_MOVE = {"fidelity": 0.015, "shape match": 0.05}
 @pytest.fixture(scope="module")
 def returning():
     """(world, clips, back): 12 such clips of 240 frames, and the frame in which each sprite is back (12,)."""
-    world = World(occluder=4)
+    world = World(curtains=4)
     clips = world.sample(128, 240, seed=5)
     chosen, back = [], []
     for b in torch.nonzero(clips.count == 1).flatten().tolist():
@@ -1806,7 +2016,7 @@ def returning():
             chosen.append(b), back.append(returns)
     assert len(chosen) == 12
     pick = lambda t: t[chosen]
-    return world, train.Clips(pick(clips.video), [clips.captions[b] for b in chosen], pick(clips.background),
+    return world, Clips(pick(clips.video), [clips.captions[b] for b in chosen], pick(clips.background),
                               pick(clips.shape), pick(clips.count), pick(clips.sprite_colour), pick(clips.position),
                               pick(clips.visible_area)), torch.tensor(back)
 
@@ -1815,7 +2025,7 @@ def recoloured_and_removed(world, clips):
     """Ground truth re-drawn with each sprite in the next colour, and with no sprite: two (B, F, 3, H, W)."""
     present, colour = clips.sprite_colour >= 0, clips.sprite_colour.clamp(min=0)
     draw = lambda colour, present: world.render(clips.background, clips.shape, colour, present, clips.position)[0]
-    return draw((colour + 1) % len(train.SPRITE_COLOURS), present), draw(colour, torch.zeros_like(present))
+    return draw((colour + 1) % len(SPRITE_COLOURS), present), draw(colour, torch.zeros_like(present))
 
 
 def perturbed(world, clips, back, edit):
@@ -1823,7 +2033,7 @@ def perturbed(world, clips, back, edit):
     clip the colour a recall reading leaves out (B,), -1 for none."""
     F = clips.video.shape[1]
     present, colour = clips.sprite_colour >= 0, clips.sprite_colour.clamp(min=0)       # (B, S)
-    another = (colour[:, 0] + 1) % len(train.SPRITE_COLOURS)                           # (B,)
+    another = (colour[:, 0] + 1) % len(SPRITE_COLOURS)                           # (B,)
     nothing_left_out = torch.full_like(another, -1)
 
     def render(background=clips.background, shape=clips.shape, colour=colour, present=present, position=clips.position):
@@ -1924,7 +2134,8 @@ def test_no_preset_trains_the_memory_on_a_held_out_world():
     """The held-out worlds were fixed before any training on them; a recipe that trains on one is refused here."""
     for name, preset in train.PRESETS.items():
         cfg = tv.VideoSSMConfig(**preset.model)
-        trained = [World(cfg.frame_size, **w) for w in preset.memory_worlds] or [train.recall_world(preset, cfg)]
+        trained = ([World(cfg.frame_size, **w) for w in preset.memory_worlds]
+                   or [with_curtains(World(cfg.frame_size, **preset.world))])
         held_out = [benchmark.held_out_world(world, cfg.frame_size) for world in benchmark.HELD_OUT_WORLDS]
         assert not any(a == b for a in trained for b in held_out), name
 
@@ -1969,11 +2180,11 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
     ground truth's next chunk) it scores 1 on every probe, and 0 with the hiding sprite's colour taken
     for another. With a second sprite in view, drawn larger than the hiding one in every frame, the same:
     its colour is left out of the reading, so it never wins and never counts as the answer."""
-    model, text_encoder, preset = sample.load(os.path.join(trained, "student.pt"))
+    model, text_encoder, checkpoint = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
-    world = train.recall_world(preset, cfg)
-    probes = (benchmark.sprite_returns(world, cfg, 4, 60, seed=0) + benchmark.sprite_returns(world, cfg, 2, 60, 0, switch=True)
-              + benchmark.sprite_returns(world, cfg, 2, 60, 0, other=True))
+    world = with_curtains(World(cfg.frame_size, **checkpoint["made_by"]["recipe"]["world"]))
+    probes = (sprite_returns(world, cfg, 4, 60, seed=0) + sprite_returns(world, cfg, 2, 60, 0, switch=True)
+              + sprite_returns(world, cfg, 2, 60, 0, other=True))
     for probe in probes:
         made = []
 
@@ -1981,7 +2192,7 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
             c = cache.next_chunk
             target = probe.video[:, c * cfg.chunk_frames:(c + 1) * cfg.chunk_frames].clone()
             if probe.other >= 0:          # the sprite in view, drawn larger than the other in every frame
-                target[..., :6, :6] = train.SPRITE_RGB[probe.other].view(1, 1, 3, 1, 1)
+                target[..., :6, :6] = SPRITE_RGB[probe.other].view(1, 1, 3, 1, 1)
             s = torch.as_tensor(timestep).reshape(-1, 1, 1, 1, 1) / 1000
             if write:
                 made.append(x)
@@ -1990,10 +2201,11 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
             return (x - target) / s
         texts = []
         stub = types.SimpleNamespace(cfg=cfg, parameters=model.parameters, forward_chunk=truth,
-                                     text_context=lambda text: texts.append(text) or model.text_context(text))
+                                     text_kvs=lambda text: texts.append(text) or model.text_kvs(text))
         assert benchmark.recall(stub, text_encoder, probe, "hybrid", tv.denoising_sigmas(2), 0) == 1.0
-        assert torch.equal(texts[-1], text_encoder([probe.caption_at_return]))   # it streams under the caption in force
-        wrong = [c for c in range(len(train.SPRITE_COLOURS)) if c != probe.colour][:1 if probe.other < 0 else None]
+        caption_at_return = probe.prompts()[probe.switch]
+        assert torch.equal(texts[-1], text_encoder([caption_at_return]))   # it streams under the caption in force
+        wrong = [c for c in range(len(SPRITE_COLOURS)) if c != probe.colour][:1 if probe.other < 0 else None]
         for colour in wrong:                     # another colour; with a second sprite, also that sprite's own
             assert benchmark.recall(stub, text_encoder, probe._replace(colour=colour), "hybrid",
                                     tv.denoising_sigmas(2), 0) == 0.0
@@ -2018,7 +2230,7 @@ def test_report_and_world_stats_print_their_tables(trained, tmp_path, capsys):
     assert imageio.v3.imread(tmp_path / "grid.png").shape == (5 * 2 * 16 * 3, 8 * 16 * 3, 3)    # its clips, each model
     world_stats.main(["--preset", "test", "--clips", "8", "--frames", "60"])
     table = capsys.readouterr().out
-    assert "| this preset's (the default) |" in table and "| with curtains (world.occluder=4) |" in table
+    assert "| this preset's (the default) |" in table and "| with curtains (world.curtains=4) |" in table
 
 
 MEASURE_BAD_ARGUMENTS = [  # (command, flags, what the one message says)
@@ -2033,7 +2245,7 @@ MEASURE_BAD_ARGUMENTS = [  # (command, flags, what the one message says)
     (report, ["--checkpoints", "{tmp}"], "no trained model in"),
     (report, ["--grid", "{tmp}/grid.jpg"], "use a .png"),
     (world_stats, ["--preset", "huge"], "unknown preset 'huge'"),
-    (world_stats, ["--set", "world.occluder=99"], "occluder"),
+    (world_stats, ["--set", "world.curtains=99"], "curtains"),
 ]
 
 

@@ -10,10 +10,12 @@ Read top to bottom:
     flow matching helpers   the noise convention: x_s = (1 - s) x0 + s eps, the net predicts eps - x0
     TextEncoder, rope       prompt -> token features (no T5); 3D rotary positions, Wan's interleaved pairs
     GatedDeltaMemory        the global memory: gates (E5, E6), write (E7), read (E8), router (E9)
-    SelfAttention, Block    local attention (E3, E4) fused with the memory (E10); Wan's block around it
-    Pattern                 who attends to whom: bidirectional, or causal in one of the MODES
+    HybridAttention         the hybrid layer: sink + window attention (E3, E4) over its LayerCache, fused
+                            with the memory (E10); step(x, cache, ...) -> (y, cache). Copies out whole.
+    Block, Pattern          Wan's block around it; who attends to whom in a parallel forward
     VideoDiT                the model; one class is teacher, student and critic
-    StreamCache, generate   the streaming path: KV cache with sink + window, eviction into M
+    StreamCache, generate   the streaming path: a LayerCache per layer, chunk by chunk
+    load_checkpoint, build  a released checkpoint -> the model and text encoder it holds
 
 Two execution paths compute the same function and are tested against each other:
     parallel   `VideoDiT.forward`: a whole clip in one pass with a block-causal mask, each chunk's
@@ -21,22 +23,21 @@ Two execution paths compute the same function and are tested against each other:
     streaming  `VideoDiT.forward_chunk` with a `StreamCache`: one chunk at a time (sampling, and
                stage 2's self-rollout)
 
-Glossary (shape comments):
-    B batch          F frames          C colour channels   H, W frame height, width in pixels
-    L tokens         d model width     nh heads            hd head width (d // nh)
-    p patch size     h, w tokens per frame along height, width (H // p, W // p)
-    Lt text tokens   n chunks          M memory state, (B, nh, hd, hd) per layer
-
+Shape letters and symbols: the README's glossary, one meaning each in every file (B batch, F frames,
+C colour channels, H, W height and width, L tokens, d width, nh heads, hd head width, p patch size,
+h, w tokens per frame along height and width, Lt text tokens, Lc cached tokens, n chunks, M the memory).
 Paper equations are tagged (E3)...(E11), and decisions the paper leaves open (D1)...(D12); the
 README's E/D tables list them all.
 """
 
 import math
+import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 
 from kernels import gated_delta_rule
 
@@ -95,8 +96,8 @@ class VideoSSMConfig:
 
 
 # ---- flow matching (rectified flow, Wan's convention) --------------------------------------------
-# s in [0, 1] is the noise level ("sigma"), s = 1 is pure noise; the network sees the timestep
-# t = 1000 s and predicts the velocity eps - x0.
+# s in [0, 1] is the noise level ("sigma" in code), s = 1 is pure noise; the network sees the timestep
+# 1000 s and predicts the velocity eps - x0. (t is the frame index, never the diffusion time.)
 
 def add_noise(x0, noise, sigma):
     """x_s = (1 - s) x0 + s eps. sigma broadcasts against x0 from the left: (B,) or (B, F)."""
@@ -115,15 +116,16 @@ def x0_from_velocity(x_s, velocity, sigma):
     return x_s - sigma * velocity
 
 
-def shift_sigma(sigma, shift):
-    """Wan's timestep shift: s' = shift s / (1 + (shift - 1) s); shift > 1 spends more steps at high noise."""
-    return shift * sigma / (1 + (shift - 1) * sigma)
+def shift_sigma(sigma, timestep_shift):
+    """Wan's timestep shift: s' = shift s / (1 + (shift - 1) s), shift = timestep_shift; above 1 it spends more
+    steps at high noise."""
+    return timestep_shift * sigma / (1 + (timestep_shift - 1) * sigma)
 
 
-def denoising_sigmas(steps, shift=3.0):
-    """The student's few denoising levels, equally spaced in t then warped through the shift
-    (Self-Forcing's 1000, 750, 500, 250 for 4 steps). Returns a list of floats, high to low."""
-    return [shift_sigma(1 - i / steps, shift) for i in range(steps)]
+def denoising_sigmas(steps, timestep_shift=3.0):
+    """The student's few denoising levels, equally spaced in s then warped through the timestep shift
+    (Self-Forcing's timesteps 1000, 750, 500, 250 for 4 steps). Returns a list of floats, high to low."""
+    return [shift_sigma(1 - i / steps, timestep_shift) for i in range(steps)]
 
 
 # ---- text: a word-level tokenizer over a fixed vocabulary, an embedding, learned positions -------
@@ -163,16 +165,16 @@ class TextEncoder(nn.Module):
 def rope_angles(frame_positions, h, w, head_dim, theta=10000.0):
     """Rotation angles for tokens in (frame, row, column) order. frame_positions: (F,), the time position of
     each frame (any real numbers) -> (F * h * w, hd / 2), float64 so that large positions stay exact."""
-    F_, device = frame_positions.shape[0], frame_positions.device
+    n_frames, device = frame_positions.shape[0], frame_positions.device
     hw_dim = 2 * (head_dim // 6)                        # Wan: height and width get 2 * (hd // 6) each
     dims = (head_dim - 2 * hw_dim, hw_dim, hw_dim)      # time gets the rest
     freqs = lambda dim: 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
-    t = frame_positions.double()[:, None] * freqs(dims[0])                                  # (F, dt/2)
+    f = frame_positions.double()[:, None] * freqs(dims[0])                                  # (F, dt/2)
     y = torch.arange(h, dtype=torch.float64, device=device)[:, None] * freqs(dims[1])       # (h, dh/2)
     x = torch.arange(w, dtype=torch.float64, device=device)[:, None] * freqs(dims[2])       # (w, dw/2)
-    return torch.cat([t[:, None, None].expand(F_, h, w, -1),
-                      y[None, :, None].expand(F_, h, w, -1),
-                      x[None, None, :].expand(F_, h, w, -1)], dim=-1).reshape(F_ * h * w, -1)  # (L, hd/2)
+    return torch.cat([f[:, None, None].expand(n_frames, h, w, -1),
+                      y[None, :, None].expand(n_frames, h, w, -1),
+                      x[None, None, :].expand(n_frames, h, w, -1)], dim=-1).reshape(n_frames * h * w, -1)  # (L, hd/2)
 
 
 def frame_angles(cfg, frame_positions):
@@ -199,9 +201,9 @@ class GatedDeltaMemory(nn.Module):
     input x (B, L, d), and the attention's pre-RoPE queries and keys split into heads (D2); it
     decides which tokens to write (VideoSSM: the tokens leaving the attention window) and when.
 
-        g, beta = memory.gates(x)                       while the token is attended to; cached with its K, V
+        g, beta = memory.gates(x)                       while the token is attended to; cached with its k, v
         M = memory.write(M, k, v, g, beta)              later, when the token is evicted
-        out = memory(x, q, states, state_of_token, t)   gamma_t * H_global, added to the attention's output
+        out = memory(x, q, states, state_of_token, frame_index)   gamma_t * H_global, added to the attention's output
 
     dim d and n_heads nh give head width hd = d // nh and M of shape (B, nh, hd, hd); router_horizon is T of
     (E9) in frames (D6); kernel_chunk_size and kernel_backend are passed to kernels.gated_delta_rule.
@@ -214,8 +216,8 @@ class GatedDeltaMemory(nn.Module):
         self.beta_proj = nn.Linear(dim, n_heads, bias=False)       # (E5) W_beta, one gate per head (D1)
         self.alpha_proj = nn.Linear(dim, n_heads, bias=False)      # (E6) W_alpha
         self.A_log = nn.Parameter(torch.empty(n_heads))            # (E6) A
-        self.dt_bias = nn.Parameter(torch.empty(n_heads))          # (E6) B
-        self.out_gate = nn.Linear(dim, dim)                        # (E8) g_out
+        self.dt_bias = nn.Parameter(torch.empty(n_heads))          # (E6) dt_bias
+        self.out_gate = nn.Linear(dim, dim)                        # (E8) W_gate
         self.norm = nn.RMSNorm(self.hd, eps=1e-6)                  # (E8) per-head RMSNorm (D4)
         self.router_w = nn.Parameter(torch.ones(dim))              # (E9) w_router, per channel (D5)
         self.router_b = nn.Parameter(torch.zeros(dim))             # (E9) b_router
@@ -223,7 +225,7 @@ class GatedDeltaMemory(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """(D9) Gated DeltaNet's init for A and B; g_out zero so the memory adds exactly 0 at first."""
+        """(D9) Gated DeltaNet's init for A and dt_bias; W_gate zero so the memory adds exactly 0 at first."""
         self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
         dt = torch.exp(torch.empty_like(self.dt_bias).uniform_(math.log(1e-3), math.log(1e-1)))
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))     # softplus^-1(dt)
@@ -235,7 +237,7 @@ class GatedDeltaMemory(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.nh * self.hd:
             raise ValueError(f"x must have shape (B, L, {self.nh * self.hd}), got {tuple(x.shape)}")
         beta = torch.sigmoid(self.beta_proj(x))                                       # (E5) (B, L, nh)
-        g = -self.A_log.exp() * F.softplus(self.alpha_proj(x) + self.dt_bias)         # (E6) (B, L, nh)
+        g = -self.A_log.exp() * nnf.softplus(self.alpha_proj(x) + self.dt_bias)         # (E6) (B, L, nh)
         return g, beta
 
     def write(self, state, k, v, g, beta):
@@ -245,7 +247,7 @@ class GatedDeltaMemory(nn.Module):
         The state is kept in float32 at least, also under bf16 autocast: rounding it at every
         write would accumulate over a long video (flash-linear-attention does the same)."""
         dtype = torch.promote_types(state.dtype, torch.float32)
-        k_mem = F.normalize(k.to(dtype), dim=-1)                                      # (D2) (B, L, nh, hd)
+        k_mem = nnf.normalize(k.to(dtype), dim=-1)                                      # (D2) (B, L, nh, hd)
         _, state = gated_delta_rule(k_mem, k_mem, v.to(dtype), g.to(dtype), beta.to(dtype),   # outputs unused
                                     initial_state=state.to(dtype), chunk_size=self.chunk_size, backend=self.backend)
         return state                                                                  # (B, nh, hd, hd)
@@ -260,7 +262,7 @@ class GatedDeltaMemory(nn.Module):
         """(E8), (E9): what the memory adds to the attention output, gamma_t * H_global, (B, L, d).
 
         Args:
-            x: (B, L, d) the layer input H_in;  q: (B, L, nh, hd) pre-RoPE queries (D2)
+            x: (B, L, d) the layer input (H_in);  q: (B, L, nh, hd) pre-RoPE queries (D2)
             states: (B, n, nh, hd, hd), one M per chunk (streaming: n = 1); token l reads states[:, state_of_token[l]]
             state_of_token: (L,) long;  frame_index: (L,) absolute frame of each token (D6)
         """
@@ -268,10 +270,10 @@ class GatedDeltaMemory(nn.Module):
         if q.shape != (B, L, self.nh, self.hd) or states.shape[2:] != (self.nh, self.hd, self.hd):
             raise ValueError(f"q must have shape ({B}, {L}, {self.nh}, {self.hd}) and states (B, n, {self.nh}, "
                              f"{self.hd}, {self.hd}); got {tuple(q.shape)} and {tuple(states.shape)}")
-        q_mem = F.normalize(q, dim=-1) * self.hd ** -0.5                              # (D2) (B, L, nh, hd)
-        read = torch.einsum("blhk,bshkv->bslhv", q_mem, states.to(q.dtype))           # (E8) Q M, (B, n, L, nh, hd)
+        q_mem = nnf.normalize(q, dim=-1) * self.hd ** -0.5                              # (D2) (B, L, nh, hd)
+        read = torch.einsum("blhk,bshkv->bslhv", q_mem, states.to(q.dtype))           # (E8) q M, (B, n, L, nh, hd)
         read = read[:, state_of_token, torch.arange(L, device=x.device)]             # each token its own, (B, L, nh, hd)
-        h_global = self.norm(read).reshape(B, L, -1) * F.silu(self.out_gate(x))      # (E8) (D4) (B, L, d)
+        h_global = self.norm(read).reshape(B, L, -1) * nnf.silu(self.out_gate(x))      # (E8) (D4) (B, L, d)
         return self.router(frame_index).to(h_global.dtype) * h_global                 # (E9) (B, L, d)
 
     def scan_chunks(self, k, v, g, beta, evicted_before):
@@ -287,11 +289,103 @@ class GatedDeltaMemory(nn.Module):
         return torch.stack(states, dim=1)                                             # (B, n, nh, hd, hd)
 
 
-# ---- self-attention with hybrid memory: the heart of VideoSSM ------------------------------------
+# ---- the hybrid layer: sink + window attention beside the memory, VideoSSM's heart --------------
+# It copies out whole with kernels.py: VideoSSMConfig, MODES and check_mode, rope_angles, frame_angles,
+# rope, GatedDeltaMemory, this section's helpers (uses_memory .. stream_step) and HybridAttention.
 
-class SelfAttention(nn.Module):
-    """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, for the student, a
-    GatedDeltaMemory beside it, read by the same queries and fused before W_o (E10, D5)."""
+def uses_memory(mode):
+    return mode in ("hybrid", "memory")
+
+
+def sink_and_window(cfg, mode):
+    """(sink chunks, window chunks) of a mode; `full` has no sink, and its window is never used."""
+    sink = cfg.sink_chunks if mode in ("hybrid", "sink") else 0
+    return sink, 1 if mode == "memory" else cfg.window_chunks
+
+
+def visible_chunks(c, cfg, mode):
+    """Chunks a query in chunk c attends to (itself included), and the chunk evicted into memory
+    just before c is generated (modes with memory), or None. (E4) (D7)"""
+    if mode == "full":
+        return list(range(c + 1)), None
+    sink, window = sink_and_window(cfg, mode)
+    visible = sorted(set(range(min(sink, c + 1))) | set(range(max(0, c - window + 1), c + 1)))
+    leaving = c - window                            # the chunk that left the window when c arrived
+    return visible, (leaving if uses_memory(mode) and leaving >= sink else None)
+
+
+def chunks_skipped(c, cfg, mode):
+    """(D12) How many chunks of history lie between the sink and the window when chunk c is generated
+    (evicted, or only in M). They are taken out of the positions: see seen_positions."""
+    if mode == "full":
+        return 0
+    sink, window = sink_and_window(cfg, mode)
+    return max(0, c - (sink + window - 1))
+
+
+def seen_positions(frame_index, c, cfg, mode):
+    """(D12) The RoPE time position of each frame as chunk c's queries see it. frame_index: (F,) absolute
+    frame indices -> (F,). The sink's frames keep theirs; every later frame moves back by the chunks
+    skipped, so the sink sits right before the window and no query-key distance exceeds sink + window
+    chunks however long the video (absolute positions would put the sink thousands of frames away, far
+    from any distance seen in training). Window chunks keep their distances to one another."""
+    moved = frame_index >= sink_and_window(cfg, mode)[0] * cfg.chunk_frames                # (F,) bool
+    return frame_index - moved * chunks_skipped(c, cfg, mode) * cfg.chunk_frames            # (F,)
+
+
+class LayerCache(NamedTuple):
+    """One hybrid layer's streaming state, handed to HybridAttention.step and returned by it, new, by a write.
+
+    k, v      (B, Lc, nh, hd)  pre-RoPE keys and values of the cached chunks (sink, then window), in chunk order;
+                               rotated at each step to where the current chunk sees them (D12)
+    g, beta   (B, Lc, nh)      their gates, cached with them ("synchronized gate caching"): when a chunk leaves
+                               the window its g and beta are at hand to write it into M, though its input x is gone
+    state     (B, nh, hd, hd)  M, the memory of every chunk that left the window (float32 under autocast)
+    Written only by the clean context pass (D8); denoising steps read it.
+    """
+    k: torch.Tensor = None
+    v: torch.Tensor = None
+    g: torch.Tensor = None
+    beta: torch.Tensor = None
+    state: torch.Tensor = None
+
+
+class StreamStep(NamedTuple):
+    """What every layer needs to know of chunk c's place in the stream, computed once per chunk (stream_step)."""
+    query_angles: torch.Tensor    # (L, hd/2) RoPE angles of chunk c's tokens (D12)
+    key_angles: torch.Tensor      # (Lc + L, hd/2) of the cached chunks' tokens, then chunk c's
+    frame_index: torch.Tensor     # (L,) absolute frame of chunk c's tokens (the router, D6)
+    memory_on: bool               # the mode reads M
+    kept: list                    # after a write: the cache's chunks to keep, as indices into cached + [c]
+    to_memory: int = None         # after a write: the index of the chunk that left the window, written into M (D7)
+
+
+def stream_step(cfg, mode, cached_chunks, c, device="cpu"):
+    """Chunk c's StreamStep, given the chunk indices the cache holds (sink, then window)."""
+    cf, hw = cfg.chunk_frames, cfg.tokens_per_frame
+    frames_of = lambda chunks: (torch.tensor(chunks, device=device, dtype=torch.long)[:, None] * cf
+                                + torch.arange(cf, device=device)).flatten()                 # (chunks * cf,)
+    query_frames, key_frames = frames_of([c]), frames_of([*cached_chunks, c])
+    visible_next, leaving = visible_chunks(c + 1, cfg, mode)
+    after = [*cached_chunks, c]
+    return StreamStep(frame_angles(cfg, seen_positions(query_frames, c, cfg, mode)),
+                      frame_angles(cfg, seen_positions(key_frames, c, cfg, mode)),
+                      query_frames.repeat_interleave(hw), uses_memory(mode),
+                      [i for i, j in enumerate(after) if j in visible_next],
+                      after.index(leaving) if leaving in after else None)
+
+
+class HybridAttention(nn.Module):
+    """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, for the student, a GatedDeltaMemory
+    beside it, read by the same queries and fused before W_o (E10, D5). Two paths, one function:
+
+        out = layer(x, pattern)                          parallel: a whole clip (Pattern: who sees whom)
+        out, cache = layer.step(x, cache, step, write)   streaming: one chunk against a LayerCache; with
+                                                         write (the clean pass, D8) the chunk joins the cache
+                                                         and the chunk that left the window goes into M (E7)
+
+    Config fields used: dim, n_heads, router_horizon, kernel_chunk_size, kernel_backend (VideoSSMConfig).
+    """
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
         super().__init__()
@@ -317,46 +411,46 @@ class SelfAttention(nn.Module):
             out = out + self.memory(x, q, states, state_of_token, frame_index)        # (E10)
         return self.o(out)
 
-    def forward_parallel(self, x, pattern):
-        """A whole clip at once. x: (B, L, d), pattern: Pattern -> (B, L, d)"""
+    def forward(self, x, pattern):
+        """The parallel path. x: (B, L, d), pattern: Pattern -> (B, L, d)"""
         q, k, v, gates = self.project(x)
-        q_rot, k_rot = rope(q, pattern.angles), rope(k, pattern.angles)
-        if pattern.sink_columns is None:                                                 # (E4)
-            local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2),
-                                                   attn_mask=pattern.mask).transpose(1, 2)  # (B, L, nh, hd)
-        else:
-            # (D12) the sink's columns take the queries at their window-relative positions (Pattern).
-            # Both dot products in one fused call: q' = [q, q_sink] and k' = [k, 0] for window keys,
-            # [0, k] for sink keys, so q'.k' is q.k or q_sink.k as each column needs.
-            q_sink = rope(q, pattern.sink_query_angles)                                   # (B, L, nh, hd)
-            is_sink = torch.zeros(k.shape[1], 1, 1, dtype=torch.bool, device=k.device)
-            is_sink[pattern.sink_columns] = True                                          # (L, 1, 1)
-            zero = torch.zeros_like(k_rot)
-            q_both = torch.cat([q_rot, q_sink], -1)                                       # (B, L, nh, 2 hd)
-            k_both = torch.cat([torch.where(is_sink, zero, k_rot), torch.where(is_sink, k_rot, zero)], -1)
-            v_both = torch.cat([v, torch.zeros_like(v)], -1)        # fused kernels want one head size
-            local = F.scaled_dot_product_attention(q_both.transpose(1, 2), k_both.transpose(1, 2),
-                                                   v_both.transpose(1, 2), attn_mask=pattern.mask,
-                                                   scale=self.hd ** -0.5).transpose(1, 2)[..., :self.hd]
+        local = torch.zeros_like(q)                                                   # (B, L, nh, hd)
+        for rows, angles in zip(pattern.query_rows, pattern.angles):   # (E4) each chunk's queries (D12)
+            q_rot, k_rot = rope(q[:, rows], angles[rows]), rope(k, angles)
+            mask = None if pattern.mask is None else pattern.mask[rows]
+            out = nnf.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2),
+                                                   attn_mask=mask).transpose(1, 2)    # (B, rows, nh, hd)
+            local = local.index_copy(1, rows, out)
         states = None
         if self.memory and pattern.memory_on:   # (D11) each chunk's state, built in the graph as streaming would
             states = self.memory.scan_chunks(k, v, *gates, pattern.evicted_before)       # (B, n, nh, hd, hd)
         return self.fuse(x, q, local, states, pattern.token_chunk, pattern.frame_index)
 
-    def forward_cached(self, x, cache, step):
-        """One chunk against the cache. x: (B, L, d) the chunk's tokens; cache: LayerCache;
-        step: StreamStep (positions). Returns (B, L, d) and, for the cache, (k, v, gates)."""
+    def step(self, x, cache: LayerCache, step: StreamStep, write=False):
+        """The streaming path: one chunk's tokens x (B, L, d) against the cache -> (B, L, d), and the cache:
+        the same one, or with write (D8) a new one holding the chunk, the chunk that left the window in M."""
         q, k, v, gates = self.project(x)
-        k_all = torch.cat([cache.k, k], dim=1) if cache.k is not None else k          # (B, Lc + L, nh, hd)
-        v_all = torch.cat([cache.v, v], dim=1) if cache.v is not None else v
+        k_all = k if cache.k is None else torch.cat([cache.k, k], dim=1)               # (B, Lc + L, nh, hd)
+        v_all = v if cache.v is None else torch.cat([cache.v, v], dim=1)
         q_rot, k_rot = rope(q, step.query_angles), rope(k_all, step.key_angles)
-        local = F.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2),
-                                               v_all.transpose(1, 2)).transpose(1, 2)     # (E4) (B, L, nh, hd)
+        local = nnf.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2),
+                                                 v_all.transpose(1, 2)).transpose(1, 2)   # (E4) (B, L, nh, hd)
         states = state_of_token = None
         if self.memory and step.memory_on:
             states = cache.state[:, None]                                                 # (B, 1, nh, hd, hd)
             state_of_token = torch.zeros(x.shape[1], dtype=torch.long, device=x.device) # all read the one state
-        return self.fuse(x, q, local, states, state_of_token, step.frame_index), (k, v, gates)
+        out = self.fuse(x, q, local, states, state_of_token, step.frame_index)
+        if not write:
+            return out, cache
+        cat = lambda old, new: new if old is None else torch.cat([old, new], dim=1)
+        g_all, beta_all = (cat(cache.g, gates[0]), cat(cache.beta, gates[1])) if gates else (None, None)
+        chunk = lambda t, i: t[:, i * x.shape[1]:(i + 1) * x.shape[1]]                    # cached chunk i's tokens
+        state = cache.state
+        if step.to_memory is not None:
+            i = step.to_memory
+            state = self.memory.write(state, chunk(k_all, i), chunk(v_all, i), chunk(g_all, i), chunk(beta_all, i))  # (E7)
+        keep = lambda t: None if t is None or not step.kept else torch.cat([chunk(t, i) for i in step.kept], dim=1)
+        return out, LayerCache(keep(k_all), keep(v_all), keep(g_all), keep(beta_all), state)
 
 
 class CrossAttention(nn.Module):
@@ -369,98 +463,73 @@ class CrossAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.norm_q, self.norm_k = nn.RMSNorm(d, eps=1e-6), nn.RMSNorm(d, eps=1e-6)
 
-    def context_kv(self, context):
-        """context: (B, Lt, d) -> k, v (B, nh, Lt, hd); computed once per prompt when streaming."""
-        B, Lt, _ = context.shape
-        k = self.norm_k(self.k(context)).view(B, Lt, self.nh, self.hd).transpose(1, 2)
-        v = self.v(context).view(B, Lt, self.nh, self.hd).transpose(1, 2)
+    def text_kv(self, text_tokens):
+        """text_tokens: (B, Lt, d) -> k, v (B, nh, Lt, hd); computed once per prompt when streaming."""
+        B, Lt, _ = text_tokens.shape
+        k = self.norm_k(self.k(text_tokens)).view(B, Lt, self.nh, self.hd).transpose(1, 2)
+        v = self.v(text_tokens).view(B, Lt, self.nh, self.hd).transpose(1, 2)
         return k, v
 
-    def forward(self, x, context_kv):
+    def forward(self, x, text_kv):
         B, L, d = x.shape
         q = self.norm_q(self.q(x)).view(B, L, self.nh, self.hd).transpose(1, 2)        # (B, nh, L, hd)
-        out = F.scaled_dot_product_attention(q, *context_kv)                             # (B, nh, L, hd)
+        out = nnf.scaled_dot_product_attention(q, *text_kv)                             # (B, nh, L, hd)
         return self.o(out.transpose(1, 2).reshape(B, L, d))
 
 
 class Block(nn.Module):
-    """Wan's block: modulated self-attention, cross-attention, modulated FFN."""
+    """Wan's block: modulated self-attention (here HybridAttention), cross-attention, modulated FFN.
+    forward is the parallel path, step the streaming one; both hand the self-attention on to its own."""
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
         super().__init__()
         d = cfg.dim
         self.norm1 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=False)
-        self.self_attn = SelfAttention(cfg, memory)
+        self.self_attn = HybridAttention(cfg, memory)
         self.norm3 = nn.LayerNorm(d, eps=1e-6)                      # before cross-attention, affine
         self.cross_attn = CrossAttention(cfg)
         self.norm2 = nn.LayerNorm(d, eps=1e-6, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
 
-    def forward(self, x, e0, context_kv, attend):
-        """x: (B, L, d), e0: (B, L, 6, d) per-token time modulation, attend(h) -> self-attention."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).unbind(2)  # (B, L, d) each
-        x = x + gate1 * attend(self.norm1(x) * (1 + scale1) + shift1)
-        x = x + self.cross_attn(self.norm3(x), context_kv)
+    def forward(self, x, e0, text_kv, pattern):
+        """x: (B, L, d), e0: (B, L, 6, d) per-token time modulation, text_kv: CrossAttention.text_kv -> (B, L, d)"""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).unbind(2)  # adaLN, (B, L, d) each
+        x = x + gate1 * self.self_attn(self.norm1(x) * (1 + scale1) + shift1, pattern)
+        x = x + self.cross_attn(self.norm3(x), text_kv)
         return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2)
 
+    def step(self, x, e0, text_kv, cache, step, write=False):
+        """The same for one chunk against its layer's LayerCache -> (B, L, d), and the cache (HybridAttention.step)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).unbind(2)
+        attended, cache = self.self_attn.step(self.norm1(x) * (1 + scale1) + shift1, cache, step, write)
+        x = x + gate1 * attended
+        x = x + self.cross_attn(self.norm3(x), text_kv)
+        return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2), cache
 
-def timestep_embedding(t, dim):
-    """Sinusoidal embedding of t in [0, 1000], cos first then sin (Wan). t: (...) -> (..., dim)"""
+
+def timestep_embedding(timestep, dim):
+    """Sinusoidal embedding of the timestep in [0, 1000], cos first then sin (Wan). timestep: (...) -> (..., dim)"""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    angles = t.double()[..., None] * freqs
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64, device=timestep.device) / half)
+    angles = timestep.double()[..., None] * freqs
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
-# ---- who attends to whom -------------------------------------------------------------------------
+# ---- who attends to whom in a parallel forward ----------------------------------------------------
 
 @dataclass
 class Pattern:
-    """The attention pattern of one parallel forward, shared by all layers. Time positions are frame
-    indices, except (D12) that a query in chunk c reads the sink from its position moved back by
-    `position_shift(c)` chunks (streaming: the cached chunks' slots in StreamCache.step)."""
-    angles: torch.Tensor                  # (L, hd/2) RoPE angles at absolute positions
-    frame_index: torch.Tensor             # (L,) absolute frame of each token, for the router
-    token_chunk: torch.Tensor             # (L,) chunk index of each token
-    mask: torch.Tensor = None             # (L, L) bool, True = may attend; None = everything
-    sink_columns: torch.Tensor = None     # (Ls,) key tokens that belong to the sink
-    sink_query_angles: torch.Tensor = None  # (L, hd/2) query angles used against the sink
+    """The attention pattern of one parallel forward, shared by all layers. The queries come in groups
+    (one per chunk for the student, one for the teacher); each group sees every token at the position its
+    chunk sees it from when streaming (seen_positions, D12)."""
+    query_rows: list              # per group: (Lg,) long, the tokens whose queries it holds
+    angles: list                  # per group: (L, hd/2) RoPE angles of every token as that group sees it
+    frame_index: torch.Tensor     # (L,) absolute frame of each token, for the router
+    token_chunk: torch.Tensor     # (L,) chunk index of each token
+    mask: torch.Tensor = None     # (L, L) bool, True = may attend; None = everything
     evicted_before: list = field(default_factory=list)  # per chunk: slice of context tokens to scan first
     memory_on: bool = False
-
-
-def uses_memory(mode):
-    return mode in ("hybrid", "memory")
-
-
-def sink_and_window(cfg, mode):
-    """(sink chunks, window chunks) of a mode; `full` has no sink, and its window is never used."""
-    sink = cfg.sink_chunks if mode in ("hybrid", "sink") else 0
-    return sink, 1 if mode == "memory" else cfg.window_chunks
-
-
-def visible_chunks(c, cfg, mode):
-    """Chunks a query in chunk c attends to (itself included), and the chunk evicted into memory
-    just before c is generated (modes with memory), or None. (E4) (D7)"""
-    if mode == "full":
-        return list(range(c + 1)), None
-    sink, window = sink_and_window(cfg, mode)
-    visible = sorted(set(range(min(sink, c + 1))) | set(range(max(0, c - window + 1), c + 1)))
-    leaving = c - window                            # the chunk that left the window when c arrived
-    return visible, (leaving if uses_memory(mode) and leaving >= sink else None)
-
-
-def position_shift(c, cfg, mode):
-    """(D12) How many chunks of history are gone from between the sink and the window when chunk c
-    is generated. The attention sees the sink (and the video's start) moved forward by this many
-    chunks, right before the window, so no query-key distance exceeds sink + window chunks however
-    long the video: absolute positions would put the sink thousands of frames away, far from any
-    distance seen in training. Window chunks keep their distances to one another."""
-    if mode == "full":
-        return 0
-    sink, window = sink_and_window(cfg, mode)
-    return max(0, c - (sink + window - 1))
 
 
 def parallel_pattern(cfg, frames, clean_frames, mode, device):
@@ -472,10 +541,10 @@ def parallel_pattern(cfg, frames, clean_frames, mode, device):
         frame_pos = torch.cat([frame_pos, frame_pos])                               # clean copy, then noisy
     frame_index = frame_pos.repeat_interleave(hw)                                   # (L,)
     if not cfg.causal:
-        return Pattern(frame_angles(cfg, frame_pos), frame_index, torch.zeros_like(frame_index))
+        return Pattern([torch.arange(len(frame_index), device=device)], [frame_angles(cfg, frame_pos)],
+                       frame_index, torch.zeros_like(frame_index))
     n, chunk_tokens = frames // cfg.chunk_frames, cfg.chunk_frames * hw
-    chunk_of_frame = frame_pos // cfg.chunk_frames
-    token_chunk = chunk_of_frame.repeat_interleave(hw)                              # (L,)
+    token_chunk = (frame_pos // cfg.chunk_frames).repeat_interleave(hw)             # (L,)
     # key chunk j is visible to a query in chunk c if j is in c's visible set; a query
     # sees other chunks through the clean copy (when there is one) and its own chunk as itself
     visible = torch.zeros(n, n, dtype=torch.bool, device=device)
@@ -490,14 +559,9 @@ def parallel_pattern(cfg, frames, clean_frames, mode, device):
         is_clean = torch.arange(len(token_chunk), device=device) < frames * hw      # the clean copy comes first
         same_chunk = token_chunk[:, None] == token_chunk[None, :]
         mask &= torch.where(same_chunk, is_clean[:, None] == is_clean[None, :], is_clean[None, :])
-    pattern = Pattern(frame_angles(cfg, frame_pos), frame_index, token_chunk, mask,
-                      evicted_before=evicted_before, memory_on=uses_memory(mode))
-    sink = sink_and_window(cfg, mode)[0]
-    if sink:                                                # (D12) the sink's own query positions
-        shifts = torch.tensor([position_shift(c, cfg, mode) for c in range(n)], device=device)
-        pattern.sink_columns = torch.arange(sink * chunk_tokens, device=device)    # clean copy's sink if any
-        pattern.sink_query_angles = frame_angles(cfg, frame_pos - shifts[chunk_of_frame] * cfg.chunk_frames)
-    return pattern
+    return Pattern([torch.nonzero(token_chunk == c).flatten() for c in range(n)],
+                   [frame_angles(cfg, seen_positions(frame_pos, c, cfg, mode)) for c in range(n)],
+                   frame_index, token_chunk, mask, evicted_before, uses_memory(mode))
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -535,10 +599,10 @@ class VideoDiT(nn.Module):
 
     def patchify(self, x):
         """(B, F, C, H, W) -> (B, F*h*w, C*p*p): tokens in (frame, row, column) order."""
-        B, F_, C, H, W = x.shape
+        B, frames, C, H, W = x.shape
         p = self.cfg.patch_size
-        x = x.reshape(B, F_, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)    # (B, F, h, w, C, p, p)
-        return x.reshape(B, F_ * (H // p) * (W // p), C * p * p)
+        x = x.reshape(B, frames, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)    # (B, F, h, w, C, p, p)
+        return x.reshape(B, frames * (H // p) * (W // p), C * p * p)
 
     def unpatchify(self, x, frames):
         """(B, F*h*w, p*p*C) -> (B, F, C, H, W); the head's outputs are (p, p, C) ordered, as Wan's."""
@@ -550,9 +614,9 @@ class VideoDiT(nn.Module):
     def embed(self, x, timestep):
         """Tokens, per-token time modulation and the head's time embedding.
         x: (B, F, C, H, W); timestep: (B,) or (B, F) in [0, 1000]."""
-        B, F_ = x.shape[:2]
+        B, frames = x.shape[:2]
         hw = self.cfg.tokens_per_frame
-        timestep = timestep.reshape(B, -1).expand(B, F_)                                # (B, F)
+        timestep = timestep.reshape(B, -1).expand(B, frames)                                # (B, F)
         e = self.time_embedding(timestep_embedding(timestep, self.cfg.freq_dim).to(x.dtype))  # (B, F, d)
         e0 = self.time_projection(e).unflatten(-1, (6, -1))                            # (B, F, 6, d)
         tokens = self.patch_embedding(self.patchify(x))                                # (B, L, d)
@@ -562,10 +626,10 @@ class VideoDiT(nn.Module):
         shift, scale = (self.head_modulation + e[:, :, None]).unbind(2)                # (B, L, d) each
         return self.unpatchify(self.head(self.head_norm(x) * (1 + scale) + shift), frames)
 
-    def text_context(self, text):
-        """text: (B, Lt, text_dim) -> per block the cross-attention K, V (computed once per prompt)."""
-        context = self.text_embedding(text)                                            # (B, Lt, d)
-        return [block.cross_attn.context_kv(context) for block in self.blocks]
+    def text_kvs(self, text):
+        """text: (B, Lt, text_dim) -> per block the cross-attention k, v (computed once per prompt)."""
+        text_tokens = self.text_embedding(text)                                        # (B, Lt, d)
+        return [block.cross_attn.text_kv(text_tokens) for block in self.blocks]
 
     # --- the parallel path
 
@@ -579,27 +643,27 @@ class VideoDiT(nn.Module):
             clean_context: shape (B, F, C, H, W) or None. Causal only: the same clip clean; each
                 chunk of x then attends to the *clean* earlier chunks (as when streaming, where the
                 cache holds finished chunks) and the memory is built from them. Without it, x's own
-                chunks are the context (right when every earlier chunk of x is clean, at t = 0).
+                chunks are the context (right when every earlier chunk of x is clean, at s = 0).
             mode: attention mode override, one of MODES; default cfg.mode
         """
         cfg, mode = self.cfg, mode or self.cfg.mode
         check_mode(mode)
         self.check_clip(x)
-        B, F_ = x.shape[:2]
+        B, frames = x.shape[:2]
         if text.dim() != 3 or text.shape[0] != B or text.shape[2] != cfg.text_dim:
             raise ValueError(f"text must have shape ({B}, Lt, {cfg.text_dim}), got {tuple(text.shape)}")
-        timestep = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).reshape(B, -1).expand(B, F_)
+        timestep = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).reshape(B, -1).expand(B, frames)
         if clean_context is not None:
             if not cfg.causal:
                 raise ValueError("clean_context is for the causal student; the teacher is bidirectional")
             self.check_clip(clean_context, "clean_context")
             x = torch.cat([clean_context, x], dim=1)
             timestep = torch.cat([torch.zeros_like(timestep), timestep], dim=1)
-        pattern = parallel_pattern(cfg, F_, clean_context is not None, mode, x.device)
+        pattern = parallel_pattern(cfg, frames, clean_context is not None, mode, x.device)
         tokens, e0, e = self.embed(x, timestep)
-        for block, kv in zip(self.blocks, self.text_context(text)):
-            tokens = block(tokens, e0, kv, lambda h: block.self_attn.forward_parallel(h, pattern))
-        return self.head_out(tokens, e, x.shape[1])[:, -F_:]                      # drop the clean copy's outputs
+        for block, text_kv in zip(self.blocks, self.text_kvs(text)):
+            tokens = block(tokens, e0, text_kv, pattern)
+        return self.head_out(tokens, e, x.shape[1])[:, -frames:]                  # drop the clean copy's outputs
 
     # --- the streaming path
 
@@ -608,81 +672,40 @@ class VideoDiT(nn.Module):
 
         Args:
             x: shape (B, chunk_frames, C, H, W);  timestep: a number or shape (B,), in [0, 1000]
-            write: True for the clean context pass (D8): the chunk goes into the cache, and
-                StreamCache.commit evicts what left the window into M
+            write: True for the clean context pass (D8): the chunk goes into the cache, and the
+                chunk that left the window into M (HybridAttention.step)
         """
         cfg = self.cfg
         self.check_clip(x, "chunk")
         if x.shape[1] != cfg.chunk_frames:
             raise ValueError(f"a chunk has {cfg.chunk_frames} frames, got {x.shape[1]}")
-        if cache.layers[0].context_kv is None:
+        if cache.text_kvs is None:
             raise ValueError("the cache has no prompt yet: call cache.set_prompt(model, text) first")
         B = x.shape[0]
         timestep = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).reshape(-1).expand(B)
         step = cache.step(x.device)
         tokens, e0, e = self.embed(x, timestep)
-        for block, layer in zip(self.blocks, cache.layers):
-            new = {}
-
-            def attend(h):
-                out, new["kv"] = block.self_attn.forward_cached(h, layer, step)
-                return out
-            tokens = block(tokens, e0, layer.context_kv, attend)
-            if write:
-                layer.append(*new["kv"])
+        for i, (block, text_kv) in enumerate(zip(self.blocks, cache.text_kvs)):
+            tokens, cache.layers[i] = block.step(tokens, e0, text_kv, cache.layers[i], step, write)
         if write:
-            cache.commit(x, [block.self_attn.memory for block in self.blocks])
+            cache.commit(x, step)
         return self.head_out(tokens, e, cfg.chunk_frames)
 
 
 # ---- the streaming cache -------------------------------------------------------------------------
 
-class LayerCache:
-    """One layer's cache: sink and window chunks' pre-RoPE K, V and gates, and the memory state M.
-    Gates are cached with K and V ("synchronized gate caching"): when a chunk leaves the window,
-    its g and beta are at hand to write it into M, though its input H_in is long gone."""
-
-    def __init__(self):
-        self.k = self.v = self.g = self.beta = None   # (B, Lc, nh, hd), (B, Lc, nh, hd), (B, Lc, nh) x2
-        self.state = None                             # (B, nh, hd, hd)  M
-        self.context_kv = None                        # the prompt's cross-attention K, V
-
-    def append(self, k, v, gates):
-        cat = lambda old, new: new if old is None else torch.cat([old, new], dim=1)
-        self.k, self.v = cat(self.k, k), cat(self.v, v)
-        if gates is not None:
-            self.g, self.beta = cat(self.g, gates[0]), cat(self.beta, gates[1])
-
-    def pop(self, start, length):
-        """Remove tokens [start, start + length) and return their k, v, gates."""
-        take = lambda t: None if t is None else t[:, start:start + length]
-        keep = lambda t: None if t is None else torch.cat([t[:, :start], t[:, start + length:]], dim=1)
-        out = take(self.k), take(self.v), (take(self.g), take(self.beta))
-        self.k, self.v, self.g, self.beta = keep(self.k), keep(self.v), keep(self.g), keep(self.beta)
-        return out
-
-
-@dataclass
-class StreamStep:
-    query_frames: torch.Tensor    # (chunk_frames,) time positions of the current chunk's frames (D12)
-    key_frames: torch.Tensor      # (cached frames + chunk_frames,) of the cached chunks, then the current
-    query_angles: torch.Tensor    # (L, hd/2) RoPE angles of the current chunk's tokens
-    key_angles: torch.Tensor      # (Lc + L, hd/2) of the cached chunks' tokens, then the current ones
-    frame_index: torch.Tensor     # (L,) absolute frame of the current chunk's tokens (router)
-    memory_on: bool
-
-
 class StreamCache:
-    """Everything the streaming path remembers of the video so far, a LayerCache per layer and the cached
-    chunks' clean frames; its size is constant in video length in every mode but `full`.
+    """Everything the streaming path remembers of the video so far: a LayerCache per layer (k, v, gates and M),
+    the prompt's cross-attention k, v, and the cached chunks' indices and clean frames; its size is constant
+    in video length in every mode but `full`.
 
     Its life, one chunk at a time (generate does this):
-        set_prompt(model, text)    before chunk 0: each layer's cross-attention K/V, computed once
-        step(device)               each forward_chunk: the RoPE positions of the chunk and of the cached
-                                   keys (D12); denoising steps read the cache and M and write nothing
-        forward_chunk(write=True)  the clean pass at t = 0 appends the chunk's K, V, g, beta (D8)
-        commit(frames, memories)   then the chunk that left the window is popped and written into M (E7,
-                                   D7), chunks no mode attends to are dropped, and next_chunk moves on
+        set_prompt(model, text)    before chunk 0: each layer's cross-attention k, v, computed once
+        step(device)               each forward_chunk: chunk next_chunk's StreamStep (positions, D12, and
+                                   what a write keeps); denoising steps read the cache and M, write nothing
+        forward_chunk(write=True)  the clean pass at s = 0: each layer's HybridAttention.step returns its
+                                   LayerCache with the chunk in and the chunk that left the window in M (D8)
+        commit(frames, step)       then the chunk lists follow, and next_chunk moves on
         recache(model, cache, text)   a prompt switch, between two chunks (D10)
     """
 
@@ -692,46 +715,24 @@ class StreamCache:
             raise ValueError("streaming needs a causal model (VideoSSMConfig(causal=True))")
         self.cfg, self.mode = cfg, mode or cfg.mode
         check_mode(self.mode)
-        self.layers = [LayerCache() for _ in range(cfg.n_layers)]
-        for layer in self.layers:
-            layer.state = torch.zeros(batch_size, cfg.n_heads, cfg.head_dim, cfg.head_dim, device=device,
-                                      dtype=torch.promote_types(dtype, torch.float32))   # M stays float32 under bf16
+        state = lambda: torch.zeros(batch_size, cfg.n_heads, cfg.head_dim, cfg.head_dim, device=device,
+                                    dtype=torch.promote_types(dtype, torch.float32))   # M stays float32 under bf16
+        self.layers = [LayerCache(state=state()) for _ in range(cfg.n_layers)]
+        self.text_kvs = None                # per layer, the prompt's cross-attention k, v
         self.chunks, self.frames = [], []   # the cached chunks' indices and clean frames, in chunk order
         self.next_chunk = 0                 # index of the chunk being generated
 
     def set_prompt(self, model, text):
-        """text: (B, Lt, text_dim). Computes each layer's cross-attention K/V once."""
-        for layer, kv in zip(self.layers, model.text_context(text)):
-            layer.context_kv = kv
+        """text: (B, Lt, text_dim). Computes each layer's cross-attention k, v once."""
+        self.text_kvs = model.text_kvs(text)
 
     def step(self, device):
-        """(D12) Keys are cached before RoPE and rotated here, at each chunk's slot: the sink keeps
-        positions 0, 1, ...; every other chunk j sits at j - position_shift(c), right after the sink."""
-        cfg, c, hw = self.cfg, self.next_chunk, self.cfg.tokens_per_frame
-        shift = position_shift(c, cfg, self.mode)
-        sink = sink_and_window(cfg, self.mode)[0]
-        slot = lambda j: j if j < sink else j - shift                   # chunk index -> slot position
-        frames_at = lambda j: slot(j) * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)
-        query_frames = frames_at(c)                                                    # (chunk_frames,)
-        key_frames = torch.cat([frames_at(j) for j in self.chunks] + [query_frames])  # (cached + chunk_frames,)
-        frame_index = (c * cfg.chunk_frames + torch.arange(cfg.chunk_frames, device=device)).repeat_interleave(hw)
-        return StreamStep(query_frames, key_frames, frame_angles(cfg, query_frames), frame_angles(cfg, key_frames),
-                          frame_index, uses_memory(self.mode))
+        return stream_step(self.cfg, self.mode, self.chunks, self.next_chunk, device)
 
-    def commit(self, frames, memories):
-        """memories: each layer's GatedDeltaMemory, which writes the chunk leaving the window into M (E7) (D7)."""
-        c = self.next_chunk
-        self.chunks.append(c)
-        self.frames.append(frames)
-        visible_next, leaving = visible_chunks(c + 1, self.cfg, self.mode)  # leaving: to M, in modes with memory
-        tokens = self.cfg.chunk_frames * self.cfg.tokens_per_frame
-        for j in [j for j in self.chunks if j not in visible_next]:
-            index = self.chunks.index(j)
-            for layer, memory in zip(self.layers, memories):
-                k, v, (g, beta) = layer.pop(index * tokens, tokens)
-                if j == leaving:
-                    layer.state = memory.write(layer.state, k, v, g, beta)                # (E7)
-            del self.chunks[index], self.frames[index]
+    def commit(self, frames, step):
+        """After the clean pass wrote chunk next_chunk (its frames: (B, chunk_frames, C, H, W)) into every layer."""
+        self.chunks = [[*self.chunks, self.next_chunk][i] for i in step.kept]
+        self.frames = [[*self.frames, frames][i] for i in step.kept]
         self.next_chunk += 1
 
     def length(self):
@@ -740,23 +741,33 @@ class StreamCache:
 
 
 def recache(model, cache, text):
-    """(D10) LongLive's prompt-switch re-cache: new cross-attention K/V, and the clean frames still
-    in the window re-encoded under the new prompt. The sink's K/V and the memory M are kept."""
+    """(D10) LongLive's prompt-switch re-cache: new cross-attention k, v, and the clean frames still
+    in the window re-encoded under the new prompt. The sink's k, v and the memory M are kept."""
     cache.set_prompt(model, text)
     sink = sink_and_window(cache.cfg, cache.mode)[0]
     window = [(j, f) for j, f in zip(cache.chunks, cache.frames) if j >= sink]
     if not window:
         return
-    tokens = cache.cfg.chunk_frames * cache.cfg.tokens_per_frame
     first = len(cache.chunks) - len(window)
-    for layer in cache.layers:
-        layer.pop(first * tokens, len(window) * tokens)
+    tokens = first * cache.cfg.chunk_frames * cache.cfg.tokens_per_frame      # the sink's, which stay
+    keep = lambda t: None if t is None else t[:, :tokens]
+    cache.layers = [LayerCache(keep(l.k), keep(l.v), keep(l.g), keep(l.beta), l.state) for l in cache.layers]
     next_chunk = cache.next_chunk
     del cache.chunks[first:], cache.frames[first:]
     for j, frames in window:                 # replay the clean passes in order, under the new prompt
         cache.next_chunk = j
         model.forward_chunk(frames, 0.0, cache, write=True)
     cache.next_chunk = next_chunk
+
+
+def set_prompt_at(model, text_encoder, cache, c, prompt, batch_size, dtype):
+    """Chunk c's prompt (one, or a list of one per video): at chunk 0 it only sets the cross-attention k, v;
+    later it is a prompt switch (recache, D10)."""
+    text = text_encoder(prompt if isinstance(prompt, list) else [prompt] * batch_size).to(dtype)
+    if c == 0:
+        cache.set_prompt(model, text)
+    else:
+        recache(model, cache, text)
 
 
 def denoise_chunk(model, cache, sigmas, last, noise, grad=False):
@@ -774,17 +785,21 @@ def denoise_chunk(model, cache, sigmas, last, noise, grad=False):
     return x, s, x0
 
 
-def teacher_force(model, cache, frames):
-    """Feed clean frames (B, F, C, H, W), F whole chunks, through the clean context pass as if the
-    model had made them: the cache (sink, window, M) ends up as after streaming those frames."""
-    for chunk in frames.split(model.cfg.chunk_frames, dim=1):
+def teacher_force(model, text_encoder, cache, frames, prompts):
+    """Feed clean frames (B, F, C, H, W), F whole chunks, through the clean context pass as if the model
+    had made them under `prompts` (as generate's): the cache (sink, window, M) ends up as after streaming
+    those frames. Then generate(..., cache=cache) goes on from there."""
+    param = next(model.parameters())
+    for c, chunk in enumerate(frames.split(model.cfg.chunk_frames, dim=1)):
+        if c in prompts:
+            set_prompt_at(model, text_encoder, cache, c, prompts[c], frames.shape[0], param.dtype)
         model.forward_chunk(chunk, 0.0, cache, write=True)
 
 
 def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, mode=None, batch_size=1,
              exit_step=None, grad_chunks=(), cache=None):
     """Stream a video chunk by chunk, yielding each, (B, chunk_frames, C, H, W): denoise_chunk's chain,
-    then the clean context pass at t = 0 writes the chunk into the cache (D8).
+    then the clean context pass at s = 0 writes the chunk into the cache (D8).
 
     Args:
         prompts: {chunk index: prompt, or a list of one per video}; must contain 0. A later entry
@@ -794,7 +809,7 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
         cache: a StreamCache to stream with (default: a new one), to look inside it while streaming or
             to continue from one that already holds chunks (teacher_force). The call's chunks are
             counted from 0 whatever the cache holds: keys of `prompts` and `grad_chunks` count from
-            the call's first chunk, and prompts[0] only sets the cross-attention K/V (no re-cache).
+            the call's first chunk, and prompts[0] only sets the cross-attention k, v (no re-cache).
         exit_step, grad_chunks: for stage 2's self-rollout (Self-Forcing). Every chunk stops at
             denoising step `exit_step` (default: the last) and that prediction is the chunk; chunks
             listed in `grad_chunks` run that step and their clean pass with autograd on. Everything
@@ -811,15 +826,56 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
     training = bool(grad_chunks) and torch.is_grad_enabled()
     for c in range(num_chunks):
         track = c in grad_chunks
-        # in a rollout that trains, the prompt's K/V and a re-cached window stay in the graph (D11)
+        # in a rollout that trains, the prompt's k, v and a re-cached window stay in the graph (D11)
         with torch.set_grad_enabled(training):
             if c in prompts:
-                text = text_encoder(prompts[c] if isinstance(prompts[c], list) else [prompts[c]] * batch_size).to(param.dtype)
-                if c == 0:
-                    cache.set_prompt(model, text)
-                else:
-                    recache(model, cache, text)
+                set_prompt_at(model, text_encoder, cache, c, prompts[c], batch_size, param.dtype)
         _, _, x0 = denoise_chunk(model, cache, sigmas, last, noise, grad=track)
         with torch.set_grad_enabled(track):
             model.forward_chunk(x0.detach(), 0.0, cache, write=True)   # (D8) the clean context pass
         yield x0
+
+
+# ---- released checkpoints: what train.py writes and sample.py reads --------------------------------
+# A dict: format, stage, config (VideoSSMConfig's fields), vocab (TextEncoder's words), sampling (the
+# denoising_steps and timestep_shift it was distilled for), made_by (preset, settings, seed and the whole
+# recipe, for train.py), log, and the weights in half precision, model and text_encoder.
+
+CHECKPOINT_FORMAT = "tiny-videossm/2"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used, with a message that says why and what to do."""
+
+
+def load_checkpoint(path):
+    """The dict in a tiny-videossm checkpoint file (a release, or train.py's resume file), on the CPU."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}: train one with `python train.py`, or pass the path of one")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
+                              f"({type(error).__name__})") from None
+    found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        if not (isinstance(found, str) and found.startswith("tiny-videossm/")):
+            raise CheckpointError(f"{path} is not a tiny-videossm checkpoint (format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(f"{path} was written by another version of tiny-videossm (format {found!r}; this code "
+                              f"reads {CHECKPOINT_FORMAT!r}): train it again with this code, or use the version "
+                              f"that wrote it")
+    return checkpoint
+
+
+def build(checkpoint, path="the checkpoint"):
+    """The model and text encoder a released checkpoint holds, in float32, in eval mode."""
+    try:
+        model = VideoDiT(VideoSSMConfig(**checkpoint["config"]))
+        model.load_state_dict({k: v.float() for k, v in checkpoint["model"].items()})
+        text_encoder = TextEncoder(checkpoint["vocab"], model.cfg.text_dim)
+        text_encoder.load_state_dict({k: v.float() for k, v in checkpoint["text_encoder"].items()})
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path} does not fit this code's model ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]}): it was written by another version of "
+                              f"tiny-videossm; train it again with this code") from None
+    return model.eval(), text_encoder.eval().requires_grad_(False)

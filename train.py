@@ -1,231 +1,30 @@
 """
-Training for tiny-videossm, read top to bottom: the world (the only data), the presets, then the
-stages, each as its data, its loss and its update: stage 0 the teacher, stage 1 causal ODE
-distillation, stage 2 self-rollout DMD and its last phase, the memory's recall. The harness they
-share (devices, checkpoints, the loop) and the command line come last. Imports tiny_videossm.py;
-the measures of how well it all works live in measure/, which imports this file.
+Training for tiny-videossm, read top to bottom: the presets, then the stages, each as its data, its
+loss and its update: stage 0 the teacher, stage 1 causal ODE distillation, stage 2 self-rollout DMD
+and its last phase, the memory's recall. The harness they share (devices, checkpoints, the loop) and
+the command line come last. Imports tiny_videossm.py and world.py (the data); the measures of how well
+it all works live in measure/. Shape letters: the README's glossary.
 
-The world. Every clip is a coloured background with one or two sprites gliding across it, in an
-arena larger than the camera's view (World.arena_scale): they bounce off its walls, leave the picture
-and come back. The caption names the background colour, the sprite shape and how many sprites there
-are ("two circles on blue"), NOT the sprites' colours: those are drawn once per clip and never change,
-so a model that paints a returning sprite in its old colour has remembered it, the long-range memory
-VideoSSM is about. All closed form and vectorised: a clip of any length costs a few tensor ops.
-
-    World(size=32).sample(batch_size, frames, seed, switch_at=None) -> Clips (video + truth)
-    parse_caption(text) -> Caption      random_caption(generator) -> str      VOCAB
-    sprite_mask(frames, background) -> where frames show a sprite (the teacher's loss weights it)
-
-Glossary of the shape comments (frames are float32 RGB in [-1, 1], laid out (B, F, 3, H, W)):
-    B   clips in the batch     F   frames      S   sprite slots (MAX_SPRITES)     H, W   height, width
-    C   colour channels (3)    n   chunks
+    python train.py --preset tiny      every stage into runs/tiny/ (resumable: the same command goes on)
 """
 
 import argparse
+import atexit
+import contextlib
 import copy
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 import tiny_videossm as tv
-
-# ---- the world --------------------------------------------------------------------------------
-
-# Named by the caption. Muted, darkish tones so that the sprites stand out. RGB in [0, 1].
-BACKGROUNDS = {"red": (0.45, 0.12, 0.12), "green": (0.12, 0.38, 0.16),
-               "blue": (0.12, 0.16, 0.45), "purple": (0.33, 0.13, 0.40)}
-SHAPES = ["square", "circle", "diamond"]
-# Not named by the caption: each sprite draws one and keeps it for the whole clip (its identity).
-SPRITE_COLOURS = {"white": (1.0, 1.0, 1.0), "yellow": (1.0, 0.85, 0.1),
-                  "cyan": (0.1, 0.85, 1.0), "orange": (1.0, 0.5, 0.05)}
-MAX_SPRITES = 2  # a clip has 1 or 2 sprites, as its caption says
-OCCLUDER_RGB = torch.tensor([0.55, 0.55, 0.55]) * 2 - 1  # the grey curtains sprites pass behind (World.occluder)
-
-BACKGROUND_NAMES = list(BACKGROUNDS)
-BACKGROUND_RGB = torch.tensor(list(BACKGROUNDS.values())) * 2 - 1  # (4, 3) in [-1, 1]
-SPRITE_RGB = torch.tensor(list(SPRITE_COLOURS.values())) * 2 - 1  # (4, 3) in [-1, 1]
-
-VOCAB = sorted(["a", "two", "on", *SHAPES, *(shape + "s" for shape in SHAPES), *BACKGROUNDS])
-GRAMMAR = "'a {shape} on {background}' or 'two {shape}s on {background}'"
-
-
-class Caption(NamedTuple):
-    """What a caption names: "two circles on blue" is Caption(count=2, shape=1, background=2)."""
-    count: int       # 1 or 2 sprites
-    shape: int       # index into SHAPES
-    background: int  # index into BACKGROUNDS
-
-    def text(self) -> str:
-        shape = SHAPES[self.shape]
-        sprites = f"a {shape}" if self.count == 1 else f"two {shape}s"
-        return f"{sprites} on {BACKGROUND_NAMES[self.background]}"
-
-
-def parse_caption(text: str) -> Caption:
-    """Read a caption of the grammar GRAMMAR; a clear ValueError for anything else."""
-    words = text.split()
-    for word in words:
-        if word not in VOCAB:
-            raise ValueError(f"unknown word {word!r} in caption {text!r}; the vocabulary is {VOCAB}")
-    if len(words) == 4 and words[0] in ("a", "two") and words[2] == "on":
-        count = 1 if words[0] == "a" else 2
-        shapes = SHAPES if count == 1 else [shape + "s" for shape in SHAPES]
-        if words[1] in shapes and words[3] in BACKGROUND_NAMES:
-            return Caption(count, shapes.index(words[1]), BACKGROUND_NAMES.index(words[3]))
-    raise ValueError(f"caption {text!r} does not follow the grammar {GRAMMAR}")
-
-
-def random_caption(generator: torch.Generator) -> str:
-    """A caption drawn uniformly from the grammar, e.g. for prompts at training time."""
-    count, shape, background = (int(torch.randint(n, (1,), generator=generator))
-                                for n in (MAX_SPRITES, len(SHAPES), len(BACKGROUNDS)))
-    return Caption(count + 1, shape, background).text()
-
-
-@dataclass
-class Clips:
-    """A batch of clips with their ground truth, frame by frame."""
-    video: torch.Tensor          # (B, F, 3, H, W) RGB in [-1, 1]
-    captions: list[list[str]]    # captions[b][f]: the caption in force at frame f of clip b
-    background: torch.Tensor     # (B, F) index into BACKGROUNDS (named)
-    shape: torch.Tensor          # (B, F) index into SHAPES (named)
-    count: torch.Tensor          # (B,) number of sprites, 1 or 2 (named)
-    sprite_colour: torch.Tensor  # (B, S) index into SPRITE_COLOURS, -1 for an absent sprite (not named)
-    position: torch.Tensor       # (B, F, S, 2) sprite centres (x, y) in view pixels; the view is [0, size)
-    visible_area: torch.Tensor   # (B, F, S) pixels of each sprite in view, after occlusion
-
-
-@dataclass
-class World:
-    """The procedural world: `World(size=32).sample(batch_size, frames, seed)` gives Clips."""
-    size: int = 32            # frames are size x size pixels
-    arena_scale: float = 1.5  # the arena's side in view sides; the view sits in its centre
-    min_speed: float = 0.6    # sprite speed in pixels per frame, drawn uniformly in [min, max]
-    max_speed: float = 1.5
-    occluder: int = 0         # width in pixels of the grey curtains at the view's left and right edges (0: none)
-
-    def __post_init__(self):
-        if not (0 <= 2 * self.occluder < self.size and 0 < self.min_speed <= self.max_speed and self.arena_scale >= 1):
-            raise ValueError(f"World needs 0 <= occluder < size / 2 ({self.size / 2:g}), 0 < min_speed <= max_speed and "
-                             f"arena_scale >= 1; got {self.occluder}, {self.min_speed}, {self.max_speed}, "
-                             f"{self.arena_scale}")
-
-    @property
-    def sprite_half_size(self) -> float:
-        return self.size / 8  # sprites are about a quarter of the view wide
-
-    @property
-    def centre_range(self) -> tuple[float, float]:
-        """Where a sprite's centre can be on either axis, in view pixels: the walls it bounces off."""
-        margin = (self.arena_scale - 1) * self.size / 2
-        return -margin + self.sprite_half_size, self.size + margin - self.sprite_half_size
-
-    def sample(self, batch_size: int, frames: int, seed: int, switch_at=None) -> Clips:
-        """Draw `batch_size` clips of `frames` frames; the same seed gives bit-identical clips.
-
-        switch_at: a frame index k (0 < k < frames), or one per clip (a list), at which each clip's
-        caption changes to a different shape and/or background; the count, the sprite colours and
-        the motion go on.
-        """
-        if batch_size < 1 or frames < 1:
-            raise ValueError(f"need at least one clip and one frame, got {batch_size} and {frames}")
-        at = None if switch_at is None else torch.tensor(switch_at).expand(batch_size)  # (B,)
-        if at is not None and not (0 < at).all() & (at < frames).all():
-            raise ValueError(f"switch_at={switch_at} is not a frame inside the clip (0 < k < {frames})")
-        generator = torch.Generator().manual_seed(seed)
-        B, S = batch_size, MAX_SPRITES
-        count = torch.randint(1, S + 1, (B,), generator=generator)  # (B,)
-        shape = torch.randint(len(SHAPES), (B,), generator=generator)  # (B,)
-        background = torch.randint(len(BACKGROUNDS), (B,), generator=generator)  # (B,)
-        # Each sprite its own colour: the first S of a random permutation of the palette.
-        colour = torch.rand(B, len(SPRITE_COLOURS), generator=generator).argsort(1)[:, :S]  # (B, S)
-        # Drawn with or without a switch, so that switch_at changes nothing before frame k.
-        pairs = len(SHAPES) * len(BACKGROUNDS)  # (shape, background) combinations
-        caption_step = torch.randint(1, pairs, (B,), generator=generator)  # (B,)
-        lo, hi = self.centre_range
-        start = lo + (hi - lo) * torch.rand(B, S, 2, generator=generator)  # (B, S, 2)
-        angle = 2 * math.pi * torch.rand(B, S, generator=generator)  # (B, S)
-        speed = torch.empty(B, S).uniform_(self.min_speed, self.max_speed, generator=generator)  # (B, S)
-        velocity = speed[..., None] * torch.stack([angle.cos(), angle.sin()], -1)  # (B, S, 2)
-
-        # Elastic bounces in closed form: move freely through mirrored copies of the arena, then
-        # fold back with a triangle wave of period 2 * span.
-        t = torch.arange(frames, dtype=torch.float32)[None, :, None, None]  # (1, F, 1, 1)
-        unfolded = start[:, None] + velocity[:, None] * t - lo  # (B, F, S, 2)
-        span = hi - lo
-        position = lo + span - (unfolded.remainder(2 * span) - span).abs()  # (B, F, S, 2)
-
-        # The named attributes per frame. A switch steps to another (shape, background) pair.
-        shape_per_frame = shape[:, None].repeat(1, frames)  # (B, F)
-        background_per_frame = background[:, None].repeat(1, frames)  # (B, F)
-        if at is not None:
-            # a step of 1 .. pairs-1 around all pairs never lands on the same pair
-            pair = (shape * len(BACKGROUNDS) + background + caption_step) % pairs  # (B,)
-            after = torch.arange(frames) >= at[:, None]  # (B, F)
-            shape_per_frame = torch.where(after, (pair // len(BACKGROUNDS))[:, None], shape_per_frame)
-            background_per_frame = torch.where(after, (pair % len(BACKGROUNDS))[:, None], background_per_frame)
-
-        present = torch.arange(S) < count[:, None]  # (B, S)
-        video, visible_area = self.render(background_per_frame, shape_per_frame, colour, present, position)
-
-        # Two strings per clip at most, repeated: long clips stay cheap.
-        text = lambda b, f: Caption(int(count[b]), int(shape_per_frame[b, f]), int(background_per_frame[b, f])).text()
-        before = [frames] * B if at is None else at.tolist()
-        captions = [[text(b, 0)] * before[b] + [text(b, frames - 1)] * (frames - before[b]) for b in range(B)]
-        return Clips(video, captions, background_per_frame, shape_per_frame, count,
-                     torch.where(present, colour, -1), position, visible_area)
-
-    def render(self, background, shape, colour, present, position):
-        """Paint the frames.
-
-        Args:
-            background, shape: shape (B, F), indices into BACKGROUNDS and SHAPES
-            colour: shape (B, S), indices into SPRITE_COLOURS; present: shape (B, S), bool
-            position: shape (B, F, S, 2), sprite centres in view pixels
-        Returns the video (B, F, 3, H, W) and each sprite's visible area in pixels (B, F, S).
-        """
-        pixel = torch.arange(self.size, dtype=torch.float32) + 0.5  # pixel centres
-        dx = (pixel - position[..., 0, None, None]).abs()  # (B, F, S, 1, W)
-        dy = (pixel[:, None] - position[..., 1, None, None]).abs()  # (B, F, S, H, 1)
-        r = self.sprite_half_size
-        distance = torch.stack([  # signed distance to the edge in pixels, negative inside
-            torch.maximum(dx, dy) - r,                  # square
-            (dx ** 2 + dy ** 2).sqrt() - r,             # circle
-            (dx + dy - 1.4 * r) / math.sqrt(2),         # diamond, tips out at 1.4 r: about the square's area
-        ])  # (3, B, F, S, H, W)
-        which = shape[None, :, :, None, None, None].expand(1, *distance.shape[1:])  # (1, B, F, S, H, W)
-        distance = distance.gather(0, which)[0]  # (B, F, S, H, W)
-        # A 1-pixel soft edge: coverage goes from 1 to 0 as the distance goes from -0.5 to 0.5.
-        alpha = (0.5 - distance).clamp(0, 1) * present[:, None, :, None, None]  # (B, F, S, H, W)
-
-        video = BACKGROUND_RGB[background][..., None, None].expand(-1, -1, -1, self.size, self.size)
-        sprite_rgb = SPRITE_RGB[colour][:, None, :, :, None, None]  # (B, 1, S, 3, 1, 1)
-        coverage = []  # each sprite's share of each pixel, after what was painted over it
-        for s in range(MAX_SPRITES):
-            a = alpha[:, :, s, None]  # (B, F, 1, H, W)
-            video = video * (1 - a) + sprite_rgb[:, :, s] * a  # (B, F, 3, H, W)
-            coverage = [c * (1 - a) for c in coverage] + [a]
-        column = torch.arange(self.size)  # the curtains, painted last (in front): 1 on the columns they cover
-        band = ((column < self.occluder) | (column >= self.size - self.occluder)).float()  # (W,)
-        video = video * (1 - band) + OCCLUDER_RGB[:, None, None] * band  # (B, F, 3, H, W)
-        visible_area = (torch.cat(coverage, 2) * (1 - band)).sum((-2, -1))  # (B, F, S)
-        return video, visible_area
-
-
-def sprite_mask(frames: torch.Tensor, background) -> torch.Tensor:
-    """Where frames show a sprite: 1.0 where a pixel is more than 0.5 from the background colour
-    (`background` an index into BACKGROUNDS, or one per frame, (B, F)) and from the curtains' grey, else
-    0.0; shape (B, F, 1, H, W). On clean frames: a sprite, or most of one on its soft edge."""
-    away = lambda rgb: (frames - rgb.to(frames.device)[..., None, None]).square().sum(2, keepdim=True) > 0.25
-    return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()
-
+from world import SPRITE_RGB, VOCAB, World, parse_caption, random_caption, sprite_mask, sprite_returns, with_curtains
 
 # ---- presets: every size and schedule of a run ---------------------------------------------------
 #   python train.py --preset tiny [--stage 0] [--set teacher_steps=8000 --out runs/longer]   (--help: the rest)
@@ -235,9 +34,9 @@ class Preset:
     model: dict = field(default_factory=dict)   # VideoSSMConfig fields
     world: dict = field(default_factory=dict)   # World fields (not size, which is the model's frame_size)
     clip_frames: int = 12         # the teacher's clip length; stage 2's DMD window too
-    shift: float = 3.0            # timestep shift (Wan) of sampling and distillation: leans to high noise
+    timestep_shift: float = 3.0   # Wan's timestep shift of sampling and distillation: leans to high noise
     denoising_steps: int = 4      # the student's few steps
-    cfg_scale: float = 1.5        # classifier-free guidance of the teacher (ODE pairs, real score)
+    guidance_scale: float = 1.5   # classifier-free guidance of the teacher (ODE pairs, real score)
     save_every: int = 100         # steps between resumable checkpoints
     # stage 0: the teacher
     teacher_steps: int = 2000
@@ -270,7 +69,7 @@ class Preset:
     memory_lr: float = 3e-3
     memory_rest_lr: float = 0.0   # the rest of the student's learning rate in the phase (0: only the memory trains)
     memory_clips: int = 2         # world clips with a sprite's return per step
-    memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: recall_world); a family
+    memory_worlds: tuple = ()     # the worlds those clips come from, World fields each (none: with_curtains); a family
                                   # for recall on unseen worlds (docs/experiments.md); HELD_OUT_WORLDS stay out
     memory_clip_frames: int = 72  # their length: room for a hidden span longer than sink + window
     memory_free_frames: int = 36  # the free rollout the anchor covers
@@ -296,8 +95,9 @@ class Preset:
             raise ValueError(f"critic_warmup={self.critic_warmup}: must be < dmd_steps={self.dmd_steps}")
 
 
-ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "cfg_scale", "text_dropout",
-                "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_anchor", "memory_free_anchor"}
+ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "guidance_scale",
+                "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_anchor",
+                "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
@@ -306,9 +106,9 @@ TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_laye
               compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
               memory_steps=400, memory_rest_lr=1e-4, save_every=25,
-              memory_worlds=(dict(occluder=4), dict(occluder=6), dict(occluder=8), dict(arena_scale=2.0),
-                             dict(arena_scale=2.0, occluder=3), dict(arena_scale=1.75, occluder=6),
-                             dict(occluder=4, min_speed=1.0, max_speed=2.0)))
+              memory_worlds=(dict(curtains=4), dict(curtains=6), dict(curtains=8), dict(arena_scale=2.0),
+                             dict(arena_scale=2.0, curtains=3), dict(arena_scale=1.75, curtains=6),
+                             dict(curtains=4, min_speed=1.0, max_speed=2.0)))
 
 PRESETS = {
     # seconds: for the tests
@@ -353,13 +153,14 @@ class Teacher:
     single frames between clip steps when the preset says so), text dropout for CFG, EMA."""
     name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
 
-    def __init__(self, run, preset, preset_name):
-        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+    def __init__(self, run):
+        self.run, self.preset, self.log = run, run.preset, []
+        preset = run.preset
         self.steps = preset.teacher_steps
         cfg = tv.VideoSSMConfig(**preset.model, causal=False)
-        torch.manual_seed(run.seed)
-        self.model = tv.VideoDiT(cfg).to(run.device)
-        self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
+        with run.seeded(0):
+            self.model = tv.VideoDiT(cfg).to(run.device)
+            self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
         self.trained_parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
         self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = EMA(self.model, preset.ema_decay)
@@ -404,24 +205,26 @@ class Teacher:
         return {"loss": loss.item(), **bin_losses(sigma.cpu(), per_sample.detach().cpu())}
 
     def finish(self):
-        release(self.run.path("teacher.pt"), 0, self.preset_name, self.ema.module, self.ema_text.module, self.log)
+        release(self.run, "teacher.pt", 0, self.ema.module, self.ema_text.module, self.log)
 
 
-def guided_velocity(teacher, x, t, text, empty, cfg_scale):
+def guided_velocity(teacher, x, timestep, text, empty, guidance_scale):
     """Classifier-free guidance, both forwards in one batch; `empty` is the empty prompt's text features."""
-    v_cond, v_uncond = teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty])).float().chunk(2)
-    return v_uncond + cfg_scale * (v_cond - v_uncond)
+    conditional, unconditional = teacher(torch.cat([x, x]), torch.cat([timestep, timestep]),
+                                         torch.cat([text, empty])).float().chunk(2)
+    return unconditional + guidance_scale * (conditional - unconditional)
 
 
 @torch.no_grad()
-def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_scale, generator, keep_sigmas=()):
+def teacher_sample(teacher, text_encoder, captions, frames, steps, timestep_shift, guidance_scale, generator,
+                   keep_sigmas=()):
     """Euler steps of the teacher's ODE with classifier-free guidance, from noise (s = 1) to s = 0.
     Returns the clean clips (B, F, C, H, W) and the states at `keep_sigmas` (for stage 1's pairs)."""
     device = next(teacher.parameters()).device
     cfg = teacher.cfg
     B = len(captions)
     # the grid: `steps` shifted levels, with the levels to keep spliced in exactly
-    grid = sorted({float(tv.shift_sigma(torch.tensor(1 - i / steps), shift)) for i in range(steps)}
+    grid = sorted({float(tv.shift_sigma(torch.tensor(1 - i / steps), timestep_shift)) for i in range(steps)}
                   | {float(s) for s in keep_sigmas} | {0.0}, reverse=True)
     text = text_encoder(captions).to(device)
     empty = text_encoder([""] * B).to(device)
@@ -430,8 +233,8 @@ def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_sc
     for s, s_next in zip(grid, grid[1:]):
         if s in keep_sigmas:
             kept[s] = x.clone()
-        t = torch.full((B,), 1000 * s, device=device)
-        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)   # Euler step, s decreasing
+        timestep = torch.full((B,), 1000 * s, device=device)
+        x = x + (s_next - s) * guided_velocity(teacher, x, timestep, text, empty, guidance_scale)  # Euler, s decreasing
     return x, [kept[s] for s in keep_sigmas]
 
 
@@ -439,7 +242,7 @@ def teacher_sample(teacher, text_encoder, captions, frames, steps, shift, cfg_sc
 
 def student_from_teacher(teacher, mode):
     """(D9) The causal student starts as the teacher: same weights, plus memory weights whose path
-    outputs exactly 0 (g_out zero), so at step 0 it is the block-causal teacher."""
+    outputs exactly 0 (W_gate zero), so at step 0 it is the block-causal teacher."""
     cfg = tv.VideoSSMConfig(**{**asdict(teacher.cfg), "causal": True, "mode": mode})
     student = tv.VideoDiT(cfg).to(next(teacher.parameters()).device)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
@@ -447,11 +250,12 @@ def student_from_teacher(teacher, mode):
     return student
 
 
-def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
+def ode_pairs(run, teacher, text_encoder, sigmas):
     """Teacher trajectories for random captions at the student's levels `sigmas`, and their clean ends; cached."""
     path = run.path("ode_pairs.pt")
-    made_by = [preset_name, preset.ode_clips, preset.ode_steps, run.seed,
-               float(sum(p.detach().double().sum() for p in teacher.parameters()))]  # a retrained teacher differs
+    preset = run.preset
+    teacher_sum = float(sum(p.detach().double().sum() for p in teacher.parameters()))   # a retrained teacher differs
+    made_by = [run.made_by, teacher_sum]
     if os.path.exists(path):
         try:
             pairs = torch.load(path, weights_only=True)
@@ -469,7 +273,7 @@ def ode_pairs(run, preset, preset_name, teacher, text_encoder, sigmas):
         names = [random_caption(gen) for _ in range(min(batch, preset.ode_clips - start))]
         with run.autocast():
             x0, kept = teacher_sample(teacher, text_encoder, names, preset.clip_frames, preset.ode_steps,
-                                      preset.shift, preset.cfg_scale, gen, keep_sigmas=sigmas)
+                                      preset.timestep_shift, preset.guidance_scale, gen, keep_sigmas=sigmas)
         noisy.append(torch.stack(kept, 1).float().cpu())
         clean.append(x0.float().cpu())
         captions += names
@@ -505,13 +309,15 @@ class ODEDistillation:
     """Stage 1. Regress the teacher's ODE solutions; the memory is built in the graph as streaming builds it (D11)."""
     name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
 
-    def __init__(self, run, preset, preset_name, mode):
-        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+    def __init__(self, run):
+        self.run, self.preset, self.log = run, run.preset, []
+        preset = run.preset
         self.steps = preset.student_steps
-        teacher, self.text_encoder = (m.to(run.device) for m in build(load_checkpoint(run.path("teacher.pt"))))
-        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-        self.pairs = ode_pairs(run, preset, preset_name, teacher, self.text_encoder, self.sigmas)
-        self.model = student_from_teacher(teacher, mode).train()
+        teacher, self.text_encoder = run.build("teacher.pt")
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
+        self.pairs = ode_pairs(run, teacher, self.text_encoder, self.sigmas)
+        with run.seeded(1):                                # the memory's new weights
+            self.model = student_from_teacher(teacher, run.mode).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.student_lr, betas=(0.9, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer}
 
@@ -527,7 +333,7 @@ class ODEDistillation:
         return {"loss": loss.item()}
 
     def finish(self):
-        release(self.run.path("student_stage1.pt"), 1, self.preset_name, self.model, self.text_encoder, self.log)
+        release(self.run, "student_stage1.pt", 1, self.model, self.text_encoder, self.log)
 
 
 # ---- stage 2: long self-rollout with DMD (E11) ---------------------------------------------------
@@ -551,19 +357,20 @@ class SelfRolloutDMD:
     commonest picture: stage 1's loss on the teacher's ODE pairs stays in the generator's loss (`dmd_regression`)."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
-    def __init__(self, run, preset, preset_name, released="student.pt"):
-        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+    def __init__(self, run, released="student.pt"):
+        self.run, self.preset, self.log = run, run.preset, []
+        preset = run.preset
         self.steps, self.released = preset.dmd_steps, released
-        self.teacher, self.text_encoder = (m.to(run.device) for m in build(load_checkpoint(run.path("teacher.pt"))))
+        self.teacher, self.text_encoder = run.build("teacher.pt")
         self.teacher.requires_grad_(False)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
-        self.model = build(load_checkpoint(run.path("student_stage1.pt")))[0].to(run.device).train().requires_grad_(True)
+        self.model = run.build("student_stage1.pt")[0].train().requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
         self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer,
                         "critic": self.critic, "critic_optimizer": self.critic_optimizer}
-        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
-        self.pairs = (ode_pairs(run, preset, preset_name, self.teacher, self.text_encoder, self.sigmas)
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
+        self.pairs = (ode_pairs(run, self.teacher, self.text_encoder, self.sigmas)
                       if preset.dmd_regression > 0 else None)   # stage 1's cached pairs (or the same made again)
 
     def rollout(self, step, grad=True):
@@ -593,14 +400,14 @@ class SelfRolloutDMD:
         x_s = tv.add_noise(x, torch.randn(x.shape, generator=gen).to(x.device), sigma)
         text, empty = self.text_encoder([caption] * B), self.text_encoder([""] * B)
         with torch.no_grad(), self.run.autocast():
-            v_real = guided_velocity(self.teacher, x_s, 1000 * sigma, text, empty, self.preset.cfg_scale)
-            v_fake = self.critic(x_s, 1000 * sigma, text).float()
-        return tv.x0_from_velocity(x_s, v_real, sigma), tv.x0_from_velocity(x_s, v_fake, sigma)
+            velocity_real = guided_velocity(self.teacher, x_s, 1000 * sigma, text, empty, self.preset.guidance_scale)
+            velocity_fake = self.critic(x_s, 1000 * sigma, text).float()
+        return tv.x0_from_velocity(x_s, velocity_real, sigma), tv.x0_from_velocity(x_s, velocity_fake, sigma)
 
     def critic_loss(self, x, caption, gen):
         """The critic's flow matching on the student's samples x, at the sampler's shifted levels, where they live."""
         noise = torch.randn(x.shape, generator=gen).to(x.device)
-        sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), self.preset.shift).to(x.device)
+        sigma = tv.shift_sigma(torch.rand(x.shape[0], generator=gen), self.preset.timestep_shift).to(x.device)
         text = self.text_encoder([caption] * x.shape[0])
         return flow_matching_error(self.critic, x, noise, sigma, text, self.run.autocast).mean()
 
@@ -629,66 +436,10 @@ class SelfRolloutDMD:
         return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
 
     def finish(self):
-        release(self.run.path(self.released), 2, self.preset_name, self.model, self.text_encoder, self.log)
+        release(self.run, self.released, 2, self.model, self.text_encoder, self.log)
 
 
 # ---- stage 2, last phase: the memory asked for what left the window (ours) -------------------------
-
-def recall_world(preset, cfg):
-    """The preset's world, with curtains (world.occluder = 4) if it has none: sprites hide behind
-    them longer than the sink and the window can bridge, then come back."""
-    world = World(cfg.frame_size, **preset.world)
-    return world if world.occluder else World(cfg.frame_size, **{**preset.world, "occluder": 4})
-
-
-class Return(NamedTuple):
-    """A ground-truth clip in which a sprite leaves sight for longer than the sink and the window hold,
-    and comes back: then only the memory can tell its colour."""
-    video: torch.Tensor  # (1, F, 3, H, W)
-    caption: str
-    colour: int          # index into SPRITE_COLOURS
-    context: int         # chunks of ground truth the recall probe feeds: the last window_chunks show none of it
-    back: int            # the frame in which a pixel of it is in sight again
-    clearly_back: int    # the frame in which it is clearly back (8 pixels: measure/ reads it)
-
-
-def sprite_absence(area, cfg):
-    """From one sprite's visible pixels per frame, area (F,): (context, back, clearly_back, hidden_at) as in
-    Return, hidden_at the frame it leaves sight, if it is out of sight in the sink's frames, seen clearly, then
-    hidden until the window holds none of it, and clearly back at least four chunks before the end; else None."""
-    cf, frames, area = cfg.chunk_frames, len(area), area.tolist()
-    seen, hidden = [a >= 8 for a in area], [a < 1 for a in area]    # clearly; not one pixel in sight
-    if any(a >= 1 for a in area[:cfg.sink_chunks * cf]) or True not in seen:
-        return None
-    first = seen.index(True)
-    hidden_at = hidden.index(True, first) if True in hidden[first:] else frames
-    back = hidden.index(False, hidden_at) if False in hidden[hidden_at:] else frames
-    clearly_back = seen.index(True, back) if True in seen[back:] else frames
-    context = math.ceil(hidden_at / cf) + cfg.window_chunks   # the first chunk after the window emptied
-    return (context, back, clearly_back, hidden_at) if context * cf <= back and clearly_back <= frames - 4 * cf else None
-
-
-def sprite_returns(world, cfg, count, frames, seed):
-    """Up to `count` Returns among one-sprite clips (sprite_absence); switched or two-sprite: measure/benchmark.py."""
-    found = []
-    for batch in range(64):                                   # a search: the clips are rare, not scarce
-        clips = world.sample(32, frames, seed=seed + 1000 * batch)
-        for b in torch.nonzero(clips.count == 1).flatten().tolist():
-            span = sprite_absence(clips.visible_area[b, :, 0], cfg)
-            if span:
-                found.append(Return(clips.video[b:b + 1], clips.captions[b][0], int(clips.sprite_colour[b, 0]),
-                                    *span[:3]))
-                if len(found) == count:
-                    return found
-    return found
-
-
-def feed_context(model, text_encoder, cache, clip, chunks):
-    """Feed a Return's first `chunks` chunks under its caption: the cache is then as if the model had streamed them."""
-    cf, device = model.cfg.chunk_frames, next(model.parameters()).device
-    cache.set_prompt(model, text_encoder([clip.caption]))
-    tv.teacher_force(model, cache, clip.video[:, :chunks * cf].to(device))
-
 
 def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
     """The trained student makes `num_chunks` chunks with the sampler's chain to `exit_step` (its prediction in
@@ -730,12 +481,12 @@ class MemoryRecall:
     as it was, off the sprite (`memory_anchor`) and on a free rollout (`memory_free_anchor`)."""
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
-    def __init__(self, run, preset, preset_name, dmd_file):
-        self.run, self.preset, self.preset_name, self.log = run, preset, preset_name, []
+    def __init__(self, run, dmd_file):
+        self.run, self.preset, self.log = run, run.preset, []
+        preset = run.preset
         self.steps = preset.memory_steps
-        checkpoint = load_checkpoint(run.path(dmd_file))
-        self.model, self.text_encoder = (m.to(run.device) for m in build(checkpoint))
-        self.frozen = build(checkpoint)[0].to(run.device).requires_grad_(False)
+        self.model, self.text_encoder = run.build(dmd_file)
+        self.frozen = run.build(dmd_file)[0].requires_grad_(False)
         self.memory = [p for name, p in self.model.named_parameters() if ".memory." in name]
         if not tv.uses_memory(self.model.cfg.mode):
             raise SystemExit(f"{run.path(dmd_file)} has no memory to train (mode {self.model.cfg.mode}): set "
@@ -749,8 +500,8 @@ class MemoryRecall:
                                            lr=preset.memory_lr, betas=(0.9, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer}
         size = self.model.cfg.frame_size
-        self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]
-        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+        self.worlds = [World(size, **w) for w in preset.memory_worlds] or [with_curtains(World(size, **preset.world))]
+        self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
 
     def train_step(self, step):
         preset, model, frozen, cf = self.preset, self.model, self.frozen, self.model.cfg.chunk_frames
@@ -773,7 +524,8 @@ class MemoryRecall:
                 caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
                 for student, cache in zip((model, frozen), caches):
                     with torch.set_grad_enabled(student is model):
-                        feed_context(student, self.text_encoder, cache, clip, r)
+                        tv.teacher_force(student, self.text_encoder, cache, clip.video[:, :r * cf].to(self.run.device),
+                                         clip.prompts())
                 made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
                 background = parse_caption(clip.caption).background
                 clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
@@ -794,20 +546,21 @@ class MemoryRecall:
 
     def finish(self):
         self.model.eval()
-        release(self.run.path("student.pt"), 2, self.preset_name, self.model, self.text_encoder, self.log)
+        release(self.run, "student.pt", 2, self.model, self.text_encoder, self.log)
 
 
 # ---- the harness: devices, data parallel, checkpoints, the loop every stage shares ----------------
 
-CHECKPOINT_FORMAT = "tiny-videossm/1"
-
 class Run:
-    """Where a run happens: device, autocast, data-parallel rank, checkpoint folder. Every rank builds the
-    same weights (one seed, the same files) and averages its gradients, so the ranks stay equal."""
+    """Where a run happens and what makes it: device, autocast, data-parallel rank, checkpoint folder, and the
+    preset, settings and seed every file it writes records. Every rank builds the same weights (one seed, the
+    same files) and averages its gradients, so the ranks stay equal."""
 
-    def __init__(self, device, out_dir, seed):
+    def __init__(self, device, out_dir, seed, spec="tiny", mode="hybrid"):
         if device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu")
+        self.preset = preset_from(spec)
+        self.made_by, self.mode = {"preset": spec, "seed": seed, "recipe": asdict(self.preset)}, mode
         self.distributed = "RANK" in os.environ                          # launched by torchrun
         if self.distributed:
             dist.init_process_group("nccl" if device == "cuda" else "gloo")
@@ -821,6 +574,7 @@ class Run:
         except (FileExistsError, NotADirectoryError):
             raise SystemExit(f"--out {out_dir}: a file is in the way (it must be a folder); name another folder")
         if self.rank == 0:
+            take_folder(out_dir)
             remove_stale_temporary_files(out_dir)
 
     def autocast(self):
@@ -832,6 +586,14 @@ class Run:
         for key in (*keys, self.rank):
             seed = (seed * 1_000_003 + key) % 2 ** 63
         return torch.Generator().manual_seed(seed)
+
+    @contextlib.contextmanager
+    def seeded(self, stage):
+        """New weights drawn inside come from the stage's own seed (the same on every rank), whatever ran
+        before in the process: a stage started on its own, or resumed, builds the same model."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + stage) % 2 ** 63)
+            yield
 
     def average_gradients(self, parameters):
         """Data parallel, spelled out: sum every gradient over the ranks and divide (what DDP does)."""
@@ -852,57 +614,107 @@ class Run:
     def path(self, name):
         return os.path.join(self.out_dir, name)
 
+    def load(self, name):
+        """A checkpoint of this run's folder, with one clear message if it cannot be used."""
+        try:
+            return tv.load_checkpoint(self.path(name))
+        except tv.CheckpointError as error:
+            raise SystemExit(str(error)) from None
+
+    def build(self, name):
+        """The model and text encoder of a checkpoint this run released, on the run's device."""
+        model, text_encoder = checked(tv.build, self.load(name), self.path(name))
+        return model.to(self.device), text_encoder.to(self.device)
+
+
+def checked(function, *args):
+    try:
+        return function(*args)
+    except tv.CheckpointError as error:
+        raise SystemExit(str(error)) from None
+
+
+def take_folder(folder):
+    """One run writes to a folder at a time: FOLDER/run.lock holds the writer's process id until it ends
+    (release_folder). A lock whose process is gone (killed) is taken over."""
+    lock, mine = os.path.join(folder, "run.lock"), os.path.join(folder, f"run.lock.{os.getpid()}.tmp")
+    with open(mine, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(mine, lock)                    # atomic, and only if no lock exists: the lock is ours
+                atexit.register(release_folder, folder)
+                return
+            except FileExistsError:
+                try:
+                    holder = int(open(lock).read())
+                except (FileNotFoundError, ValueError):   # released meanwhile, or not a lock of ours: try again
+                    holder = None
+                if holder == os.getpid():
+                    return
+                if holder and process_alive(holder):
+                    raise SystemExit(f"{folder} is being written by another training run (process {holder}): wait "
+                                     f"for it to finish, or pass --out with another folder") from None
+                if os.path.exists(lock):
+                    os.remove(lock)                    # its process is gone: take it over
+    finally:
+        os.remove(mine)
+
+
+def release_folder(folder):
+    lock = os.path.join(folder, "run.lock")
+    try:
+        if int(open(lock).read()) == os.getpid():
+            os.remove(lock)
+    except (FileNotFoundError, ValueError):
+        pass
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)                                 # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:                             # alive, someone else's
+        pass
+    return True
+
 
 def save_checkpoint(path, checkpoint):
-    """Write atomically: a temporary file in the same folder, then a rename. A crash leaves the old file."""
+    """Write atomically: a temporary file in the same folder, then a rename. A crash or a full disk leaves the
+    old file as it was, and no temporary file."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as file:                  # a file object: the archive's name inside is fixed
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())                    # on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)
+    except OSError as error:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        kept = f"the last checkpoint, {path}, is kept as it was" if os.path.exists(path) else "nothing was written"
+        raise SystemExit(f"cannot write {path}: {error.strerror or error}. {kept.capitalize()}; make room (or fix "
+                         f"the folder) and run the same command again to go on from there.") from None
 
 
 def remove_stale_temporary_files(folder):
     """Temporary files of saves that were killed (their process is gone): NAME.PID.tmp."""
     for name in os.listdir(folder):
         parts = name.split(".")
-        if len(parts) > 2 and parts[-1] == "tmp" and parts[-2].isdigit():
-            try:
-                os.kill(int(parts[-2]), 0)              # signal 0: only asks whether the process exists
-            except ProcessLookupError:
-                os.remove(os.path.join(folder, name))
-            except PermissionError:                     # alive, someone else's
-                pass
+        if len(parts) > 2 and parts[-1] == "tmp" and parts[-2].isdigit() and not process_alive(int(parts[-2])):
+            os.remove(os.path.join(folder, name))
 
 
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: train one with `python train.py --preset tiny`, "
-                         f"or pass the path of one")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise SystemExit(f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
-                         f"({type(error).__name__}). Delete it and train again.") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"{path} is not a tiny-videossm checkpoint (format {CHECKPOINT_FORMAT})")
-    return checkpoint
-
-
-def build(checkpoint):
-    """The model and text encoder stored in a checkpoint, in float32, in eval mode."""
-    cfg = tv.VideoSSMConfig(**checkpoint["config"])
-    model = tv.VideoDiT(cfg)
-    model.load_state_dict({k: v.float() for k, v in checkpoint["model"].items()})
-    text_encoder = tv.TextEncoder(checkpoint["vocab"], cfg.text_dim)
-    text_encoder.load_state_dict({k: v.float() for k, v in checkpoint["text_encoder"].items()})
-    return model.eval(), text_encoder.eval().requires_grad_(False)
-
-
-def release(path, stage, preset_name, model, text_encoder, log):
-    """The checkpoint sample.py and the notebooks read: weights in half precision, no optimizer."""
+def release(run, name, stage, model, text_encoder, log):
+    """The checkpoint sample.py and the notebooks read (tiny_videossm.CHECKPOINT_FORMAT): weights in half
+    precision, no optimizer; what sampling needs beside them; what made it."""
     half = lambda module: {k: v.half() for k, v in module.state_dict().items()}
-    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "stage": stage, "preset": preset_name,
-                           "config": asdict(model.cfg), "vocab": text_encoder.vocab,
-                           "model": half(model), "text_encoder": half(text_encoder), "log": log})
+    sampling = {"denoising_steps": run.preset.denoising_steps, "timestep_shift": run.preset.timestep_shift}
+    save_checkpoint(run.path(name), {"format": tv.CHECKPOINT_FORMAT, "stage": stage, "config": asdict(model.cfg),
+                                     "vocab": text_encoder.vocab, "sampling": sampling, "made_by": run.made_by,
+                                     "model": half(model), "text_encoder": half(text_encoder), "log": log})
 
 
 class EMA:
@@ -937,22 +749,54 @@ def optimizer_step(run, optimizer, parameters, lr, loss):
     optimizer.step()
 
 
+def describe(made_by):
+    return f"preset {made_by.get('preset')!r}, seed {made_by.get('seed')}"
+
+
+def made_by_this_run(run, name, student=False):
+    """Whether the run's folder holds `name` made by this run: the same preset, settings and seed (and, for a
+    student, mode). A file there made by any other run is one clear message, not a stage skipped."""
+    if not os.path.exists(run.path(name)):
+        return False
+    checkpoint = run.load(name)
+    made_by, mode = checkpoint.get("made_by", {}), checkpoint.get("config", {}).get("mode")
+    if made_by == run.made_by and (not student or mode == run.mode):
+        return True
+    if {k: made_by.get(k) for k in ("preset", "seed")} == {k: run.made_by[k] for k in ("preset", "seed")}:
+        why = f"mode {mode!r}" if made_by == run.made_by else "other values of that preset (another train.py)"
+        differs = f"{run.path(name)} was made by {describe(made_by)} too, but with {why}"
+    else:
+        differs = f"{run.path(name)} was made by another run ({describe(made_by)}; this one: {describe(run.made_by)})"
+    raise SystemExit(f"{differs}. Pass --out with a folder of its own for this run, or that run's --preset, --set, "
+                     f"--seed and --mode to go on with it.")
+
+
+def log_entry(losses):
+    """One step's log entry, its keys interned: a resumed run's log then saves to the same bytes as an uncut one's
+    (pickle writes a string once per object, and strings read back from a file are new objects)."""
+    return {sys.intern(key): value for key, value in losses.items()}
+
+
 def run_stage(stage, run, stop_at=None):
     """The loop every stage shares: resume, train, checkpoint. A stage provides `name`, `steps`, `resume_file`,
     `modules` (saved and resumed), `train_step(step) -> dict of losses` and `finish()`, which writes the released
     checkpoint. Returns True when the stage is complete."""
     resume_path, start = run.path(stage.resume_file), 0
-    made_by = {"preset": stage.preset_name, "seed": run.seed}       # a resume file belongs to one run
+    made_by = {**run.made_by, "mode": run.mode}                     # a resume file belongs to one run
     if os.path.exists(resume_path):
-        checkpoint = load_checkpoint(resume_path)
-        differs = [f"{key} {checkpoint.get(key)!r} (this run: {value!r})" for key, value in made_by.items()
-                   if checkpoint.get(key) != value]
-        if differs:
-            raise SystemExit(f"{resume_path} belongs to another run: {', '.join(differs)}. Pass the same --preset, "
-                             f"--set and --seed to resume it, or delete it to start {stage.name} over.")
-        for name, module in stage.modules.items():
-            module.load_state_dict(checkpoint[name])
-        start, stage.log = checkpoint["step"], checkpoint["log"]
+        checkpoint = run.load(stage.resume_file)
+        if checkpoint.get("made_by") != made_by:
+            raise SystemExit(f"{resume_path} belongs to another run ({describe(checkpoint.get('made_by', {}))}, mode "
+                             f"{checkpoint.get('made_by', {}).get('mode')!r}; this one: {describe(made_by)}, mode "
+                             f"{run.mode!r}). Pass that run's --preset, --set, --seed and --mode to resume it, or "
+                             f"--out with a folder of its own for this run.")
+        try:
+            for name, module in stage.modules.items():
+                module.load_state_dict(checkpoint[name])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise SystemExit(f"{resume_path} does not fit this code's {stage.name} ({type(error).__name__}): it was "
+                             f"written by another version of train.py; pass --out with a new folder") from None
+        start, stage.log = checkpoint["step"], [log_entry(entry) for entry in checkpoint["log"]]
         if run.rank == 0:
             print(f"{stage.name}: resuming from step {start} ({resume_path})")
     end = stage.steps if stop_at is None else min(stop_at, stage.steps)
@@ -960,11 +804,11 @@ def run_stage(stage, run, stop_at=None):
     started = time.time()
     for step in bar:
         losses = stage.train_step(step)
-        stage.log.append({"step": step, **losses})
+        stage.log.append(log_entry({"step": step, **losses}))
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-        if run.rank == 0 and ((step + 1) % stage.preset.save_every == 0 or step + 1 == end):
-            save_checkpoint(resume_path, {"format": CHECKPOINT_FORMAT, "step": step + 1, "log": stage.log, **made_by,
-                                          **{name: m.state_dict() for name, m in stage.modules.items()}})
+        if run.rank == 0 and ((step + 1) % run.preset.save_every == 0 or step + 1 == end):
+            save_checkpoint(resume_path, {"format": tv.CHECKPOINT_FORMAT, "step": step + 1, "log": stage.log,
+                                          "made_by": made_by, **{n: m.state_dict() for n, m in stage.modules.items()}})
     if run.rank == 0:
         print(f"{stage.name}: {end - start} steps in {time.time() - started:.0f} s")
     if end < stage.steps:
@@ -980,7 +824,7 @@ def run_stage(stage, run, stop_at=None):
 
 def preset_from(spec: str) -> Preset:
     """A preset from its spec: a name in PRESETS, then any FIELD=VALUE settings (train.py's --set),
-    e.g. "tiny teacher_steps=8000 model.dim=256 world.occluder=14". Checkpoints keep the spec."""
+    e.g. "tiny teacher_steps=8000 model.dim=256 world.curtains=14". Checkpoints keep the spec."""
     name, *settings = spec.split()
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
@@ -1008,11 +852,28 @@ def preset_from(spec: str) -> Preset:
         raise ValueError(f"--set: {error}") from None
 
 
+def train_stages(run, args, stages):
+    """Each stage in turn: done if this run released it, else trained (or resumed) to its end or --stop-at."""
+    for number, released, make in [stage for stage in stages if args.stage in ("all", stage[0])]:
+        if made_by_this_run(run, released, student=number != "0"):
+            if run.rank == 0:
+                print(f"stage {number}: {run.path(released)} was made by this preset, settings and seed: done")
+            continue
+        if number == "2" and made_by_this_run(run, "student.pt", student=True):    # the phase released: DMD is done
+            continue
+        started = time.time()
+        if not run_stage(make(), run, args.stop_at):
+            break                                          # stopped at --stop-at: the same command resumes
+        if run.rank == 0:
+            print(f"stage {number}: {released} in {(time.time() - started) / 60:.1f} min (setup included)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train tiny-videossm: stage 0 the teacher, stage 1 the causal "
                                      "student by ODE distillation, stage 2 the student by long self-rollouts with DMD, "
                                      "then its memory's recall of sprites that come back after a long absence. Each "
-                                     "stage resumes from its last checkpoint and is skipped once it is released.")
+                                     "stage resumes from its last checkpoint, and a stage this run (the same preset, "
+                                     "settings and seed) has released is done.")
     parser.add_argument("--preset", default="tiny", help=f"sizes and schedules: {', '.join(PRESETS)} (default tiny)")
     parser.add_argument("--set", default=[], action="append", metavar="FIELD=VALUE",
                         help="change one field of the preset (repeatable): e.g. --set teacher_steps=8000 "
@@ -1022,7 +883,7 @@ def main(argv=None):
                         help="the student's memory mode: hybrid (VideoSSM), sink (LongLive), window (Self-Forcing), "
                              "memory (state-space only)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda trains in bf16 autocast")
-    parser.add_argument("--out", default="checkpoints", help="checkpoint folder (default checkpoints/)")
+    parser.add_argument("--out", help="the run's folder (default runs/PRESET); checkpoints/ holds the shipped models")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop each stage at this step, leaving a checkpoint to resume from")
@@ -1033,28 +894,23 @@ def main(argv=None):
         parser.error(f"--seed {args.seed}: use a number from 0 to {2 ** 32 - 1}")
     spec = " ".join([args.preset, *args.set])           # what the checkpoints record as their preset
     try:
-        preset = preset_from(spec)
+        preset_from(spec)
     except ValueError as error:
         parser.error(str(error))
-    run = Run(args.device, args.out, args.seed)
+    run = Run(args.device, args.out or os.path.join("runs", args.preset), args.seed, spec, args.mode)
+    if run.rank == 0:
+        print(f"training into {run.out_dir}/ ({describe(run.made_by)}, mode {args.mode})")
     # stage 2 ends with the memory's recall phase when the student has a memory and the preset asks
-    dmd_file = "student_dmd.pt" if preset.memory_steps and tv.uses_memory(args.mode) else "student.pt"
-    stages = [("0", "teacher.pt", lambda: Teacher(run, preset, spec)),
-              ("1", "student_stage1.pt", lambda: ODEDistillation(run, preset, spec, args.mode)),
-              ("2", dmd_file, lambda: SelfRolloutDMD(run, preset, spec, dmd_file))]
+    dmd_file = "student_dmd.pt" if run.preset.memory_steps and tv.uses_memory(args.mode) else "student.pt"
+    stages = [("0", "teacher.pt", lambda: Teacher(run)),
+              ("1", "student_stage1.pt", lambda: ODEDistillation(run)),
+              ("2", dmd_file, lambda: SelfRolloutDMD(run, dmd_file))]
     if dmd_file != "student.pt":
-        stages.append(("2", "student.pt", lambda: MemoryRecall(run, preset, spec, dmd_file)))
-    for number, released, make in [stage for stage in stages if args.stage in ("all", stage[0])]:
-        done = os.path.exists(run.path(released))
-        if done or number == "2" and os.path.exists(run.path("student.pt")):   # the phase released: DMD is done
-            if run.rank == 0 and done:
-                print(f"stage {number}: {run.path(released)} exists; delete it to train this stage again")
-            continue
-        started = time.time()
-        if not run_stage(make(), run, args.stop_at):
-            break                                          # stopped at --stop-at: the same command resumes
-        if run.rank == 0:
-            print(f"stage {number}: {released} in {(time.time() - started) / 60:.1f} min (setup included)")
+        stages.append(("2", "student.pt", lambda: MemoryRecall(run, dmd_file)))
+    try:
+        train_stages(run, args, stages)
+    finally:
+        release_folder(run.out_dir)
     if run.distributed:
         dist.barrier()                   # every rank done talking before any tears its connections down
         dist.destroy_process_group()

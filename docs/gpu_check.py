@@ -55,12 +55,12 @@ def time_sampler(out):
 def time_stages(out):
     """Two steps of each stage of the gpu preset, each stage released so that the next can load it."""
     spec = "gpu ode_clips=64"
-    run, preset = train.Run("cuda", str(out), seed=0), train.preset_from(spec)
-    stages = [("stage 0 (teacher)", lambda: train.Teacher(run, preset, spec), 0),
-              ("stage 1 (ODE distillation)", lambda: train.ODEDistillation(run, preset, spec, "hybrid"), 0),
-              ("stage 2 (self-rollout DMD)", lambda: train.SelfRolloutDMD(run, preset, spec, "student_dmd.pt"),
-               preset.critic_warmup),                           # the first step that trains the generator too
-              ("stage 2 (memory recall)", lambda: train.MemoryRecall(run, preset, spec, "student_dmd.pt"), 0)]
+    run = train.Run("cuda", str(out), seed=0, spec=spec)
+    stages = [("stage 0 (teacher)", lambda: train.Teacher(run), 0),
+              ("stage 1 (ODE distillation)", lambda: train.ODEDistillation(run), 0),
+              ("stage 2 (self-rollout DMD)", lambda: train.SelfRolloutDMD(run, "student_dmd.pt"),
+               run.preset.critic_warmup),                       # the first step that trains the generator too
+              ("stage 2 (memory recall)", lambda: train.MemoryRecall(run, "student_dmd.pt"), 0)]
     rows = []
     for name, make, first in stages:
         stage, seconds = make(), []

@@ -7,6 +7,7 @@ which earlier chunks each chunk of a video sees, and how (sink, window, or throu
 The pattern comes from the model's own `visible_chunks`, so the figure follows the code.
 """
 
+import argparse
 import os
 import sys
 
@@ -115,4 +116,5 @@ def main():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0]).parse_args()
     main()

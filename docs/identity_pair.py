@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))   # the repo root
 import sample  # noqa: E402
 import tiny_videossm as tv  # noqa: E402
-import train  # noqa: E402
+from world import SPRITE_COLOURS, World  # noqa: E402
 from measure import metrics  # noqa: E402
 from measure.benchmark import interval_cell, one_sprite_clips, streamed_videos  # noqa: E402
 
@@ -30,11 +30,13 @@ def main():
     torch.set_num_threads(2)
     kept = {}
     for path in (args.a, args.b):
-        model, text_encoder, preset = sample.load(path)
-        frames, sigmas = 20 * preset.clip_frames, tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+        model, text_encoder, checkpoint = sample.load(path)
+        recipe, sampling = checkpoint["made_by"]["recipe"], checkpoint["sampling"]
+        frames = 20 * recipe["clip_frames"]
+        sigmas = tv.denoising_sigmas(sampling["denoising_steps"], sampling["timestep_shift"])
         made = []
         for seed in seeds:                                                  # the benchmark's prompts and noise
-            truth, keep = one_sprite_clips(preset, model.cfg, 32, frames, seed)
+            truth, keep = one_sprite_clips(World(model.cfg.frame_size, **recipe["world"]), 32, frames, seed)
             made.append(streamed_videos(model, text_encoder, [truth.captions[b][0] for b in keep], frames, sigmas,
                                         seed, "hybrid"))
         videos = torch.cat(made)
@@ -43,7 +45,7 @@ def main():
         late = sprite[:, sprite.shape[1] // 2:]
         changes = [(t[t >= 0][1:] != t[t >= 0][:-1]).sum().item() for t in late]
         print(f"{path}: identity kept {kept[path].nanmean():.3f}; late sprite frames per colour "
-              f"{dict(zip(train.SPRITE_COLOURS, torch.bincount(late[late >= 0], minlength=4).tolist()))}; "
+              f"{dict(zip(SPRITE_COLOURS, torch.bincount(late[late >= 0], minlength=4).tolist()))}; "
               f"colour changes per video {sum(changes) / len(changes):.2f}")
     print(f"identity kept, A - B over {len(kept[args.a])} videos: {interval_cell(kept[args.a], kept[args.b])}")
 

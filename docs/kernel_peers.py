@@ -5,6 +5,7 @@ Qwen3-Next `torch_chunk_gated_delta_rule` and flash-linear-attention's `naive_ch
 Neither is a dependency of the project: `pip install transformers fla-core`.
 """
 
+import argparse
 import importlib.util
 import inspect
 import pathlib
@@ -51,5 +52,9 @@ def import_kernel_speed():
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cuda", action="store_true", help="time on the GPU (default: the CPU)")
+    cuda = parser.parse_args().cuda
     peers = load_peers()                          # first, while `kernels` can only be Hugging Face's
-    import_kernel_speed().benchmark("cuda" if "--cuda" in sys.argv else "cpu", peers=peers)
+    import_kernel_speed().benchmark("cuda" if cuda else "cpu", peers=peers)

@@ -3,6 +3,7 @@
 random-weight model of the default size: constant in `hybrid`, growing in `full`.
 """
 
+import argparse
 import pathlib
 import sys
 import time
@@ -39,4 +40,6 @@ def latency_benchmark(chunks=(10, 200), steps=4, device="cpu"):
 
 
 if __name__ == "__main__":
-    latency_benchmark(device="cuda" if "--cuda" in sys.argv else "cpu")
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--cuda", action="store_true", help="time on the GPU (default: the CPU)")
+    latency_benchmark(device="cuda" if parser.parse_args().cuda else "cpu")

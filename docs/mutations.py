@@ -9,6 +9,7 @@ Break each equation's line by hand, one at a time, and name the test that goes r
 Works on a copy of the committed tree (git archive HEAD) in a temporary folder, so the checkout
 is never touched. A break that leaves the suite green is a test that is missing.
 """
+import argparse
 import os
 import re
 import subprocess
@@ -71,11 +72,11 @@ BREAKS = [
  ("flow matching: target flipped (teacher, critic)", "train.py", "return (velocity.float() - tv.velocity_target(x0, noise)).square()", "return (velocity.float() - tv.velocity_target(noise, x0)).square()"),
  ("teacher ODE: Euler step against time", "train.py", "x = x + (s_next - s) * guided_velocity(", "x = x - (s_next - s) * guided_velocity("),
  ("teacher ODE: kept states after their step", "train.py", "        if s in keep_sigmas:\n            kept[s] = x.clone()\n        t = torch.full((B,), 1000 * s, device=device)\n        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)", "        t = torch.full((B,), 1000 * s, device=device)\n        x = x + (s_next - s) * guided_velocity(teacher, x, t, text, empty, cfg_scale)\n        if s in keep_sigmas:\n            kept[s] = x.clone()"),
- ("world: the right curtain left out", "train.py", "band = ((column < self.occluder) | (column >= self.size - self.occluder)).float()", "band = (column < self.occluder).float()"),
- ("sprite mask counts the curtains", "train.py", "return (away(BACKGROUND_RGB[background]) & away(OCCLUDER_RGB)).float()", "return away(BACKGROUND_RGB[background]).float()"),
+ ("world: the right curtain left out", "train.py", "band = ((column < self.curtains) | (column >= self.size - self.curtains)).float()", "band = (column < self.curtains).float()"),
+ ("sprite mask counts the curtains", "train.py", "return (away(BACKGROUND_RGB[background]) & away(CURTAIN_RGB)).float()", "return away(BACKGROUND_RGB[background]).float()"),
  ("phase: its family of worlds ignored", "train.py", "self.worlds = [World(size, **w) for w in preset.memory_worlds] or [recall_world(preset, self.model.cfg)]", "self.worlds = [recall_world(preset, self.model.cfg)]"),
  ("harness: the phase's release no longer ends stage 2", "train.py", 'if done or number == "2" and os.path.exists(run.path("student.pt")):', "if done:"),
- ("palette: the curtains' grey left out", "measure/metrics.py", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB])"),
+ ("palette: the curtains' grey left out", "measure/metrics.py", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, CURTAIN_RGB[None]])", "PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB])"),
  ("switch: the probe streams under the old caption", "measure/benchmark.py", "{0: probe.caption_at_return}", "{0: probe.caption}"),
  ("switch: the context is fed without its re-cache", "measure/benchmark.py", "cut = min(probe.switch or chunks, chunks)", "cut = chunks"),
  ("switch: at a frame the sprite is in sight", "measure/benchmark.py", "chunk[b] = (math.ceil(hidden_at / cf) + context) // 2", "chunk[b] = max(1, math.ceil(hidden_at / cf) - 2)"),
@@ -138,9 +139,11 @@ def main(only, tests="not notebook and not torchrun"):
 
 
 if __name__ == "__main__":
-    words = sys.argv[1:]
-    if "--tests" in words:
-        at = words.index("--tests")
-        main(words[:at] + words[at + 2:], words[at + 1])
-    else:
-        main(words)
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("only", nargs="*", help="only the breaks whose label contains one of these words")
+    parser.add_argument("--tests", default="not notebook and not torchrun",
+                        help="the tests to run on each break, a pytest -k expression (default: all but the "
+                             "notebooks and torchrun)")
+    args = parser.parse_args()
+    main(args.only, args.tests)

@@ -14,26 +14,27 @@ import sys
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))   # the repo root
+import sample  # noqa: E402
 import tiny_videossm as tv  # noqa: E402
-import train  # noqa: E402
 from measure.report import save_grid  # noqa: E402
+from world import World, sprite_returns, with_curtains  # noqa: E402
 
 
 @torch.no_grad()
-def probe_grid(path, model, text_encoder, preset, count=6):
-    cfg, cf = model.cfg, model.cfg.chunk_frames
-    world = train.recall_world(preset, cfg)
-    sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+def probe_grid(path, model, text_encoder, checkpoint, count=6):
+    cfg, cf, recipe, sampling = model.cfg, model.cfg.chunk_frames, checkpoint["made_by"]["recipe"], checkpoint["sampling"]
+    world = with_curtains(World(cfg.frame_size, **recipe["world"]))
+    sigmas = tv.denoising_sigmas(sampling["denoising_steps"], sampling["timestep_shift"])
     rows = []
-    for i, (clip, caption, _, context, *_) in enumerate(train.sprite_returns(world, cfg, count, 20 * preset.clip_frames, 0)):
-        start = context * cf - 3
-        rows.append(clip[:, start:start + 18])
+    for i, probe in enumerate(sprite_returns(world, cfg, count, 20 * recipe["clip_frames"], 0)):
+        start, end = probe.context_chunks * cf - 3, probe.context_chunks * cf
+        rows.append(probe.video[:, start:start + 18])
         for mode in ("hybrid", "sink"):
             cache = tv.StreamCache(model, 1, mode)
-            cache.set_prompt(model, text_encoder([caption]))
-            tv.teacher_force(model, cache, clip[:, :context * cf])
-            made = tv.generate(model, text_encoder, {0: caption}, 5, sigmas, torch.Generator().manual_seed(i), cache=cache)
-            rows.append(torch.cat([clip[:, start:context * cf], *made], 1))
+            tv.teacher_force(model, text_encoder, cache, probe.video[:, :end], probe.prompts())
+            made = tv.generate(model, text_encoder, {0: probe.caption}, 5, sigmas, torch.Generator().manual_seed(i),
+                               cache=cache)
+            rows.append(torch.cat([probe.video[:, start:end], *made], 1))
     save_grid(path, torch.cat(rows))
 
 
@@ -45,11 +46,7 @@ def main():
     args = parser.parse_args()
     if not args.out.endswith(".png"):
         parser.error(f"{args.out}: the picture is a PNG; name it NAME.png")
-    checkpoint = train.load_checkpoint(args.checkpoint)
-    model, text_encoder = train.build(checkpoint)
-    if not model.cfg.causal:
-        sys.exit(f"error: {args.checkpoint} is the bidirectional teacher; the probes stream, so pass a student")
-    probe_grid(args.out, model, text_encoder, train.preset_from(checkpoint["preset"]))
+    probe_grid(args.out, *sample.load(args.checkpoint))
     print(f"wrote {args.out}")
 
 

@@ -10,6 +10,10 @@
 # reports it). Run it on an otherwise quiet machine: other work changes both columns.
 set -euo pipefail
 shopt -s inherit_errexit       # a failed run inside $(measure ...) stops the script too
+if [[ $# -gt 0 ]]; then          # no arguments: --help (or anything) prints the usage above
+    sed -n "2,10p" "$0" | sed "s/^# \{0,1\}//"
+    exit $([[ $1 == -h || $1 == --help ]] && echo 0 || echo 2)
+fi
 cd "$(dirname "$0")/.."
 
 FRAMES=${FRAMES:-240}

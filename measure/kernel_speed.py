@@ -5,11 +5,11 @@ tokens/s (float32), forward and forward + backward; docs/kernel_peers.py adds tw
     python -m measure.kernel_speed [--cuda]
 """
 
-import sys
+import argparse
 import time
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as nnf
 
 from kernels import chunk_gated_delta_rule, compiled_chunk_gated_delta_rule, naive_gated_delta_rule
 
@@ -19,9 +19,9 @@ def random_inputs(B, L, nh, K, V, dtype=torch.float32, device="cpu", seed=0):
     gen = torch.Generator(device="cpu").manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
     q = randn(B, L, nh, K)
-    k = F.normalize(randn(B, L, nh, K), dim=-1)
+    k = nnf.normalize(randn(B, L, nh, K), dim=-1)
     v = randn(B, L, nh, V)
-    g = F.logsigmoid(randn(B, L, nh) + 2.0)              # mostly close to 0: long memories
+    g = nnf.logsigmoid(randn(B, L, nh) + 2.0)              # mostly close to 0: long memories
     beta = torch.sigmoid(randn(B, L, nh))
     return q, k, v, g, beta
 
@@ -80,5 +80,15 @@ def benchmark(device="cpu", peers=None, lengths=(256, 1024, 4096), B=1, nh=4, K=
     table("forward + backward", {**ours, **peers}, forward_backward, lengths[-1:], grad=True)
 
 
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m measure.kernel_speed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cuda", action="store_true", help="time on the GPU (default: the CPU)")
+    args = parser.parse_args(argv)
+    if args.cuda and not torch.cuda.is_available():
+        parser.error("--cuda: no CUDA device is visible")
+    benchmark("cuda" if args.cuda else "cpu")
+
+
 if __name__ == "__main__":
-    benchmark("cuda" if "--cuda" in sys.argv else "cpu")
+    main()

@@ -12,8 +12,8 @@ controls (a frozen clip, added noise, a slow colour shift, a colour swap).
 
 Read them together: a frozen video is perfectly consistent, and an empty background is faithful and
 consistent. Each docstring says which edits of ground truth move the measure and which it is blind to by
-design; the suite's perturbation bench asserts both, edit by edit. Frames are (B, F, 3, H, W) in [-1, 1], as train.py's glossary says;
-n counts chunks, P the palette's colours (PALETTE).
+design; the suite's perturbation bench asserts both, edit by edit. Frames are (B, F, C, H, W) in [-1, 1],
+C = 3; shape letters are the README's glossary, P the palette's colours (PALETTE).
 """
 
 import math
@@ -21,11 +21,11 @@ import math
 import torch
 import torch.nn.functional as nnf
 
-from train import BACKGROUND_RGB, BACKGROUNDS, OCCLUDER_RGB, SPRITE_COLOURS, SPRITE_RGB, Clips
+from world import BACKGROUND_RGB, BACKGROUNDS, CURTAIN_RGB, SPRITE_COLOURS, SPRITE_RGB, Clips
 
 # ---- reading frames back: the world's palette as a measuring stick --------------------------
 
-PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, OCCLUDER_RGB[None]])  # (P, 3) every colour the world paints
+PALETTE = torch.cat([BACKGROUND_RGB, SPRITE_RGB, CURTAIN_RGB[None]])  # (P, 3) every colour the world paints
 
 SPRITE_TOLERANCE = 0.3  # a pixel counts for a sprite colour only this close to it: soft edges,
                         # blends of two colours, would otherwise vote for a third
@@ -33,7 +33,7 @@ SPRITE_TOLERANCE = 0.3  # a pixel counts for a sprite colour only this close to 
 
 def _check_frames(frames: torch.Tensor, min_frames: int = 1) -> None:
     if frames.ndim != 5 or frames.shape[2] != 3:
-        raise ValueError(f"expected frames of shape (B, F, 3, H, W), got {tuple(frames.shape)}")
+        raise ValueError(f"expected frames of shape (B, F, C, H, W), got {tuple(frames.shape)}")
     if frames.shape[1] < min_frames:
         raise ValueError(f"this needs at least {min_frames} frames, got {frames.shape[1]}")
 
@@ -47,7 +47,7 @@ def _chunked(x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
 
 
 def nearest_palette(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel of frames (B, F, 3, H, W), the nearest PALETTE colour: its index and its distance,
+    """Per pixel of frames (B, F, C, H, W), the nearest PALETTE colour: its index and its distance,
     both (B, F, H, W). Every measure reads pixels back this way."""
     pixels = frames.movedim(2, -1)  # (B, F, H, W, 3)
     distance = torch.cdist(pixels.reshape(-1, 3), PALETTE.to(frames))  # (B*F*H*W, P)
@@ -74,7 +74,7 @@ def read_attributes(frames: torch.Tensor, min_sprite_pixels: int = 4, leave_out:
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read each frame's colours back from its pixels, no model involved.
 
-    Args: frames: shape (B, F, 3, H, W) in [-1, 1]; leave_out: a SPRITE_COLOURS index the sprite
+    Args: frames: shape (B, F, C, H, W) in [-1, 1]; leave_out: a SPRITE_COLOURS index the sprite
     reading ignores (-1: none), as if those pixels showed no sprite.
     Returns background (B, F), the index into BACKGROUNDS most pixels are nearest to, and
     sprite (B, F), the index into SPRITE_COLOURS most sprite-coloured pixels show, or -1 when
@@ -178,7 +178,7 @@ def drift(frames: torch.Tensor, chunk_frames: int = 3) -> float:
 
 def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
                   sprites: int | torch.Tensor = 1) -> dict[str, float]:
-    """All the metrics above for frames (B, F, 3, H, W), each averaged over the batch."""
+    """All the metrics above for frames (B, F, C, H, W), each averaged over the batch."""
     return {"fidelity": fidelity(frames), "sprite_presence": sprite_presence(frames),
             "subject_consistency": subject_consistency(frames, chunk_frames, sprites),
             "background_consistency": background_consistency(frames, chunk_frames),
@@ -193,7 +193,7 @@ def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
     -1 where no whole sprite of that colour is in sight. A sprite's pixels fill a share of their
     bounding box that tells the shapes apart whatever their size: a square about 1, a circle
     pi / 4, a diamond (a square on its tip) 1 / 2. A sprite touching the view's edge or the
-    occluder, or much wider than tall, may be cut off, so it is not read."""
+    curtains, or much wider than tall, may be cut off, so it is not read."""
     _check_frames(frames)
     index, distance = nearest_palette(frames)  # (B, F, H, W)
     colours = torch.arange(len(SPRITE_COLOURS), device=frames.device) + len(BACKGROUNDS)
@@ -265,7 +265,7 @@ def identity_kept(frames: torch.Tensor, reference: int = 12) -> torch.Tensor:
 
 
 def recalled(frames: torch.Tensor, colour: int, leave_out: int = -1) -> float:
-    """The recall probe's verdict on what a model made after a sprite's long absence, frames (1, F, 3, H, W):
+    """The recall probe's verdict on what a model made after a sprite's long absence, frames (1, F, C, H, W):
     1.0 if the sprite colour shown in the most frames is `colour`, else 0.0 (none shown: 0.0). With a second
     sprite in view, its colour `leave_out` is not read (read_attributes). A brief flash of the right colour
     among frames of another is a wrong answer. Blind by design to motion: a frozen frame showing the
@@ -277,7 +277,7 @@ def recalled(frames: torch.Tensor, colour: int, leave_out: int = -1) -> float:
 
 def hidden_spans(clips: Clips) -> torch.Tensor:
     """Ground truth: the length in frames of every time a sprite was out of sight (out of the view or
-    behind the occluder) and then seen again, over all clips and sprites: (N,) long."""
+    behind the curtains) and then seen again, over all clips and sprites: (N,) long."""
     present = clips.sprite_colour >= 0  # (B, S)
     lengths = []
     for track in (clips.visible_area >= 1).transpose(1, 2)[present].tolist():  # one list of booleans per sprite

@@ -16,6 +16,7 @@ from tqdm import tqdm
 import tiny_videossm as tv
 import train
 from measure import metrics
+from world import World
 
 MODELS = [("teacher", "teacher.pt"), ("student after stage 1", "student_stage1.pt"),
           ("student after DMD", "student_dmd.pt"), ("student", "student.pt")]
@@ -37,34 +38,39 @@ def report(folder, clips=16, seed=12345, grid=None):
     found = [(name, f) for name, f in MODELS if os.path.exists(os.path.join(folder, f))]
     if not found:
         raise SystemExit(f"no trained model in {folder}: run `python train.py` first")
-    try:
-        preset = train.preset_from(train.load_checkpoint(os.path.join(folder, found[0][1]))["preset"])
-    except ValueError as error:
-        raise SystemExit(f"{folder}/{found[0][1]} was trained with a preset this train.py does not know ({error})")
-    cfg = tv.VideoSSMConfig(**preset.model)
-    truth = train.World(cfg.frame_size, **preset.world).sample(clips, preset.clip_frames, seed=seed)
+    checkpoints = {}
+    for name, file in found:
+        try:
+            checkpoints[name] = tv.load_checkpoint(os.path.join(folder, file))
+        except tv.CheckpointError as error:
+            raise SystemExit(str(error)) from None
+    recipe = checkpoints[found[0][0]]["made_by"]["recipe"]          # the run's preset, every value of it
+    cfg = tv.VideoSSMConfig(**recipe["model"])
+    clip_frames = recipe["clip_frames"]
+    truth = World(cfg.frame_size, **recipe["world"]).sample(clips, clip_frames, seed=seed)
     captions = [c[0] for c in truth.captions]
     rows = {"ground truth": truth.video}
     bar = tqdm(total=len(found) * clips, desc="sampling", unit="clip")
     for name, file in found:
         bar.set_description(f"sampling the {name}")
-        model, text_encoder = train.build(train.load_checkpoint(os.path.join(folder, file)))
+        model, text_encoder = tv.build(checkpoints[name], os.path.join(folder, file))
         gen = torch.Generator().manual_seed(seed)
         if model.cfg.causal:
-            sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.shift)
+            sampling = checkpoints[name]["sampling"]
+            sigmas = tv.denoising_sigmas(sampling["denoising_steps"], sampling["timestep_shift"])
             chunks = []
             for caption in captions:
-                chunks.append(torch.cat(list(tv.generate(model, text_encoder, {0: caption}, preset.clip_frames //
+                chunks.append(torch.cat(list(tv.generate(model, text_encoder, {0: caption}, clip_frames //
                                                          cfg.chunk_frames, sigmas, gen)), 1))
                 bar.update()
             rows[name] = torch.cat(chunks)
         else:
-            rows[name] = train.teacher_sample(model, text_encoder, captions, preset.clip_frames, preset.ode_steps,
-                                              preset.shift, preset.cfg_scale, gen)[0]
+            rows[name] = train.teacher_sample(model, text_encoder, captions, clip_frames, recipe["ode_steps"],
+                                              recipe["timestep_shift"], recipe["guidance_scale"], gen)[0]
             bar.update(clips)
     bar.close()
     names = list(metrics.video_metrics(truth.video, cfg.chunk_frames))
-    print(f"{clips} clips of {preset.clip_frames} frames, the same captions for every row (seed {seed})\n")
+    print(f"{clips} clips of {clip_frames} frames, the same captions for every row (seed {seed})\n")
     print("| | prompt match | shape match | " + " | ".join(n.replace("_", " ") for n in names) + " |")
     print("|---|--:|--:|" + "--:|" * len(names))
     for name, video in rows.items():

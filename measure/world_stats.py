@@ -13,10 +13,11 @@ import torch
 import tiny_videossm as tv
 import train
 from measure import metrics
+from world import World
 
 
 def world_statistics(preset, clips=256, frames=240, seed=5):
-    """Prints a markdown table for this preset's world and with curtains (world.occluder=4): the share of
+    """Prints a markdown table for this preset's world and with curtains (world.curtains=4): the share of
     sprite frames out of sight, and the hidden spans (measure.metrics.hidden_spans) per clip."""
     cfg = tv.VideoSSMConfig(**preset.model)
     window = cfg.window_chunks * cfg.chunk_frames
@@ -26,10 +27,10 @@ def world_statistics(preset, clips=256, frames=240, seed=5):
     print(f"| world | sprite frames out of sight | hidden spans per clip | mean span (frames) | spans > {bridged} "
           f"frames per clip | spans > {2 * window} frames per clip |\n|---|--:|--:|--:|--:|--:|")
     for name, world in [(f"this preset's ({preset.world or 'the default'})", preset.world),
-                        ("with curtains (world.occluder=4)", dict(occluder=4))]:
+                        ("with curtains (world.curtains=4)", dict(curtains=4))]:
         spans, hidden, sprite_frames = [], 0, 0
         for start in range(0, clips, 32):
-            batch = train.World(cfg.frame_size, **world).sample(min(32, clips - start), frames, seed=seed + start)
+            batch = World(cfg.frame_size, **world).sample(min(32, clips - start), frames, seed=seed + start)
             spans.append(metrics.hidden_spans(batch))
             present = (batch.sprite_colour >= 0)[:, None]  # (B, 1, S)
             hidden += ((batch.visible_area < 1) & present).sum().item()
