@@ -952,6 +952,33 @@ def test_sprite_weight_raises_the_teacher_loss(tmp_path):
     assert plain < weighted < 2 * plain
 
 
+def test_teacher_data_new_clips_each_step_captions_dropped_at_their_rate_a_level_per_clip(tmp_path, monkeypatch):
+    """Stage 0's data, line by line: every step draws clips of its own; each clip keeps its caption, or gets
+    the empty prompt with probability text_dropout; noise and the noise level s are drawn per clip."""
+    stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0, spec="test text_dropout=0.2 teacher_batch=32"))
+    seeds, seen, sample = [], [], stage.world.sample
+
+    def recording_sample(batch_size, frames, seed):
+        seeds.append(seed)
+        clips = sample(batch_size, frames, seed)
+        seen.append([c[0] for c in clips.captions])
+        return clips
+    stage.world.sample = recording_sample
+    fed = []
+    monkeypatch.setattr(train, "flow_matching_error", lambda model, x0, noise, sigma, text, autocast: fed.append(
+        (x0, noise, sigma)) or torch.zeros_like(x0, requires_grad=True))
+    captions, encode = [], stage.text_encoder.forward
+    monkeypatch.setattr(stage.text_encoder, "forward", lambda prompts: captions.append(prompts) or encode(prompts))
+    for step in range(4):
+        stage.train_step(step)
+    assert len(set(seeds)) == 4 and not torch.equal(fed[0][0], fed[1][0])         # new clips every step
+    dropped = [c == "" for batch in captions for c in batch]
+    assert 0.1 < sum(dropped) / len(dropped) < 0.3                                 # text_dropout = 0.2
+    assert all(c in ("", truth) for batch, truths in zip(captions, seen) for c, truth in zip(batch, truths))
+    for x0, noise, sigma in fed:
+        assert sigma.unique().numel() == len(sigma) and noise.flatten(1).std(1).min() > 0.5
+
+
 def test_teacher_alternates_clips_and_single_frames(tmp_path):
     """Joint image-video training: with image_batch set, even steps draw clips and odd steps draw that
     many 1-frame clips."""
@@ -1186,14 +1213,13 @@ def test_a_resume_file_is_used_only_by_its_own_run(tmp_path, capsys):
 
 def test_stale_temporary_files_are_cleaned_and_a_broken_pairs_cache_is_made_again(trained, tmp_path, capsys):
     folder = str(shutil.copytree(trained, tmp_path / "run"))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = os.path.join(folder, f"teacher.resume.pt.{dead.stdout.strip()}.tmp")    # a save killed mid-way
-    mine = os.path.join(folder, f"x.pt.{os.getpid()}.tmp")                            # a live process's save
-    for path in (stale, mine):
+    stale = os.path.join(folder, "teacher.resume.pt.12345.tmp")       # a save killed mid-way: once the run holds
+    unrelated = os.path.join(folder, "notes.tmp")                       # the folder, no save of another is under way
+    for path in (stale, unrelated):
         open(path, "wb").close()
     open(os.path.join(folder, "ode_pairs.pt"), "wb").write(b"broken")
     run = train.Run("cpu", folder, seed=0, spec="test")
-    assert not os.path.exists(stale) and os.path.exists(mine)
+    assert not os.path.exists(stale) and os.path.exists(unrelated)
     stage = train.ODEDistillation(run)
     assert "cannot be read" in capsys.readouterr().out and stage.pairs["clean"].shape[0] == 4
 
@@ -1310,20 +1336,24 @@ def test_a_checkpoint_from_another_version_of_the_code_is_one_clear_message(trai
 
 
 def test_two_runs_pointed_at_one_folder_the_second_is_refused_until_the_first_is_gone(trained, tmp_path):
-    """A run takes its folder (run.lock, its process id) for as long as it trains: a second run pointed there is one
-    message and writes nothing; once the first is gone (ended, or killed without cleaning up), the folder is free."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    """A run holds its folder (an OS lock on run.lock, which names its process) for as long as it trains: a second
+    run pointed there is one message and writes nothing; once the first is gone (killed without cleaning up,
+    here), the folder is free."""
+    holds = ("import fcntl, sys, time; file = open(sys.argv[1], 'a'); fcntl.flock(file, fcntl.LOCK_EX); "
+             "file.write(sys.argv[2]); file.flush(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", holds, str(tmp_path / "run.lock"), "4242"], stdout=subprocess.PIPE,
+                              text=True)
     try:
-        (tmp_path / "run.lock").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(SystemExit) as stop:
             train.main(["--preset", "test", "--stage", "0", "--out", str(tmp_path)])
-        assert f"being written by another training run (process {holder.pid})" in str(stop.value)
+        assert "being written by another training run (process 4242)" in str(stop.value) and "--out" in str(stop.value)
         assert sorted(os.listdir(tmp_path)) == ["run.lock"]
     finally:
-        holder.kill()
+        holder.kill()                                                              # as kill -9: no clean-up
         holder.wait()
-    train.main(["--preset", "test", "--stage", "0", "--out", str(tmp_path)])     # a killed holder's lock is taken over
-    assert sorted(os.listdir(tmp_path)) == ["teacher.pt"]                         # and released at the end
+    train.main(["--preset", "test", "--stage", "0", "--out", str(tmp_path)])
+    assert sorted(os.listdir(tmp_path)) == ["teacher.pt"]                         # the lock released at the end
     status, said = train_in_a_fresh_process("--preset", "test", "--stage", "0", "--out", str(tmp_path))
     assert status == 0 and "was made by this preset, settings and seed: done" in said, said
 
@@ -1654,6 +1684,9 @@ def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
     for where in (slice(2, 5), slice(5, 8)):                                      # both drawn cyan, the true colour
         x0[..., where, where] = SPRITE_RGB[2].view(1, 1, 3, 1, 1)
     assert train.colour_loss(x0, frozen, 2, 2)[1] == 0                           # both asked for cyan: no anchor
+    empty = BACKGROUND_RGB[2].view(1, 1, 3, 1, 1).repeat(1, 2, 1, 8, 8)          # the trained student draws none:
+    cross_entropy, off, _ = train.colour_loss(empty, frozen, 2, 2)               # the frozen one's sprites are asked
+    assert cross_entropy > 0.2 and off == 0                                       # for cyan, and not anchored
 
 
 def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
@@ -1673,7 +1706,7 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     assert moved and all(".memory." in k for k in moved)
     assert {"alpha_proj.weight", "beta_proj.weight"} <= {k.rsplit(".memory.", 1)[1] for k in moved}   # (D11)
     assert all(torch.equal(frozen[k], v) for k, v in stage.frozen.state_dict().items())
-    window_student = train.student_from_teacher(run.build("teacher.pt")[0], "window")
+    window_student = train.student_from_teacher(run.load("teacher.pt", build=True)[0], "window")
     train.release(run, "window_dmd.pt", 2, window_student, stage.text_encoder, [])
     with pytest.raises(SystemExit, match="no memory to train"):
         train.MemoryRecall(run, "window_dmd.pt")
@@ -1694,6 +1727,33 @@ def test_the_memory_phase_step_asks_the_student_for_colour_and_anchors_it(run, m
     assert asked == [True] * preset.memory_clips and losses["anchor"] > 1e-4 and losses["free"] > 1e-4
     assert stepped == [pytest.approx(losses["colour"] + preset.memory_anchor * losses["anchor"]
                                      + preset.memory_free_anchor * losses["free"], rel=1e-5)]
+
+
+def test_the_phase_pairs_the_frozen_student_with_the_trained_ones_chunks(run):
+    """What the phase keeps of the frozen student: its prediction from the very input the trained student
+    denoised (equal when their weights are), and a cache that holds the trained student's chunks, not its own."""
+    stage = train.MemoryRecall(run, "student_dmd.pt")
+    model, frozen, cfg = stage.model, stage.frozen, stage.model.cfg
+    text = stage.text_encoder(["a circle on blue"])
+
+    def paired(model):
+        caches = [tv.StreamCache(m, 1) for m in (model, frozen)]
+        for m, cache in zip((model, frozen), caches):
+            cache.set_prompt(m, text)
+        made, frozen_made = train.paired_chunks(model, frozen, caches, 4, 1, stage.sigmas, torch.Generator().manual_seed(0))
+        return made, frozen_made, caches
+    made, frozen_made, _ = paired(model)
+    assert torch.allclose(made, frozen_made, atol=1e-6)                    # the same weights, the same input
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    made, frozen_made, caches = paired(other)
+    assert not torch.allclose(made, frozen_made, atol=1e-3)
+    assert caches[0].chunks == caches[1].chunks and all(torch.equal(a, b) for a, b in zip(caches[0].frames,
+                                                                                           caches[1].frames))
+    assert all(torch.equal(f, made[:, cfg.chunk_frames * c:cfg.chunk_frames * (c + 1)].detach())
+               for c, f in zip(caches[1].chunks, caches[1].frames))
 
 
 def test_the_memory_phase_moves_the_rest_of_the_student_at_its_own_rate(run):

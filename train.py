@@ -9,9 +9,9 @@ it all works live in measure/. Shape letters: the README's glossary.
 """
 
 import argparse
-import atexit
 import contextlib
 import copy
+import fcntl
 import math
 import os
 import shutil
@@ -313,7 +313,7 @@ class ODEDistillation:
         self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
         self.steps = preset.student_steps
-        teacher, self.text_encoder = run.build("teacher.pt")
+        teacher, self.text_encoder = run.load("teacher.pt", build=True)
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
         self.pairs = ode_pairs(run, teacher, self.text_encoder, self.sigmas)
         with run.seeded(1):                                # the memory's new weights
@@ -361,10 +361,10 @@ class SelfRolloutDMD:
         self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
         self.steps, self.released = preset.dmd_steps, released
-        self.teacher, self.text_encoder = run.build("teacher.pt")
+        self.teacher, self.text_encoder = run.load("teacher.pt", build=True)
         self.teacher.requires_grad_(False)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
-        self.model = run.build("student_stage1.pt")[0].train().requires_grad_(True)
+        self.model = run.load("student_stage1.pt", build=True)[0].train().requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
         self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
         self.modules = {"model": self.model, "optimizer": self.optimizer,
@@ -485,8 +485,8 @@ class MemoryRecall:
         self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
         self.steps = preset.memory_steps
-        self.model, self.text_encoder = run.build(dmd_file)
-        self.frozen = run.build(dmd_file)[0].requires_grad_(False)
+        self.model, self.text_encoder = run.load(dmd_file, build=True)
+        self.frozen = run.load(dmd_file, build=True)[0].requires_grad_(False)
         self.memory = [p for name, p in self.model.named_parameters() if ".memory." in name]
         if not tv.uses_memory(self.model.cfg.mode):
             raise SystemExit(f"{run.path(dmd_file)} has no memory to train (mode {self.model.cfg.mode}): set "
@@ -614,71 +614,44 @@ class Run:
     def path(self, name):
         return os.path.join(self.out_dir, name)
 
-    def load(self, name):
-        """A checkpoint of this run's folder, with one clear message if it cannot be used."""
+    def load(self, name, build=False):
+        """A checkpoint of this run's folder, or with build the model and text encoder it holds on the run's
+        device; one clear message if it cannot be used."""
         try:
-            return tv.load_checkpoint(self.path(name))
+            checkpoint = tv.load_checkpoint(self.path(name))
+            return [m.to(self.device) for m in tv.build(checkpoint, self.path(name))] if build else checkpoint
         except tv.CheckpointError as error:
             raise SystemExit(str(error)) from None
 
-    def build(self, name):
-        """The model and text encoder of a checkpoint this run released, on the run's device."""
-        model, text_encoder = checked(tv.build, self.load(name), self.path(name))
-        return model.to(self.device), text_encoder.to(self.device)
 
-
-def checked(function, *args):
-    try:
-        return function(*args)
-    except tv.CheckpointError as error:
-        raise SystemExit(str(error)) from None
+HELD = {}   # the folders this process holds: {path: the open lock file}
 
 
 def take_folder(folder):
-    """One run writes to a folder at a time: FOLDER/run.lock holds the writer's process id until it ends
-    (release_folder). A lock whose process is gone (killed) is taken over."""
-    lock, mine = os.path.join(folder, "run.lock"), os.path.join(folder, f"run.lock.{os.getpid()}.tmp")
-    with open(mine, "w") as file:
-        file.write(str(os.getpid()))
+    """One run writes to a folder at a time: it holds an OS lock on FOLDER/run.lock (which names its process)
+    while it trains. The OS drops the lock when the process ends, however it ends (kill -9 included)."""
+    path = os.path.realpath(os.path.join(folder, "run.lock"))
+    if path in HELD:
+        return
+    file = open(path, "a+")
     try:
-        while True:
-            try:
-                os.link(mine, lock)                    # atomic, and only if no lock exists: the lock is ours
-                atexit.register(release_folder, folder)
-                return
-            except FileExistsError:
-                try:
-                    holder = int(open(lock).read())
-                except (FileNotFoundError, ValueError):   # released meanwhile, or not a lock of ours: try again
-                    holder = None
-                if holder == os.getpid():
-                    return
-                if holder and process_alive(holder):
-                    raise SystemExit(f"{folder} is being written by another training run (process {holder}): wait "
-                                     f"for it to finish, or pass --out with another folder") from None
-                if os.path.exists(lock):
-                    os.remove(lock)                    # its process is gone: take it over
-    finally:
-        os.remove(mine)
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        raise SystemExit(f"{folder} is being written by another training run (process {file.read().strip()}): wait "
+                         f"for it to finish, or pass --out with another folder") from None
+    file.truncate(0)
+    file.write(str(os.getpid()))
+    file.flush()
+    HELD[path] = file
 
 
 def release_folder(folder):
-    lock = os.path.join(folder, "run.lock")
-    try:
-        if int(open(lock).read()) == os.getpid():
-            os.remove(lock)
-    except (FileNotFoundError, ValueError):
-        pass
-
-
-def process_alive(pid):
-    try:
-        os.kill(pid, 0)                                 # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:                             # alive, someone else's
-        pass
-    return True
+    """The lock of take_folder, given back and its file removed."""
+    file = HELD.pop(os.path.realpath(os.path.join(folder, "run.lock")), None)
+    if file:
+        os.remove(file.name)
+        file.close()
 
 
 def save_checkpoint(path, checkpoint):
@@ -700,10 +673,10 @@ def save_checkpoint(path, checkpoint):
 
 
 def remove_stale_temporary_files(folder):
-    """Temporary files of saves that were killed (their process is gone): NAME.PID.tmp."""
+    """Temporary files of saves that were killed (NAME.PID.tmp): with the folder taken, no save is under way."""
     for name in os.listdir(folder):
         parts = name.split(".")
-        if len(parts) > 2 and parts[-1] == "tmp" and parts[-2].isdigit() and not process_alive(int(parts[-2])):
+        if len(parts) > 2 and parts[-1] == "tmp" and parts[-2].isdigit():
             os.remove(os.path.join(folder, name))
 
 
