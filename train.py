@@ -723,7 +723,8 @@ def optimizer_step(run, optimizer, parameters, lr, loss):
 
 
 def describe(made_by):
-    return f"preset {made_by.get('preset')!r}, seed {made_by.get('seed')}"
+    mode = f", mode {made_by['mode']!r}" if made_by.get("mode") else ""
+    return f"preset {made_by.get('preset')!r}, seed {made_by.get('seed')}{mode}"
 
 
 def made_by_this_run(run, name, student=False):
@@ -755,14 +756,13 @@ def run_stage(stage, run, stop_at=None):
     `modules` (saved and resumed), `train_step(step) -> dict of losses` and `finish()`, which writes the released
     checkpoint. Returns True when the stage is complete."""
     resume_path, start = run.path(stage.resume_file), 0
-    made_by = {**run.made_by, "mode": run.mode}                     # a resume file belongs to one run
+    made_by = {**run.made_by, "mode": None if isinstance(stage, Teacher) else run.mode}   # a resume file: one run's
     if os.path.exists(resume_path):
         checkpoint = run.load(stage.resume_file)
         if checkpoint.get("made_by") != made_by:
-            raise SystemExit(f"{resume_path} belongs to another run ({describe(checkpoint.get('made_by', {}))}, mode "
-                             f"{checkpoint.get('made_by', {}).get('mode')!r}; this one: {describe(made_by)}, mode "
-                             f"{run.mode!r}). Pass that run's --preset, --set, --seed and --mode to resume it, or "
-                             f"--out with a folder of its own for this run.")
+            raise SystemExit(f"{resume_path} belongs to another run ({describe(checkpoint.get('made_by', {}))}; this "
+                             f"one: {describe(made_by)}). Pass that run's --preset, --set, --seed and --mode to resume "
+                             f"it, or --out with a folder of its own for this run.")
         try:
             for name, module in stage.modules.items():
                 module.load_state_dict(checkpoint[name])
