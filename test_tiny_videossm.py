@@ -2264,7 +2264,10 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
                                      text_kvs=lambda text: texts.append(text) or model.text_kvs(text))
         assert benchmark.recall(stub, text_encoder, probe, "hybrid", tv.denoising_sigmas(2), 0) == 1.0
         caption_at_return = probe.prompts()[probe.switch]
-        assert torch.equal(texts[-1], text_encoder([caption_at_return]))   # it streams under the caption in force
+        # the context's caption, re-cached at its switch, then the stream's: the caption in force at the return
+        asked = [probe.caption] + ([probe.new_caption] if probe.switch else []) + [caption_at_return]
+        assert len(texts) == len(asked) and all(torch.equal(text, text_encoder([caption]))
+                                                for text, caption in zip(texts, asked))
         wrong = [c for c in range(len(SPRITE_COLOURS)) if c != probe.colour][:1 if probe.other < 0 else None]
         for colour in wrong:                     # another colour; with a second sprite, also that sprite's own
             assert benchmark.recall(stub, text_encoder, probe._replace(colour=colour), "hybrid",
