@@ -1689,9 +1689,11 @@ def test_colour_loss_asks_for_the_true_colour_on_the_sprite_and_nothing_else():
     assert cross_entropy > 0.2 and off == 0                                       # for cyan, and not anchored
 
 
-def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
+def test_memory_recall_trains_only_the_memory_and_its_write_path(run, monkeypatch):
     stage = train.MemoryRecall(run, "student_dmd.pt")
     wake_memory(stage.model)
+    found, search = [], train.sprite_returns
+    monkeypatch.setattr(train, "sprite_returns", lambda *args, **kwargs: found.extend(search(*args, **kwargs)) or found)
     before = copy.deepcopy(stage.model.state_dict())
     frozen = copy.deepcopy(stage.frozen.state_dict())
     calls, forward_chunk = [], stage.model.forward_chunk
@@ -1702,6 +1704,7 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(run):
     assert losses["colour"] > 0 and losses["free"] >= 0 and 0 <= losses["right"] <= 1
     context = next(i for i, (write, _) in enumerate(calls) if not write)   # the return clip's context chunks
     assert context >= 3 and calls[context][1] == context                 # past the sink and the window
+    assert context == found[0].back // stage.model.cfg.chunk_frames      # up to the chunk the sprite comes back in
     moved = {k for k, v in stage.model.state_dict().items() if not torch.equal(before[k], v)}
     assert moved and all(".memory." in k for k in moved)
     assert {"alpha_proj.weight", "beta_proj.weight"} <= {k.rsplit(".memory.", 1)[1] for k in moved}   # (D11)
