@@ -120,7 +120,7 @@ BREAKS = [
  ("harness: a full disk leaves its temporary file", "train.py", "        if os.path.exists(tmp):\n            os.remove(tmp)\n        kept =", "        kept ="),
  ("harness: another run's release counts as done", "train.py", "    if made_by == run.made_by and (not student or mode == run.mode):", "    if True:"),
  ("harness: another mode's student counts as done", "train.py", "    if made_by == run.made_by and (not student or mode == run.mode):", "    if made_by == run.made_by:"),
- ("harness: a second run may write into a taken folder", "train.py", "        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", ""),
+ ("harness: a second run may write into a taken folder", "train.py", "        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "        pass\n"),
  ("harness: runs train into checkpoints/ by default", "train.py", "args.out or os.path.join(\"runs\", args.preset)", "args.out or \"checkpoints\""),
  ("checkpoint: another version's format read", "tiny_videossm.py", "    if found != CHECKPOINT_FORMAT:", "    if found is None:"),
  ("checkpoint: a release records no seed", "train.py", "self.made_by, self.mode = {\"preset\": spec, \"seed\": seed, \"recipe\": asdict(self.preset)}, mode", "self.made_by, self.mode = {\"preset\": spec, \"recipe\": asdict(self.preset)}, mode"),
