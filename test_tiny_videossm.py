@@ -1882,18 +1882,23 @@ def test_sample_says_a_resume_file_is_not_a_released_checkpoint(tmp_path):
     assert os.listdir(tmp_path) == ["student.resume.pt"]
 
 
-def test_sample_steps_default_to_the_checkpoints_preset(student, tmp_path, monkeypatch):
-    steps, denoising_sigmas = [], tv.denoising_sigmas
+def test_sample_steps_and_shift_are_the_checkpoints(student, tmp_path, monkeypatch):
+    """sample.py denoises with the steps and the timestep shift the checkpoint was distilled for (--steps overrides
+    the steps), read from the checkpoint, never from a preset."""
+    asked, denoising_sigmas = [], tv.denoising_sigmas
 
     def recording_sigmas(n, timestep_shift):
-        steps.append(n)
+        asked.append((n, timestep_shift))
         return denoising_sigmas(n, timestep_shift)
 
     monkeypatch.setattr(tv, "denoising_sigmas", recording_sigmas)
+    checkpoint = tv.load_checkpoint(student)
+    shifted = tmp_path / "shifted.pt"
+    torch.save({**checkpoint, "sampling": {**checkpoint["sampling"], "timestep_shift": 2.5}}, shifted)
     for flags in [[], ["--steps", "3"]]:
-        sample.main(["--checkpoint", student, "--frames", "2", "--out", str(tmp_path / "v.mp4"), *flags])
-    sampling = tv.load_checkpoint(student)["sampling"]                          # what the student was distilled for
-    assert steps == [sampling["denoising_steps"], 3] and sampling["denoising_steps"] != 4   # 4: the old fixed default
+        sample.main(["--checkpoint", str(shifted), "--frames", "2", "--out", str(tmp_path / "v.mp4"), *flags])
+    steps = checkpoint["sampling"]["denoising_steps"]                       # what the student was distilled for
+    assert asked == [(steps, 2.5), (3, 2.5)] and steps != 4                 # 4: the old fixed default
 
 
 def test_sample_threads_flag_sets_torchs_threads(student, tmp_path):
