@@ -20,7 +20,7 @@ head per token (D1), g in log space, beta in (0, 1), `scale` defaulting to K**-0
 L2-normalised (D2); then every entry of the UT system below is bounded by 1 and the chunked form is
 as accurate as the loop.
 
-Glossary of the letters used here (they are the README's glossary, which the rest of the code shares):
+Glossary of the letters used here (they are docs/notation.md, which the rest of the code shares):
     B   batch                         L   tokens in the sequence (time-major), i one token's index
     nh  heads                         K   key / query width per head (d_k; hd in the model)
     V   value width per head (d_v)    Tc  tokens per chunk of the chunked form (chunk_size)

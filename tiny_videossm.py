@@ -23,7 +23,7 @@ Two execution paths compute the same function and are tested against each other:
     streaming  `VideoDiT.forward_chunk` with a `StreamCache`: one chunk at a time (sampling, and
                stage 2's self-rollout)
 
-Shape letters and symbols: the README's glossary, one meaning each in every file (B batch, F frames,
+Shape letters and symbols: docs/notation.md, one meaning each in every file (B batch, F frames,
 C colour channels, H, W height and width, L tokens, d width, nh heads, hd head width, p patch size,
 h, w tokens per frame along height and width, Lt text tokens, Lc cached tokens, n chunks, M the memory).
 Paper equations are tagged (E3)...(E11), and decisions the paper leaves open (D1)...(D12); the

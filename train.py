@@ -3,7 +3,7 @@ Training for tiny-videossm, read top to bottom: the presets, then the stages, ea
 loss and its update: stage 0 the teacher, stage 1 causal ODE distillation, stage 2 self-rollout DMD
 and its last phase, the memory's recall. The harness they share (devices, checkpoints, the loop) and
 the command line come last. Imports tiny_videossm.py and world.py (the data); the measures of how well
-it all works live in measure/. Shape letters: the README's glossary.
+it all works live in measure/. Shape letters: docs/notation.md.
 
     python train.py --preset tiny      every stage into runs/tiny/ (resumable: the same command goes on)
 """

@@ -15,7 +15,7 @@ closed form and vectorised: a clip of any length costs a few tensor ops.
     sprite_returns(world, cfg, ...)     clips in which a sprite leaves sight for longer than the sink and
                                         the window hold, and comes back: the recall question's ground truth
 
-Shape letters are the README's glossary: B clips, F frames, S sprite slots (MAX_SPRITES), C colour
+Shape letters are docs/notation.md's: B clips, F frames, S sprite slots (MAX_SPRITES), C colour
 channels, H, W height and width; frames are float32 RGB in [-1, 1], laid out (B, F, C, H, W).
 """
 

@@ -10,6 +10,6 @@ the method imports it. Each command runs from the repository root, and `--help` 
     metrics.py   the measures, read from the pixels with the world's palette; each docstring says what
                  it reads and what ground truth scores
 
-Frames are (B, F, C, H, W) RGB in [-1, 1], with the README's glossary of letters (and P, the palette's
+Frames are (B, F, C, H, W) RGB in [-1, 1], with the letters of docs/notation.md (and P, the palette's
 colours); a measure returns a float over the batch, or one value per clip, (B,), where intervals need it.
 """

@@ -13,7 +13,7 @@ controls (a frozen clip, added noise, a slow colour shift, a colour swap).
 Read them together: a frozen video is perfectly consistent, and an empty background is faithful and
 consistent. Each docstring says which edits of ground truth move the measure and which it is blind to by
 design; the suite's perturbation bench asserts both, edit by edit. Frames are (B, F, C, H, W) in [-1, 1],
-C = 3; shape letters are the README's glossary, P the palette's colours (PALETTE).
+C = 3; shape letters are docs/notation.md's, P the palette's colours (PALETTE).
 """
 
 import math
