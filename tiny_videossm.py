@@ -17,11 +17,9 @@ Read top to bottom:
     StreamCache, generate   the streaming path: a LayerCache per layer, chunk by chunk
     load_checkpoint, build  a released checkpoint -> the model and text encoder it holds
 
-Two execution paths compute the same function and are tested against each other:
-    parallel   `VideoDiT.forward`: a whole clip in one pass with a block-causal mask, each chunk's
-               memory state built from the chunks evicted before it (training)
-    streaming  `VideoDiT.forward_chunk` with a `StreamCache`: one chunk at a time (sampling, and
-               stage 2's self-rollout)
+Two paths compute the same function, tested against each other: parallel (`VideoDiT.forward`, a whole
+clip in one block-causal pass: training) and streaming (`VideoDiT.forward_chunk` with a `StreamCache`, one
+chunk at a time: sampling and stage 2's self-rollout).
 
 Shape letters and symbols: docs/notation.md, one meaning each in every file (B batch, F frames,
 C colour channels, H, W height and width, L tokens, d width, nh heads, hd head width, p patch size,
@@ -117,8 +115,7 @@ def x0_from_velocity(x_s, velocity, sigma):
 
 
 def shift_sigma(sigma, timestep_shift):
-    """Wan's timestep shift: s' = shift s / (1 + (shift - 1) s), shift = timestep_shift; above 1 it spends more
-    steps at high noise."""
+    """Wan's timestep shift s' = shift s / (1 + (shift - 1) s); above 1 it spends more steps at high noise."""
     return timestep_shift * sigma / (1 + (timestep_shift - 1) * sigma)
 
 
@@ -194,12 +191,10 @@ def rope(x, angles):
 # ---- the global memory: VideoSSM's contribution -------------------------------------------------
 
 class GatedDeltaMemory(nn.Module):
-    """A layer's long-term memory: gates (E5, E6), write (E7), read (E8) and router (E9), with the
-    state M passed in and out, as flash-linear-attention's GatedDeltaNet layer hands its cache in.
-
-    Needs only torch and kernels.gated_delta_rule. Its host layer supplies, per token, the layer
-    input x (B, L, d), and the attention's pre-RoPE queries and keys split into heads (D2); it
-    decides which tokens to write (VideoSSM: the tokens leaving the attention window) and when.
+    """A layer's long-term memory: gates (E5, E6), write (E7), read (E8) and router (E9), the state M passed
+    in and out (as flash-linear-attention's GatedDeltaNet). Needs only torch and kernels.py. The host layer
+    supplies the layer input x (B, L, d) and its pre-RoPE queries and keys in heads (D2), and decides which
+    tokens to write and when (VideoSSM: the tokens leaving the attention window).
 
         g, beta = memory.gates(x)                       while the token is attended to; cached with its k, v
         M = memory.write(M, k, v, g, beta)              later, when the token is evicted
@@ -241,11 +236,9 @@ class GatedDeltaMemory(nn.Module):
         return g, beta
 
     def write(self, state, k, v, g, beta):
-        """(E7) Scan tokens into M in order (D3, D7) and return the new M (B, nh, hd, hd).
-
-        k, v: (B, L, nh, hd), k the pre-RoPE key (D2); g, beta: (B, L, nh) from `gates`.
-        The state is kept in float32 at least, also under bf16 autocast: rounding it at every
-        write would accumulate over a long video (flash-linear-attention does the same)."""
+        """(E7) Scan tokens into M in order (D3, D7) -> the new M (B, nh, hd, hd). k, v: (B, L, nh, hd), k
+        pre-RoPE (D2); g, beta: (B, L, nh). M stays float32 under bf16 autocast, as in flash-linear-attention:
+        rounding it at every write would accumulate over a long video."""
         dtype = torch.promote_types(state.dtype, torch.float32)
         k_mem = nnf.normalize(k.to(dtype), dim=-1)                                      # (D2) (B, L, nh, hd)
         _, state = gated_delta_rule(k_mem, k_mem, v.to(dtype), g.to(dtype), beta.to(dtype),   # outputs unused
@@ -277,9 +270,8 @@ class GatedDeltaMemory(nn.Module):
         return self.router(frame_index).to(h_global.dtype) * h_global                 # (E9) (B, L, d)
 
     def scan_chunks(self, k, v, g, beta, evicted_before):
-        """The parallel path's states: for each chunk n, M after writing the tokens evicted before
-        it, in the autograd graph (D11). evicted_before: per chunk a token slice to write first, or
-        None. k, v: (B, L, nh, hd); g, beta: (B, L, nh). Returns (B, n, nh, hd, hd)."""
+        """The parallel path's states: per chunk, M after writing the tokens evicted before it (a token slice
+        of evicted_before, or None), in the graph (D11). k, v: (B, L, nh, hd); g, beta: (B, L, nh) -> (B, n, nh, hd, hd)"""
         state = k.new_zeros(k.shape[0], self.nh, self.hd, self.hd, dtype=torch.promote_types(k.dtype, torch.float32))
         states = []
         for evicted in evicted_before:
@@ -324,24 +316,20 @@ def chunks_skipped(c, cfg, mode):
 
 
 def seen_positions(frame_index, c, cfg, mode):
-    """(D12) The RoPE time position of each frame as chunk c's queries see it. frame_index: (F,) absolute
-    frame indices -> (F,). The sink's frames keep theirs; every later frame moves back by the chunks
-    skipped, so the sink sits right before the window and no query-key distance exceeds sink + window
-    chunks however long the video (absolute positions would put the sink thousands of frames away, far
-    from any distance seen in training). Window chunks keep their distances to one another."""
+    """(D12) The RoPE time position of each frame, (F,) absolute indices -> (F,), as chunk c's queries see it.
+    The sink's frames keep theirs; every later frame moves back by the chunks skipped, so the sink sits right
+    before the window and no query-key distance exceeds what training saw, however long the video."""
     moved = frame_index >= sink_and_window(cfg, mode)[0] * cfg.chunk_frames                # (F,) bool
     return frame_index - moved * chunks_skipped(c, cfg, mode) * cfg.chunk_frames            # (F,)
 
 
 class LayerCache(NamedTuple):
-    """One hybrid layer's streaming state, handed to HybridAttention.step and returned by it, new, by a write.
-
-    k, v      (B, Lc, nh, hd)  pre-RoPE keys and values of the cached chunks (sink, then window), in chunk order;
-                               rotated at each step to where the current chunk sees them (D12)
-    g, beta   (B, Lc, nh)      their gates, cached with them ("synchronized gate caching"): when a chunk leaves
-                               the window its g and beta are at hand to write it into M, though its input x is gone
-    state     (B, nh, hd, hd)  M, the memory of every chunk that left the window (float32 under autocast)
+    """One hybrid layer's streaming state, handed to HybridAttention.step and, new after a write, returned by it.
     Written only by the clean context pass (D8); denoising steps read it.
+
+    k, v      (B, Lc, nh, hd)  pre-RoPE keys and values of the cached chunks (sink, then window), in chunk order
+    g, beta   (B, Lc, nh)      their gates, cached with them: a chunk leaving the window is written into M with them
+    state     (B, nh, hd, hd)  M, the memory of every chunk that left the window (float32 under autocast)
     """
     k: torch.Tensor = None
     v: torch.Tensor = None
@@ -377,14 +365,13 @@ def stream_step(cfg, mode, cached_chunks, c, device="cpu"):
 
 class HybridAttention(nn.Module):
     """Wan's self-attention (qk-RMSNorm over the full width, RoPE) with, for the student, a GatedDeltaMemory
-    beside it, read by the same queries and fused before W_o (E10, D5). Two paths, one function:
+    beside it, read by the same queries and fused before W_o (E10, D5). Uses the config's dim, n_heads,
+    router_horizon, kernel_chunk_size and kernel_backend. Two paths, one function:
 
         out = layer(x, pattern)                          parallel: a whole clip (Pattern: who sees whom)
-        out, cache = layer.step(x, cache, step, write)   streaming: one chunk against a LayerCache; with
-                                                         write (the clean pass, D8) the chunk joins the cache
-                                                         and the chunk that left the window goes into M (E7)
-
-    Config fields used: dim, n_heads, router_horizon, kernel_chunk_size, kernel_backend (VideoSSMConfig).
+        out, cache = layer.step(x, cache, step, write)   streaming: one chunk against a LayerCache; a write (the
+                                                         clean pass, D8) caches the chunk, and the chunk that
+                                                         left the window goes into M (E7)
     """
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
@@ -427,8 +414,7 @@ class HybridAttention(nn.Module):
         return self.fuse(x, q, local, states, pattern.token_chunk, pattern.frame_index)
 
     def step(self, x, cache: LayerCache, step: StreamStep, write=False):
-        """The streaming path: one chunk's tokens x (B, L, d) against the cache -> (B, L, d), and the cache:
-        the same one, or with write (D8) a new one holding the chunk, the chunk that left the window in M."""
+        """The streaming path: chunk tokens x (B, L, d) against the cache -> (B, L, d), and the cache (new after a write)."""
         q, k, v, gates = self.project(x)
         k_all = k if cache.k is None else torch.cat([cache.k, k], dim=1)               # (B, Lc + L, nh, hd)
         v_all = v if cache.v is None else torch.cat([cache.v, v], dim=1)
@@ -478,8 +464,7 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Wan's block: modulated self-attention (here HybridAttention), cross-attention, modulated FFN.
-    forward is the parallel path, step the streaming one; both hand the self-attention on to its own."""
+    """Wan's block: modulated self-attention (HybridAttention), cross-attention, modulated FFN; two paths as it."""
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
         super().__init__()
@@ -520,9 +505,8 @@ def timestep_embedding(timestep, dim):
 
 @dataclass
 class Pattern:
-    """The attention pattern of one parallel forward, shared by all layers. The queries come in groups
-    (one per chunk for the student, one for the teacher); each group sees every token at the position its
-    chunk sees it from when streaming (seen_positions, D12)."""
+    """Who attends to whom in one parallel forward, shared by all layers. Queries come in groups (one per chunk
+    for the student, one for the teacher), each seeing every token where its chunk sees it when streaming (D12)."""
     query_rows: list              # per group: (Lg,) long, the tokens whose queries it holds
     angles: list                  # per group: (L, hd/2) RoPE angles of every token as that group sees it
     frame_index: torch.Tensor     # (L,) absolute frame of each token, for the router
@@ -533,8 +517,7 @@ class Pattern:
 
 
 def parallel_pattern(cfg, frames, clean_frames, mode, device):
-    """The Pattern of VideoDiT.forward for `frames` frames to predict, after `clean_frames` context
-    frames (0, or the same clip clean: teacher forcing with a clean copy, see VideoDiT.forward)."""
+    """VideoDiT.forward's Pattern for `frames` frames after `clean_frames` context frames (0, or the clip clean)."""
     hw = cfg.tokens_per_frame
     frame_pos = torch.arange(frames, device=device)
     if clean_frames:
@@ -637,14 +620,11 @@ class VideoDiT(nn.Module):
         """The parallel path: predict the velocity, shaped like x, for every frame of a clip in one pass.
 
         Args:
-            x: shape (B, F, C, H, W), the noisy clip (clean clips are in [-1, 1])
-            timestep: shape (B,) or (B, F), in [0, 1000]; a causal student may use one per frame
-            text: shape (B, Lt, text_dim), from TextEncoder
-            clean_context: shape (B, F, C, H, W) or None. Causal only: the same clip clean; each
-                chunk of x then attends to the *clean* earlier chunks (as when streaming, where the
-                cache holds finished chunks) and the memory is built from them. Without it, x's own
-                chunks are the context (right when every earlier chunk of x is clean, at s = 0).
-            mode: attention mode override, one of MODES; default cfg.mode
+            x: shape (B, F, C, H, W), the noisy clip;  timestep: shape (B,) or (B, F), in [0, 1000]
+            text: shape (B, Lt, text_dim), from TextEncoder;  mode: one of MODES, default cfg.mode
+            clean_context: shape (B, F, C, H, W) or None. Causal only: the clip clean; each chunk of x then
+                attends to the *clean* earlier chunks and the memory is built from them, as when streaming.
+                Without it, x's own chunks are the context (right when they are clean, at s = 0).
         """
         cfg, mode = self.cfg, mode or self.cfg.mode
         check_mode(mode)
@@ -695,18 +675,15 @@ class VideoDiT(nn.Module):
 # ---- the streaming cache -------------------------------------------------------------------------
 
 class StreamCache:
-    """Everything the streaming path remembers of the video so far: a LayerCache per layer (k, v, gates and M),
-    the prompt's cross-attention k, v, and the cached chunks' indices and clean frames; its size is constant
-    in video length in every mode but `full`.
-
+    """What the streaming path remembers of the video: a LayerCache per layer (k, v, gates, M), the prompt's
+    cross-attention k, v, the cached chunks' indices and clean frames; constant in size but in mode `full`.
     Its life, one chunk at a time (generate does this):
-        set_prompt(model, text)    before chunk 0: each layer's cross-attention k, v, computed once
-        step(device)               each forward_chunk: chunk next_chunk's StreamStep (positions, D12, and
-                                   what a write keeps); denoising steps read the cache and M, write nothing
-        forward_chunk(write=True)  the clean pass at s = 0: each layer's HybridAttention.step returns its
-                                   LayerCache with the chunk in and the chunk that left the window in M (D8)
-        commit(frames, step)       then the chunk lists follow, and next_chunk moves on
-        recache(model, cache, text)   a prompt switch, between two chunks (D10)
+
+        set_prompt(model, text)      before chunk 0: each layer's cross-attention k, v, computed once
+        step(device)                 in each forward_chunk: chunk next_chunk's StreamStep (positions, D12)
+        forward_chunk(write=True)    the clean pass at s = 0 (D8): each layer's LayerCache, new
+        commit(frames, step)         then the chunk lists follow, and next_chunk moves on
+        recache(model, cache, text)  a prompt switch, between two chunks (D10)
     """
 
     def __init__(self, model, batch_size, mode=None, dtype=torch.float32, device="cpu"):
@@ -786,9 +763,8 @@ def denoise_chunk(model, cache, sigmas, last, noise, grad=False):
 
 
 def teacher_force(model, text_encoder, cache, frames, prompts):
-    """Feed clean frames (B, F, C, H, W), F whole chunks, through the clean context pass as if the model
-    had made them under `prompts` (as generate's): the cache (sink, window, M) ends up as after streaming
-    those frames. Then generate(..., cache=cache) goes on from there."""
+    """Feed clean frames (B, F, C, H, W), whole chunks, through the clean pass as if the model had made them
+    under `prompts` (as generate's): the cache ends up as after streaming them; generate(cache=cache) goes on."""
     param = next(model.parameters())
     for c, chunk in enumerate(frames.split(model.cfg.chunk_frames, dim=1)):
         if c in prompts:
@@ -806,14 +782,11 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
             switches the prompt there (D10).
         sigmas: the few noise levels, high to low (denoising_sigmas); mode: overrides cfg.mode
         generator: torch.Generator for the noise (same seed, same video)
-        cache: a StreamCache to stream with (default: a new one), to look inside it while streaming or
-            to continue from one that already holds chunks (teacher_force). The call's chunks are
-            counted from 0 whatever the cache holds: keys of `prompts` and `grad_chunks` count from
-            the call's first chunk, and prompts[0] only sets the cross-attention k, v (no re-cache).
-        exit_step, grad_chunks: for stage 2's self-rollout (Self-Forcing). Every chunk stops at
-            denoising step `exit_step` (default: the last) and that prediction is the chunk; chunks
-            listed in `grad_chunks` run that step and their clean pass with autograd on. Everything
-            else runs without a graph, so plain sampling never builds one.
+        cache: a StreamCache (default: a new one), to watch it, or one that holds chunks (teacher_force) to go
+            on from; the call's chunks count from 0 whatever it holds (prompts[0] sets k, v, no re-cache).
+        exit_step, grad_chunks: stage 2's self-rollout (Self-Forcing). Every chunk stops at denoising step
+            `exit_step` (default: the last); chunks in `grad_chunks` run that step and their clean pass with
+            autograd on. Everything else runs without a graph, so plain sampling never builds one.
     """
     cfg = model.cfg
     if 0 not in prompts:

@@ -133,24 +133,22 @@ PRESETS = {
 # ---- stage 0: the teacher ------------------------------------------------------------------------
 
 def flow_matching_error(model, x0, noise, sigma, text, autocast):
-    """The flow-matching loss before it is averaged: the squared error of the velocity the model predicts
-    at x_s = (1 - s) x0 + s eps, against eps - x0; (B, F, C, H, W). The teacher learns it on world clips,
-    the critic (stage 2) on the student's samples."""
+    """Flow matching's squared error, not averaged, (B, F, C, H, W): the velocity predicted at x_s against eps - x0.
+    The teacher learns it on world clips, the critic (stage 2) on the student's samples."""
     with autocast():
         velocity = model(tv.add_noise(x0, noise, sigma), 1000 * sigma, text)
     return (velocity.float() - tv.velocity_target(x0, noise)).square()
 
 
 def bin_losses(sigma, per_sample_loss, bins=4):
-    """The mean loss in each of `bins` equal bins of the noise level s, logged as s0 (s near 0) up to
-    s{bins - 1} (s near 1), to see at which noise levels the loss sits."""
+    """The mean loss in `bins` equal bins of the noise level, logged as s0 (s near 0) to s{bins - 1} (s near 1)."""
     index = (sigma * bins).long().clamp(max=bins - 1)
     return {f"s{b}": per_sample_loss[index == b].mean().item() for b in range(bins) if (index == b).any()}
 
 
 class Teacher:
-    """Stage 0. Bidirectional DiT + text encoder, flow matching on world clips (and on batches of
-    single frames between clip steps when the preset says so), text dropout for CFG, EMA."""
+    """Stage 0. Bidirectional DiT + text encoder, flow matching on world clips (and between them on batches of
+    single frames, as the preset says), text dropout for CFG, EMA."""
     name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
 
     def __init__(self, run):
@@ -165,13 +163,12 @@ class Teacher:
         self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = EMA(self.model, preset.ema_decay)
         self.ema_text = EMA(self.text_encoder, preset.ema_decay)
-        self.train_forward = self.model         # the forward train_step calls: the model, compiled where it can be
-        if preset.compile:                      # same weights either way; on a CPU inductor needs a C++ compiler
-            if run.device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-                print("stage 0: no C++ compiler found (g++, c++ or clang++), so the teacher trains without "
-                      "torch.compile (slower)")
-            else:
-                self.train_forward = torch.compile(self.model, dynamic=False)   # one graph per shape (clips, images)
+        # the forward train_step calls, compiled where it can be (the same weights; on a CPU inductor needs a C++
+        # compiler), one graph per shape (clips, images)
+        compiles = preset.compile and (run.device.type == "cuda" or any(shutil.which(c) for c in ("g++", "c++", "clang++")))
+        if preset.compile and not compiles:
+            print("stage 0: no C++ compiler found (g++, c++ or clang++): the teacher trains without torch.compile (slower)")
+        self.train_forward = torch.compile(self.model, dynamic=False) if compiles else self.model
         self.world = World(cfg.frame_size, **preset.world)
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
@@ -218,8 +215,8 @@ def guided_velocity(teacher, x, timestep, text, empty, guidance_scale):
 @torch.no_grad()
 def teacher_sample(teacher, text_encoder, captions, frames, steps, timestep_shift, guidance_scale, generator,
                    keep_sigmas=()):
-    """Euler steps of the teacher's ODE with classifier-free guidance, from noise (s = 1) to s = 0.
-    Returns the clean clips (B, F, C, H, W) and the states at `keep_sigmas` (for stage 1's pairs)."""
+    """Euler steps of the teacher's ODE with CFG, s = 1 to 0: the clean clips (B, F, C, H, W) and the states at
+    `keep_sigmas` (stage 1's pairs)."""
     device = next(teacher.parameters()).device
     cfg = teacher.cfg
     B = len(captions)
@@ -241,8 +238,7 @@ def teacher_sample(teacher, text_encoder, captions, frames, steps, timestep_shif
 # ---- stage 1: causal ODE distillation ------------------------------------------------------------
 
 def student_from_teacher(teacher, mode):
-    """(D9) The causal student starts as the teacher: same weights, plus memory weights whose path
-    outputs exactly 0 (W_gate zero), so at step 0 it is the block-causal teacher."""
+    """(D9) The causal student starts as the teacher, plus memory weights whose path adds exactly 0 (W_gate zero)."""
     cfg = tv.VideoSSMConfig(**{**asdict(teacher.cfg), "causal": True, "mode": mode})
     student = tv.VideoDiT(cfg).to(next(teacher.parameters()).device)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
@@ -259,13 +255,11 @@ def ode_pairs(run, teacher, text_encoder, sigmas):
     if os.path.exists(path):
         try:
             pairs = torch.load(path, weights_only=True)
-        except Exception as error:                       # a cache: a broken one is made again
-            pairs = {}
-            print(f"{path} cannot be read ({type(error).__name__}); making new pairs")
-        if pairs.get("made_by") == made_by:
-            return pairs
-        if pairs:
+            if pairs.get("made_by") == made_by:
+                return pairs
             print(f"{path} was made by another teacher or preset; making new pairs")
+        except Exception as error:                       # a cache: a broken one is made again
+            print(f"{path} cannot be read ({type(error).__name__}); making new pairs")
     batch = 16
     noisy, clean, captions = [], [], []
     for start in tqdm(range(0, preset.ode_clips, batch), desc="teacher ODE pairs", disable=run.rank != 0):
@@ -339,11 +333,9 @@ class ODEDistillation:
 # ---- stage 2: long self-rollout with DMD (E11) ---------------------------------------------------
 
 def dmd_loss(x, x0_real, x0_fake):
-    """Distribution matching distillation (DMD, E11). Its gradient with respect to the generated
-    clip x is proportional to (x0_fake - x0_real) / mean|x - x0_real| (per clip; the loss is a mean over
-    the batch's elements): move x away from what the critic thinks generated clips look like, towards
-    what the teacher thinks real ones look like. A surrogate MSE to a detached target carries that
-    gradient; real == fake gives zero."""
+    """(E11) Distribution matching distillation: its gradient in the generated clip x is proportional to
+    (x0_fake - x0_real) / mean|x - x0_real| per clip, away from what the critic thinks generated clips look
+    like, towards what the teacher thinks real ones look like; a surrogate MSE to a detached target carries it."""
     normaliser = (x - x0_real).abs().flatten(1).mean(1).clamp_min(1e-6)                # (B,)
     direction = (x0_fake - x0_real) / normaliser.view(-1, *[1] * (x.dim() - 1))
     target = (x - direction).detach()
@@ -351,10 +343,9 @@ def dmd_loss(x, x0_real, x0_fake):
 
 
 class SelfRolloutDMD:
-    """Stage 2. The student streams a long video with its own cache (the sampler's code); a teacher-length
-    window cut from it gets the DMD loss: real score = frozen teacher with CFG, fake score = a critic trained on
-    the student's samples. As in the DMD paper, a regression anchors DMD against collapsing to the teacher's
-    commonest picture: stage 1's loss on the teacher's ODE pairs stays in the generator's loss (`dmd_regression`)."""
+    """Stage 2. The student streams a long video with its own cache (the sampler's code); a teacher-length window
+    of it gets the DMD loss: real score the frozen teacher with CFG, fake score a critic trained on the student's
+    samples. As in the DMD paper a regression anchors it, stage 1's loss on the teacher's pairs (`dmd_regression`)."""
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
     def __init__(self, run, released="student.pt"):
@@ -442,9 +433,9 @@ class SelfRolloutDMD:
 # ---- stage 2, last phase: the memory asked for what left the window (ours) -------------------------
 
 def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
-    """The trained student makes `num_chunks` chunks with the sampler's chain to `exit_step` (its prediction in
-    the graph); the frozen student predicts from the same input. Both caches get the trained student's chunks,
-    its clean pass in the graph so that the memory's write path learns (D11). Both predictions, (B, F, C, H, W)."""
+    """`num_chunks` chunks of the trained student's chain to `exit_step` (in the graph) and the frozen student's
+    predictions from the same inputs, (B, F, C, H, W) each. Both caches get the trained student's chunks, its clean
+    pass in the graph so that the memory's write path learns (D11)."""
     cfg, device, made, frozen_made = model.cfg, next(model.parameters()).device, [], []
     shape = (1, cfg.chunk_frames, cfg.channels, cfg.frame_size, cfg.frame_size)
     noise = lambda: torch.randn(shape, generator=gen).to(device)
@@ -459,10 +450,9 @@ def paired_chunks(model, frozen, caches, num_chunks, exit_step, sigmas, gen):
 
 
 def colour_loss(x0, frozen_x0, background, colour):
-    """Where the frozen student draws a sprite: cross-entropy of each pixel over the four sprite colours, the
-    true colour the target, so a pixel may move towards it but not out of the sprite colours. Elsewhere, the
-    squared difference to the frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both terms and whether
-    the sprite's pixels, summed, pick the true colour."""
+    """Where the frozen student draws a sprite, each pixel's cross-entropy over the sprite colours, the true one the
+    target; elsewhere the squared difference to the frozen student. x0, frozen_x0: (1, F, C, H, W). Returns both
+    terms and whether the sprite's pixels, summed, pick the true colour."""
     sprite = sprite_mask(frozen_x0, background)                                           # (1, F, 1, H, W)
     logits = -(x0.movedim(2, -1)[..., None, :] - SPRITE_RGB.to(x0.device)).square().sum(-1)  # (1, F, H, W, 4)
     log_p, where = torch.log_softmax(logits, -1), sprite[:, :, 0]                         # where: (1, F, H, W)
@@ -473,12 +463,10 @@ def colour_loss(x0, frozen_x0, background, colour):
 
 
 class MemoryRecall:
-    """Stage 2's last phase (ours, not the paper's), one question: after ground truth in which a sprite
-    left sight for longer than the sink and the window hold, does the sprite the student brings back
-    have its colour? Neither stage asks it: stage 1's teacher clips are too short to hide a sprite that
-    long, and DMD's teacher sees only the window. The memory (GatedDeltaMemory) trains at `memory_lr`,
-    the rest of the student at `memory_rest_lr`; an anchor to the frozen stage-2 student keeps the rest
-    as it was, off the sprite (`memory_anchor`) and on a free rollout (`memory_free_anchor`)."""
+    """Stage 2's last phase (ours, not the paper's): after ground truth in which a sprite left sight for longer
+    than the sink and the window hold, does the sprite the student brings back have its colour? The memory trains
+    at `memory_lr`, the rest at `memory_rest_lr`, anchored to the frozen stage-2 student off the sprite
+    (`memory_anchor`) and on a free rollout (`memory_free_anchor`)."""
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
     def __init__(self, run, dmd_file):
@@ -552,9 +540,8 @@ class MemoryRecall:
 # ---- the harness: devices, data parallel, checkpoints, the loop every stage shares ----------------
 
 class Run:
-    """Where a run happens and what makes it: device, autocast, data-parallel rank, checkpoint folder, and the
-    preset, settings and seed every file it writes records. Every rank builds the same weights (one seed, the
-    same files) and averages its gradients, so the ranks stay equal."""
+    """Where a run happens and what makes it: device, autocast, data-parallel rank, folder, and the preset, settings
+    and seed its files record. Every rank builds the same weights and averages its gradients: the ranks stay equal."""
 
     def __init__(self, device, out_dir, seed, spec="tiny", mode="hybrid"):
         if device == "cuda" and not torch.cuda.is_available():
@@ -628,8 +615,8 @@ HELD = {}   # the folders this process holds: {path: the open lock file}
 
 
 def take_folder(folder):
-    """One run writes to a folder at a time: it holds an OS lock on FOLDER/run.lock (which names its process)
-    while it trains. The OS drops the lock when the process ends, however it ends (kill -9 included)."""
+    """One run writes to a folder at a time: it holds an OS lock on FOLDER/run.lock (naming its process), which
+    the OS drops when the process ends, however it ends."""
     path = os.path.realpath(os.path.join(folder, "run.lock"))
     if path in HELD:
         return
@@ -655,8 +642,7 @@ def release_folder(folder):
 
 
 def save_checkpoint(path, checkpoint):
-    """Write atomically: a temporary file in the same folder, then a rename. A crash or a full disk leaves the
-    old file as it was, and no temporary file."""
+    """Write atomically, a temporary file then a rename: a crash or a full disk leaves the old file as it was."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as file:                  # a file object: the archive's name inside is fixed
@@ -681,8 +667,7 @@ def remove_stale_temporary_files(folder):
 
 
 def release(run, name, stage, model, text_encoder, log):
-    """The checkpoint sample.py and the notebooks read (tiny_videossm.CHECKPOINT_FORMAT): weights in half
-    precision, no optimizer; what sampling needs beside them; what made it."""
+    """The checkpoint sample.py reads (tv.CHECKPOINT_FORMAT): half-precision weights, sampling's values, what made it."""
     half = lambda module: {k: v.half() for k, v in module.state_dict().items()}
     sampling = {"denoising_steps": run.preset.denoising_steps, "timestep_shift": run.preset.timestep_shift}
     save_checkpoint(run.path(name), {"format": tv.CHECKPOINT_FORMAT, "stage": stage, "config": asdict(model.cfg),
@@ -728,8 +713,8 @@ def describe(made_by):
 
 
 def made_by_this_run(run, name, student=False):
-    """Whether the run's folder holds `name` made by this run: the same preset, settings and seed (and, for a
-    student, mode). A file there made by any other run is one clear message, not a stage skipped."""
+    """Whether the run's folder holds `name` made by this run (preset, settings, seed, a student's mode); made by
+    another, one clear message, not a stage skipped."""
     if not os.path.exists(run.path(name)):
         return False
     checkpoint = run.load(name)
@@ -746,15 +731,14 @@ def made_by_this_run(run, name, student=False):
 
 
 def log_entry(losses):
-    """One step's log entry, its keys interned: a resumed run's log then saves to the same bytes as an uncut one's
-    (pickle writes a string once per object, and strings read back from a file are new objects)."""
+    """One step's log entry, its keys interned (pickle writes a string once per object): a resumed run's log saves
+    to the same bytes as an uncut one's."""
     return {sys.intern(key): value for key, value in losses.items()}
 
 
 def run_stage(stage, run, stop_at=None):
-    """The loop every stage shares: resume, train, checkpoint. A stage provides `name`, `steps`, `resume_file`,
-    `modules` (saved and resumed), `train_step(step) -> dict of losses` and `finish()`, which writes the released
-    checkpoint. Returns True when the stage is complete."""
+    """The loop every stage shares: resume, train, checkpoint; True when the stage is complete. A stage has `name`,
+    `steps`, `resume_file`, `modules` (saved and resumed), `train_step(step) -> losses` and `finish()` (the release)."""
     resume_path, start = run.path(stage.resume_file), 0
     made_by = {**run.made_by, "mode": None if isinstance(stage, Teacher) else run.mode}   # a resume file: one run's
     if os.path.exists(resume_path):
@@ -796,8 +780,7 @@ def run_stage(stage, run, stop_at=None):
 # ---- the command line ----------------------------------------------------------------------------
 
 def preset_from(spec: str) -> Preset:
-    """A preset from its spec: a name in PRESETS, then any FIELD=VALUE settings (train.py's --set),
-    e.g. "tiny teacher_steps=8000 model.dim=256 world.curtains=14". Checkpoints keep the spec."""
+    """A preset from its spec, a name in PRESETS then --set's FIELD=VALUE: "tiny teacher_steps=8000 model.dim=256"."""
     name, *settings = spec.split()
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
