@@ -89,31 +89,33 @@ def open_writer(path, fps):
     return writer, tmp
 
 
-def stream(model, text_encoder, schedule, frames, steps, timestep_shift, seed, mode, cache=None):
-    """Yields chunks (1, chunk_frames, C, H, W) for `frames` frames (rounded up to whole chunks), on the
-    model's device; pass a tv.StreamCache to watch it."""
+def stream(model, text_encoder, autoencoder, schedule, frames, steps, timestep_shift, seed, mode, cache=None):
+    """Yields chunks (1, chunk_frames, C, H, W) of pixels for `frames` frames (rounded up to whole chunks), on
+    the model's device, each decoded from its latents as it is finished; pass a tv.StreamCache to watch it."""
     chunks = math.ceil(frames / model.cfg.chunk_frames)
     generator = torch.Generator().manual_seed(seed)
     sigmas = tv.denoising_sigmas(steps, timestep_shift)
-    yield from tv.generate(model, text_encoder, schedule, chunks, sigmas, generator, mode, cache=cache)
+    for latents in tv.generate(model, text_encoder, schedule, chunks, sigmas, generator, mode, cache=cache):
+        yield autoencoder.decode(latents)
 
 
 def load(path):
-    """A released student checkpoint -> (model, text encoder, the rest of the checkpoint: its sampling
-    values, what made it), on the CPU."""
+    """A released student checkpoint -> (model, text encoder, autoencoder, the rest of the checkpoint: its
+    sampling values, what made it), on the CPU."""
     try:
         checkpoint = tv.load_checkpoint(path)
-        if "config" not in checkpoint:               # what train.py saves while a stage runs, to resume it
+        if "stage" not in checkpoint:                # what train.py saves while a stage runs, to resume it
             raise tv.CheckpointError(f"{path} is a training resume file, not a released checkpoint: pass a released "
                                      f"one (checkpoints/student.pt), or finish training (run the same train.py "
                                      f"command again) to write it")
-        model, text_encoder = tv.build(checkpoint, path)
+        model, text_encoder, autoencoder = tv.build(checkpoint, path)
     except tv.CheckpointError as error:
         raise SystemExit(str(error)) from None
-    if not model.cfg.causal:
-        raise SystemExit(f"{path} holds the bidirectional teacher; sample.py streams a causal student "
-                         f"(checkpoints/student.pt)")
-    return model, text_encoder, {k: v for k, v in checkpoint.items() if k not in ("model", "text_encoder")}
+    if model is None or not model.cfg.causal:
+        raise SystemExit(f"{path} holds the {'autoencoder' if model is None else 'bidirectional teacher'}; "
+                         f"sample.py streams a causal student (checkpoints/student.pt)")
+    weights = ("model", "text_encoder", "autoencoder")
+    return model, text_encoder, autoencoder, {k: v for k, v in checkpoint.items() if k not in weights}
 
 
 def check_prompt(flag, prompt):
@@ -153,7 +155,7 @@ def stop_signals():
             signal.signal(s, handler)
 
 
-def make_video(args, model, text_encoder, checkpoint):
+def make_video(args, model, text_encoder, autoencoder, checkpoint):
     cfg = model.cfg
     frames = round(args.seconds * args.fps) if args.frames is None else args.frames
     schedule = schedule_from_args(args, frames, cfg.chunk_frames)
@@ -161,7 +163,7 @@ def make_video(args, model, text_encoder, checkpoint):
     started, written = time.time(), 0
     try:
         with stop_signals() as caught, tqdm(total=frames, unit="frame", desc=f"{args.mode} memory") as bar:
-            for chunk in stream(model, text_encoder, schedule, frames, args.steps,
+            for chunk in stream(model, text_encoder, autoencoder, schedule, frames, args.steps,
                                 checkpoint["sampling"]["timestep_shift"], args.seed, args.mode):
                 for frame in to_pixels(chunk, args.scale)[: frames - written]:
                     writer.append_data(frame)
@@ -182,7 +184,7 @@ def make_video(args, model, text_encoder, checkpoint):
         raise SystemExit(128 + caught[0])
     seconds = time.time() - started
     print(f"wrote {args.out}: {frames} frames ({frames / args.fps:.1f} s at {args.fps} fps), "
-          f"{cfg.frame_size * args.scale}x{cfg.frame_size * args.scale} pixels, made in {seconds:.1f} s "
+          f"{autoencoder.cfg.frame_size * args.scale}x{autoencoder.cfg.frame_size * args.scale} pixels, made in {seconds:.1f} s "
           f"({frames / seconds:.1f} frames/s, {'faster' if frames / seconds >= args.fps else 'slower'} than real time)")
     for chunk, prompt in sorted(schedule.items()):
         print(f"  from frame {chunk * cfg.chunk_frames}: {prompt!r}")
@@ -221,7 +223,7 @@ def add_student_arguments(parser):
 
 def load_student(parser, args):
     """Check add_student_arguments' flags, set torch's threads, load the checkpoint onto --device.
-    Returns (model, text encoder, the checkpoint's other values); args.steps defaults to the checkpoint's."""
+    Returns sample.load's four; args.steps defaults to the checkpoint's."""
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: must be at least 1")
     if not 0 <= args.seed < 2 ** 63:
@@ -232,9 +234,9 @@ def load_student(parser, args):
         parser.error("--device cuda: no CUDA device is visible; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, text_encoder, checkpoint = load(args.checkpoint)
+    model, text_encoder, autoencoder, checkpoint = load(args.checkpoint)
     args.steps = args.steps or checkpoint["sampling"]["denoising_steps"]
-    return model.to(args.device), text_encoder.to(args.device), checkpoint
+    return model.to(args.device), text_encoder.to(args.device), autoencoder.to(args.device), checkpoint
 
 
 def main(argv=None):

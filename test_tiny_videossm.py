@@ -3,6 +3,7 @@ world, training, sampling, then the yardstick (measure/) and the notebooks. Each
 needs (a fixture, a temporary folder) and passes alone and in any order. Run: python -m pytest"""
 
 import copy
+import dataclasses
 import importlib.util
 import math
 import os
@@ -267,6 +268,27 @@ with torch.no_grad():
     expected = wan(clip.transpose(1, 2), timestep, text, return_dict=False)[0].transpose(1, 2)
 torch.save((wan.state_dict(), expected), sys.argv[1])
 """
+
+
+def test_the_autoencoder_works_frame_by_frame_and_decode_undoes_its_normalisation():
+    """Each frame is encoded and decoded on its own, so streaming stays causal: changing one frame changes its own
+    latent and no other. Latents are (latent_channels, H/4, W/4), shifted and scaled per channel; decode undoes it."""
+    torch.manual_seed(0)
+    autoencoder = tv.FrameAutoencoder(tv.AutoencoderConfig(frame_size=16, latent_channels=4, width=8)).double()
+    video = torch.rand(2, 3, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    latents = autoencoder.encode(video)
+    assert latents.shape == (2, 3, 4, 4, 4) and autoencoder.decode(latents).shape == video.shape
+    changed = video.clone()
+    changed[:, 1] = -changed[:, 1]
+    other = autoencoder.encode(changed)
+    assert torch.allclose(other[:, [0, 2]], latents[:, [0, 2]], atol=1e-12) and not torch.allclose(other[:, 1], latents[:, 1])
+    with torch.no_grad():
+        autoencoder.latent_mean.copy_(torch.randn(4))
+        autoencoder.latent_std.copy_(torch.rand(4) + 0.5)
+    normalised = autoencoder.encode(video)
+    assert torch.allclose(normalised * autoencoder.latent_std[:, None, None] + autoencoder.latent_mean[:, None, None],
+                          latents)
+    assert torch.allclose(autoencoder.decode(normalised), autoencoder.decoder(latents.flatten(0, 1)).view(video.shape))
 
 
 def test_wan_parity(tmp_path):
@@ -894,6 +916,13 @@ def weights(path):
     return tv.load_checkpoint(path)["model"]
 
 
+def teacher_run(tmp_path, spec="test"):
+    """A Run in an empty folder holding what the teacher needs first, its autoencoder (trained: 4 steps)."""
+    run = train.Run("cpu", str(tmp_path), seed=0, spec=spec)
+    train.run_stage(train.AutoencoderTraining(run), run)
+    return run
+
+
 def same_every_step(run):
     """Make a stage see the same data and noise at every step: a fixed batch."""
     run.generator = lambda *keys: torch.Generator().manual_seed(1234)
@@ -901,13 +930,16 @@ def same_every_step(run):
 
 def test_the_whole_pipeline_runs_and_releases_every_stage(trained):
     preset = train.PRESETS["test"]
-    steps = {"teacher.pt": preset.teacher_steps, "student_stage1.pt": preset.student_steps,
+    steps = {"autoencoder.pt": preset.autoencoder_steps, "teacher.pt": preset.teacher_steps, "student_stage1.pt": preset.student_steps,
              "student_dmd.pt": preset.dmd_steps, "student.pt": preset.memory_steps}
     for name, count in steps.items():
         checkpoint = tv.load_checkpoint(os.path.join(trained, name))
         assert checkpoint["made_by"]["preset"] == "test" and len(checkpoint["log"]) == count
         assert all(math.isfinite(v) for entry in checkpoint["log"] for v in entry.values())
     assert sorted(f for f in os.listdir(trained) if f.endswith(".pt")) == sorted([*steps, "ode_pairs.pt"])  # no resume files
+    autoencoder = tv.load_checkpoint(os.path.join(trained, "autoencoder.pt"))["autoencoder"]
+    for name in steps:                                         # every release carries the autoencoder it was made with
+        assert all(torch.equal(v, autoencoder[k]) for k, v in tv.load_checkpoint(os.path.join(trained, name))["autoencoder"].items())
 
 
 def test_mode_picks_the_students_memory(run):
@@ -931,8 +963,25 @@ def test_a_released_stage_is_skipped_and_the_phase_release_ends_stage_2(run, cap
     assert not os.path.exists(run.path("student_dmd.pt"))
 
 
+def test_the_autoencoder_learns_and_its_release_makes_unit_variance_latents(tmp_path):
+    """Stage 0's first part: the reconstruction loss falls on a fixed batch; the release normalises latents of
+    fresh frames to about zero mean and unit variance per channel (the scale of flow matching's noise)."""
+    run = train.Run("cpu", str(tmp_path), seed=0, spec="test autoencoder_batch=16 sprite_weight=1")
+    stage = train.AutoencoderTraining(run)
+    generator, run.generator = run.generator, lambda *keys: torch.Generator().manual_seed(1234)
+    stage.steps = 400
+    losses = [stage.train_step(step)["loss"] for step in range(30)]
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    run.generator = generator
+    stage.finish()
+    autoencoder = tv.build(tv.load_checkpoint(run.path("autoencoder.pt")))[2]
+    with torch.no_grad():
+        latents = autoencoder.encode(stage.frames(100, key=2)[0])                     # frames it never measured
+    assert latents.mean((0, 1, 3, 4)).abs().max() < 0.5 and (latents.std((0, 1, 3, 4)) - 1).abs().max() < 0.5
+
+
 def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
-    run = train.Run("cpu", str(tmp_path), seed=0, spec="test")
+    run = teacher_run(tmp_path)
     same_every_step(run)
     stage = train.Teacher(run)
     stage.steps = 400                                    # a long schedule: the learning rate stays up
@@ -945,7 +994,7 @@ def test_sprite_weight_raises_the_teacher_loss(tmp_path):
     the loss grows, but by much less than 1 + w times (sprites are a small part of the frame)."""
     losses = []
     for weight in (0.0, 3.0):
-        run = train.Run("cpu", str(tmp_path), seed=0, spec=f"test sprite_weight={weight}")
+        run = teacher_run(tmp_path / str(weight), spec=f"test sprite_weight={weight}")
         same_every_step(run)
         losses.append(train.Teacher(run).train_step(0)["loss"])
     plain, weighted = losses
@@ -955,13 +1004,13 @@ def test_sprite_weight_raises_the_teacher_loss(tmp_path):
 def test_teacher_data_new_clips_each_step_captions_dropped_at_their_rate_a_level_per_clip(tmp_path, monkeypatch):
     """Stage 0's data, line by line: every step draws clips of its own; each clip keeps its caption, or gets
     the empty prompt with probability text_dropout; noise and the noise level s are drawn per clip."""
-    stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0, spec="test text_dropout=0.2 teacher_batch=32"))
+    stage = train.Teacher(teacher_run(tmp_path, "test text_dropout=0.2 teacher_batch=32"))
     seeds, seen, sample = [], [], stage.world.sample
 
     def recording_sample(batch_size, frames, seed):
         seeds.append(seed)
         clips = sample(batch_size, frames, seed)
-        seen.append([c[0] for c in clips.captions])
+        seen.append(([c[0] for c in clips.captions], clips.video))
         return clips
     stage.world.sample = recording_sample
     fed = []
@@ -974,15 +1023,34 @@ def test_teacher_data_new_clips_each_step_captions_dropped_at_their_rate_a_level
     assert len(set(seeds)) == 4 and not torch.equal(fed[0][0], fed[1][0])         # new clips every step
     dropped = [c == "" for batch in captions for c in batch]
     assert 0.1 < sum(dropped) / len(dropped) < 0.3                                 # text_dropout = 0.2
-    assert all(c in ("", truth) for batch, truths in zip(captions, seen) for c, truth in zip(batch, truths))
-    for x0, noise, sigma in fed:
+    assert all(c in ("", truth) for batch, (truths, _) in zip(captions, seen) for c, truth in zip(batch, truths))
+    for (x0, noise, sigma), (_, video) in zip(fed, seen):
+        assert torch.equal(x0, stage.autoencoder.encode(video))                      # the clips' latents
         assert sigma.unique().numel() == len(sigma) and noise.flatten(1).std(1).min() > 0.5
+
+
+def test_only_matrices_decay_in_every_stage(run):
+    """Weight decay said once (train.adamw): parameters of two dimensions or more decay at the preset's
+    weight_decay; vectors (the memory's A_log and dt_bias, the router, norms, biases) never, in every stage."""
+    stages = [train.AutoencoderTraining(run), train.Teacher(run), train.ODEDistillation(run),
+              train.SelfRolloutDMD(run, "student_dmd.pt"), train.MemoryRecall(run, "student_dmd.pt")]
+    for stage in stages:
+        names = {id(p): n for n, p in stage.model.named_parameters()}
+        decay = {names[id(p)]: group["weight_decay"] for group in stage.optimizer.param_groups for p in group["params"]
+                 if id(p) in names}
+        assert decay and all(d == (run.preset.weight_decay if stage.model.get_parameter(n).dim() >= 2 else 0.0)
+                             for n, d in decay.items()), stage.name
+    critic = stages[3].critic_optimizer.param_groups
+    assert all(g["weight_decay"] == (run.preset.weight_decay if p.dim() >= 2 else 0) for g in critic for p in g["params"])
+    memory = {n.split(".memory.")[1]: d for n, d in decay.items() if n.startswith("blocks.0.")}     # the phase's
+    assert {n for n, d in memory.items() if d == 0} == {"A_log", "dt_bias", "router_w", "router_b", "norm.weight",
+                                                        "out_gate.bias"}
 
 
 def test_teacher_alternates_clips_and_single_frames(tmp_path):
     """Joint image-video training: with image_batch set, even steps draw clips and odd steps draw that
     many 1-frame clips."""
-    stage = train.Teacher(train.Run("cpu", str(tmp_path), seed=0, spec="test image_batch=6"))
+    stage = train.Teacher(teacher_run(tmp_path, "test image_batch=6"))
     drawn, sample = [], stage.world.sample
 
     def recording_sample(batch_size, frames, seed):
@@ -1095,12 +1163,12 @@ def test_preset_settings_apply_and_are_recorded(tmp_path, capsys):
     run = train.Run("cpu", str(tmp_path), seed=0, spec=spec)
     run.made_by = {**run.made_by, "preset": "huge"}
     train.save_checkpoint(run.path("teacher.pt"), {**checkpoint, "made_by": run.made_by})
-    teacher, text_encoder = tv.build(checkpoint)
-    train.release(run, "student.pt", 1, train.student_from_teacher(teacher, "hybrid"), text_encoder, [])
+    teacher, text_encoder, autoencoder = tv.build(checkpoint)
+    train.release(run, "student.pt", 1, train.student_from_teacher(teacher, "hybrid"), text_encoder, autoencoder, [])
     capsys.readouterr()
     report.report(str(tmp_path), clips=2)
     assert "2 clips of 4 frames" in capsys.readouterr().out
-    assert sample.load(run.path("student.pt"))[2]["made_by"]["recipe"]["clip_frames"] == 4
+    assert sample.load(run.path("student.pt"))[3]["made_by"]["recipe"]["clip_frames"] == 4
     # and a checkpoint they cannot use is refused with one clear message
     for name in ("teacher.pt", "student.pt"):
         train.save_checkpoint(run.path(name), {**tv.load_checkpoint(run.path(name)), "format": "tiny-videossm/1"})
@@ -1144,17 +1212,18 @@ def test_every_stage_trains_under_bf16_autocast_with_M_in_float32(tmp_path, monk
 
 
 def test_the_gpu_presets_structure_trains_every_stage_and_streams_at_a_small_width(tmp_path):
-    """The `gpu` preset's structure (patch 2 on 32x32 frames, window 3, its router horizon, 96-frame rollouts, its
+    """The `gpu` preset's structure (its autoencoder, patch 1 on 8x8 latents, window 3, its router horizon, 96-frame rollouts, its
     phase and its worlds), only two layers narrow and a step or two a stage: a preset edit that breaks a stage fails
     here, not on a rented GPU."""
-    small = ["model.dim=12", "model.n_heads=2", "model.n_layers=2", "model.ffn_dim=12", "model.text_dim=8",
+    small = ["autoencoder.width=8", "autoencoder_steps=2", "autoencoder_batch=2", "model.dim=12", "model.n_heads=2", "model.n_layers=2", "model.ffn_dim=12", "model.text_dim=8",
              "model.freq_dim=8", "compile=false", "teacher_steps=2", "teacher_batch=1", "image_batch=2", "ode_clips=2",
              "ode_steps=2", "student_steps=2", "student_batch=1", "dmd_steps=2", "critic_warmup=1", "dmd_batch=1",
              "memory_steps=2", "memory_clips=1"]
     train.main(["--preset", "gpu", *[flag for setting in small for flag in ("--set", setting)], "--out", str(tmp_path)])
     gpu, student = train.PRESETS["gpu"], tv.load_checkpoint(tmp_path / "student.pt")
     structure = ("frame_size", "patch_size", "chunk_frames", "sink_chunks", "window_chunks", "router_horizon")
-    assert {key: student["config"][key] for key in structure} == {key: gpu.model[key] for key in structure}
+    assert {key: student["config"][key] for key in structure} == {key: getattr(gpu.model_config(), key) for key in structure}
+    assert student["autoencoder_config"] == {**dataclasses.asdict(tv.AutoencoderConfig()), **gpu.autoencoder}
     assert student["made_by"]["preset"] == " ".join(["gpu", *small]) and len(student["log"]) == 2   # the phase ran
     sample.main(["--checkpoint", str(tmp_path / "student.pt"), "--frames", "24", "--out", str(tmp_path / "gpu.mp4")])
     assert len(read_video(tmp_path / "gpu.mp4")) == 24                            # 8 chunks: past sink and window
@@ -1408,9 +1477,9 @@ def test_ode_pairs_of_another_teacher_are_made_again(run, capsys):
 
 
 def test_student_starts_as_the_teacher(trained):
-    teacher, text_encoder = tv.build(tv.load_checkpoint(os.path.join(trained, "teacher.pt")))
+    teacher, text_encoder, _ = tv.build(tv.load_checkpoint(os.path.join(trained, "teacher.pt")))
     student = train.student_from_teacher(teacher, "hybrid")
-    clip = torch.randn(1, 4, 3, 16, 16)
+    clip = torch.randn(1, 4, teacher.cfg.channels, teacher.cfg.frame_size, teacher.cfg.frame_size)
     text = text_encoder(["a circle on red"])
     assert torch.equal(student(clip, torch.full((1,), 300.0), text, mode="hybrid"),
                        student(clip, torch.full((1,), 300.0), text, mode="sink"))     # memory outputs 0
@@ -1644,9 +1713,9 @@ def test_two_sprite_returns_hide_one_sprite_while_the_other_is_in_the_window():
 
 
 def test_teacher_force_switches_the_prompt_where_the_clip_does_and_keeps_M(trained, monkeypatch):
-    model, text_encoder, checkpoint = sample.load(os.path.join(trained, "student.pt"))
+    model, text_encoder, autoencoder, checkpoint = sample.load(os.path.join(trained, "student.pt"))
     cfg = model.cfg
-    world = with_curtains(World(cfg.frame_size, **checkpoint["made_by"]["recipe"]["world"]))
+    world = with_curtains(World(autoencoder.cfg.frame_size, **checkpoint["made_by"]["recipe"]["world"]))
     clip = sprite_returns(world, cfg, 1, 60, seed=0, switch=True)[0]
     held = lambda cache: (cache.next_chunk, list(cache.chunks), [layer.state.clone() for layer in cache.layers])
     recache = tv.recache
@@ -1655,7 +1724,7 @@ def test_teacher_force_switches_the_prompt_where_the_clip_does_and_keeps_M(train
         (held(cache), recache(model, cache, text), held(cache), text)))
     cache = tv.StreamCache(model, 1)
     with torch.no_grad():
-        tv.teacher_force(model, text_encoder, cache, clip.video[:, :clip.context_chunks * cfg.chunk_frames],
+        tv.teacher_force(model, text_encoder, cache, autoencoder.encode(clip.video[:, :clip.context_chunks * cfg.chunk_frames]),
                          clip.prompts())
         new_kv = model.text_kvs(text_encoder([clip.new_caption]))
     [((at, chunks, states), _, (_, chunks_after, states_after), text)] = switches            # one switch
@@ -1710,7 +1779,7 @@ def test_memory_recall_trains_only_the_memory_and_its_write_path(run, monkeypatc
     assert {"alpha_proj.weight", "beta_proj.weight"} <= {k.rsplit(".memory.", 1)[1] for k in moved}   # (D11)
     assert all(torch.equal(frozen[k], v) for k, v in stage.frozen.state_dict().items())
     window_student = train.student_from_teacher(run.load("teacher.pt", build=True)[0], "window")
-    train.release(run, "window_dmd.pt", 2, window_student, stage.text_encoder, [])
+    train.release(run, "window_dmd.pt", 2, window_student, stage.text_encoder, stage.autoencoder, [])
     with pytest.raises(SystemExit, match="no memory to train"):
         train.MemoryRecall(run, "window_dmd.pt")
     os.remove(run.path("window_dmd.pt"))
@@ -1767,7 +1836,7 @@ def test_the_memory_phase_moves_the_rest_of_the_student_at_its_own_rate(run):
     stage.train_step(0)
     moved = {k for k, v in stage.model.state_dict().items() if not torch.equal(before[k], v)}
     assert any(".memory." in k for k in moved) and any(".memory." not in k for k in moved)
-    assert [g["lr"] for g in stage.optimizer.param_groups] == [preset.memory_lr, 1e-4]
+    assert [g["lr"] for g in stage.optimizer.param_groups] == [preset.memory_lr] * 2 + [1e-4] * 2  # matrices, vectors
 
 
 def test_the_memory_phase_draws_its_clips_from_every_world_of_its_family(run, monkeypatch):
@@ -1807,8 +1876,8 @@ def test_sample_writes_a_video_and_the_same_seed_gives_the_same_video(student, t
 
 
 def test_a_switch_leaves_the_frames_before_it_unchanged(student):
-    model, text_encoder, _ = sample.load(student)
-    chunks = lambda schedule: torch.cat(list(sample.stream(model, text_encoder, schedule, 16, 2, 3.0, 5,
+    model, text_encoder, autoencoder, _ = sample.load(student)
+    chunks = lambda schedule: torch.cat(list(sample.stream(model, text_encoder, autoencoder, schedule, 16, 2, 3.0, 5,
                                                            "hybrid")), 1)
     base = chunks({0: "a circle on red"})
     schedule = sample.prompt_schedule("a circle on red", [(7, "two squares on green")], 16, 2)
@@ -1940,9 +2009,9 @@ def test_the_shipped_student_shows_a_switched_prompt():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "student.pt")
     if not os.path.exists(path):
         pytest.skip("no bundled checkpoints/student.pt")
-    model, text_encoder, checkpoint = sample.load(path)
+    model, text_encoder, autoencoder, checkpoint = sample.load(path)
     schedule = sample.prompt_schedule("a circle on blue", [(24, "a circle on red")], 48, model.cfg.chunk_frames)
-    video = torch.cat(list(sample.stream(model, text_encoder, schedule, 48, 4, checkpoint["sampling"]["timestep_shift"],
+    video = torch.cat(list(sample.stream(model, text_encoder, autoencoder, schedule, 48, 4, checkpoint["sampling"]["timestep_shift"],
                                          0, "hybrid")), 1)
     background, _ = read_attributes(video)                                   # (1, 48) indices
     blue, red = BACKGROUND_NAMES.index("blue"), BACKGROUND_NAMES.index("red")
@@ -2201,10 +2270,8 @@ def test_prompt_match_reads_the_named_background():
 def test_no_preset_trains_the_memory_on_a_held_out_world():
     """The held-out worlds were fixed before any training on them; a recipe that trains on one is refused here."""
     for name, preset in train.PRESETS.items():
-        cfg = tv.VideoSSMConfig(**preset.model)
-        trained = ([World(cfg.frame_size, **w) for w in preset.memory_worlds]
-                   or [with_curtains(World(cfg.frame_size, **preset.world))])
-        held_out = [benchmark.held_out_world(world, cfg.frame_size) for world in benchmark.HELD_OUT_WORLDS]
+        trained = [preset.make_world(w) for w in preset.memory_worlds] or [with_curtains(preset.make_world())]
+        held_out = [benchmark.held_out_world(world, trained[0].size) for world in benchmark.HELD_OUT_WORLDS]
         assert not any(a == b for a in trained for b in held_out), name
 
 
@@ -2248,8 +2315,9 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
     ground truth's next chunk) it scores 1 on every probe, and 0 with the hiding sprite's colour taken
     for another. With a second sprite in view, drawn larger than the hiding one in every frame, the same:
     its colour is left out of the reading, so it never wins and never counts as the answer."""
-    model, text_encoder, checkpoint = sample.load(os.path.join(trained, "student.pt"))
-    cfg = model.cfg
+    model, text_encoder, autoencoder, checkpoint = sample.load(os.path.join(trained, "student.pt"))
+    pixels = types.SimpleNamespace(encode=lambda x: x, decode=lambda x: x)     # the stub below works in pixels
+    cfg = dataclasses.replace(model.cfg, frame_size=autoencoder.cfg.frame_size, channels=autoencoder.cfg.channels)
     world = with_curtains(World(cfg.frame_size, **checkpoint["made_by"]["recipe"]["world"]))
     probes = (sprite_returns(world, cfg, 4, 60, seed=0) + sprite_returns(world, cfg, 2, 60, 0, switch=True)
               + sprite_returns(world, cfg, 2, 60, 0, other=True))
@@ -2270,7 +2338,7 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
         texts = []
         stub = types.SimpleNamespace(cfg=cfg, parameters=model.parameters, forward_chunk=truth,
                                      text_kvs=lambda text: texts.append(text) or model.text_kvs(text))
-        assert benchmark.recall(stub, text_encoder, probe, "hybrid", tv.denoising_sigmas(2), 0) == 1.0
+        assert benchmark.recall(stub, text_encoder, pixels, probe, "hybrid", tv.denoising_sigmas(2), 0) == 1.0
         caption_at_return = probe.prompts()[probe.switch]
         # the context's caption, re-cached at its switch, then the stream's: the caption in force at the return
         asked = [probe.caption] + ([probe.new_caption] if probe.switch else []) + [caption_at_return]
@@ -2278,7 +2346,7 @@ def test_recall_is_one_on_ground_truth_and_chance_without_memory(trained):
                                                 for text, caption in zip(texts, asked))
         wrong = [c for c in range(len(SPRITE_COLOURS)) if c != probe.colour][:1 if probe.other < 0 else None]
         for colour in wrong:                     # another colour; with a second sprite, also that sprite's own
-            assert benchmark.recall(stub, text_encoder, probe._replace(colour=colour), "hybrid",
+            assert benchmark.recall(stub, text_encoder, pixels, probe._replace(colour=colour), "hybrid",
                                     tv.denoising_sigmas(2), 0) == 0.0
 
 

@@ -9,13 +9,14 @@ Read top to bottom:
     VideoSSMConfig          every size and switch, with what it means
     flow matching helpers   the noise convention: x_s = (1 - s) x0 + s eps, the net predicts eps - x0
     TextEncoder, rope       prompt -> token features (no T5); 3D rotary positions, Wan's interleaved pairs
+    FrameAutoencoder        Wan's VAE's place: a frame <-> its latent; the DiT works on latents
     GatedDeltaMemory        the global memory: gates (E5, E6), write (E7), read (E8), router (E9)
     HybridAttention         the hybrid layer: sink + window attention (E3, E4) over its LayerCache, fused
                             with the memory (E10); step(x, cache, ...) -> (y, cache). Copies out whole.
     Block, Pattern          Wan's block around it; who attends to whom in a parallel forward
     VideoDiT                the model; one class is teacher, student and critic
     StreamCache, generate   the streaming path: a LayerCache per layer, chunk by chunk
-    load_checkpoint, build  a released checkpoint -> the model and text encoder it holds
+    load_checkpoint, build  a released checkpoint -> the model, text encoder and autoencoder it holds
 
 Two paths compute the same function, tested against each other: parallel (`VideoDiT.forward`, a whole
 clip in one block-causal pass: training) and streaming (`VideoDiT.forward_chunk` with a `StreamCache`, one
@@ -153,6 +154,51 @@ class TextEncoder(nn.Module):
         """prompts: list of B strings -> (B, Lt, text_dim)"""
         ids = torch.tensor([self.tokenize(p) for p in prompts], device=self.position.device)  # (B, Lt)
         return self.embedding(ids) + self.position                                             # (B, Lt, text_dim)
+
+
+# ---- the autoencoder: Wan's VAE's place; the DiT works on its latents ---------------------------
+
+@dataclass
+class AutoencoderConfig:
+    frame_size: int = 32          # frames are frame_size x frame_size pixels
+    channels: int = 3             # colour channels
+    latent_channels: int = 8      # a frame's latent is (latent_channels, frame_size / 4, frame_size / 4)
+    width: int = 64               # channels of the convolutions
+
+    def __post_init__(self):
+        if self.frame_size % 4:
+            raise ValueError(f"frame_size {self.frame_size} is not divisible by 4, the autoencoder's downsampling")
+
+
+class FrameAutoencoder(nn.Module):
+    """A frame (C, H, W) in [-1, 1] <-> its latent (latent_channels, H/4, W/4), frame by frame, so streaming stays
+    causal (Wan's VAE is causal in time). Latents are shifted and scaled per channel to zero mean and unit
+    variance over training frames (Wan: a mean and std per channel), the scale of flow matching's noise. The DiT
+    runs on latents: its frame_size and channels are the latent's. Trained first (train.py), then frozen."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, w, z = cfg.channels, cfg.width, cfg.latent_channels
+        conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1)
+        self.encoder = nn.Sequential(nn.Conv2d(c, w, 4, 2, 1), nn.SiLU(), conv(w, w), nn.SiLU(),          # (w, H/2, W/2)
+                                     nn.Conv2d(w, w, 4, 2, 1), nn.SiLU(), conv(w, w), nn.SiLU(),          # (w, H/4, W/4)
+                                     nn.Conv2d(w, z, 1))                                                  # (z, H/4, W/4)
+        self.decoder = nn.Sequential(conv(z, w), nn.SiLU(), conv(w, w), nn.SiLU(),
+                                     nn.ConvTranspose2d(w, w, 4, 2, 1), nn.SiLU(), conv(w, w), nn.SiLU(),  # (w, H/2, W/2)
+                                     nn.ConvTranspose2d(w, w // 2, 4, 2, 1), nn.SiLU(), conv(w // 2, c))   # (C, H, W)
+        self.register_buffer("latent_mean", torch.zeros(z))
+        self.register_buffer("latent_std", torch.ones(z))
+
+    def encode(self, video):
+        """(B, F, C, H, W) -> (B, F, z, H/4, W/4), normalised"""
+        latents = self.encoder(video.flatten(0, 1)).unflatten(0, video.shape[:2])
+        return (latents - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    def decode(self, latents):
+        """(B, F, z, h, w) -> (B, F, C, H, W)"""
+        z = latents * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        return self.decoder(z.flatten(0, 1)).unflatten(0, latents.shape[:2])
 
 
 # ---- 3D RoPE (Wan) -------------------------------------------------------------------------------
@@ -810,11 +856,12 @@ def generate(model, text_encoder, prompts, num_chunks, sigmas, generator=None, m
 
 
 # ---- released checkpoints: what train.py writes and sample.py reads --------------------------------
-# A dict: format, stage, config (VideoSSMConfig's fields), vocab (TextEncoder's words), sampling (the
-# denoising_steps and timestep_shift it was distilled for), made_by (preset, settings, seed and the whole
-# recipe, for train.py), log, and the weights in half precision, model and text_encoder.
+# A dict: format, stage, autoencoder_config (AutoencoderConfig's fields), config (VideoSSMConfig's), vocab
+# (TextEncoder's words), sampling (the denoising_steps and timestep_shift it was distilled for), made_by
+# (preset, settings, seed and the whole recipe, for train.py), log, and the weights in half precision:
+# autoencoder, model and text_encoder (the autoencoder's own release, stage 0's first, has only its own).
 
-CHECKPOINT_FORMAT = "tiny-videossm/2"
+CHECKPOINT_FORMAT = "tiny-videossm/3"
 
 
 class CheckpointError(Exception):
@@ -841,14 +888,21 @@ def load_checkpoint(path):
 
 
 def build(checkpoint, path="the checkpoint"):
-    """The model and text encoder a released checkpoint holds, in float32, in eval mode."""
+    """The model, text encoder and autoencoder a released checkpoint holds (None for what it lacks), in float32,
+    in eval mode; the autoencoder and text encoder frozen."""
+    weights = lambda name: {k: v.float() for k, v in checkpoint[name].items()}
     try:
-        model = VideoDiT(VideoSSMConfig(**checkpoint["config"]))
-        model.load_state_dict({k: v.float() for k, v in checkpoint["model"].items()})
-        text_encoder = TextEncoder(checkpoint["vocab"], model.cfg.text_dim)
-        text_encoder.load_state_dict({k: v.float() for k, v in checkpoint["text_encoder"].items()})
+        autoencoder = FrameAutoencoder(AutoencoderConfig(**checkpoint["autoencoder_config"]))
+        autoencoder.load_state_dict(weights("autoencoder"))
+        model = text_encoder = None
+        if "model" in checkpoint:
+            model = VideoDiT(VideoSSMConfig(**checkpoint["config"]))
+            model.load_state_dict(weights("model"))
+            text_encoder = TextEncoder(checkpoint["vocab"], model.cfg.text_dim)
+            text_encoder.load_state_dict(weights("text_encoder"))
+            text_encoder.eval().requires_grad_(False)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path} does not fit this code's model ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:200]}): it was written by another version of "
                               f"tiny-videossm; train it again with this code") from None
-    return model.eval(), text_encoder.eval().requires_grad_(False)
+    return model and model.eval(), text_encoder, autoencoder.eval().requires_grad_(False)

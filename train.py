@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as nnf
 from tqdm import tqdm
 
 import tiny_videossm as tv
@@ -31,13 +32,20 @@ from world import SPRITE_RGB, VOCAB, World, parse_caption, random_caption, sprit
 
 @dataclass
 class Preset:
-    model: dict = field(default_factory=dict)   # VideoSSMConfig fields
-    world: dict = field(default_factory=dict)   # World fields (not size, which is the model's frame_size)
+    autoencoder: dict = field(default_factory=dict)  # AutoencoderConfig fields: the frames' size, the latents'
+    model: dict = field(default_factory=dict)   # VideoSSMConfig fields but frame_size and channels, the latents'
+    world: dict = field(default_factory=dict)   # World fields (not size: the autoencoder's frame_size)
     clip_frames: int = 12         # the teacher's clip length; stage 2's DMD window too
     timestep_shift: float = 3.0   # Wan's timestep shift of sampling and distillation: leans to high noise
     denoising_steps: int = 4      # the student's few steps
     guidance_scale: float = 1.5   # classifier-free guidance of the teacher (ODE pairs, real score)
     save_every: int = 100         # steps between resumable checkpoints
+    weight_decay: float = 0.01    # AdamW's, on matrices only (adamw)
+    sprite_weight: float = 0.0    # the autoencoder's and teacher's losses count sprite pixels 1 + this many times
+    # stage 0, first: the autoencoder, on single frames
+    autoencoder_steps: int = 2000
+    autoencoder_batch: int = 64
+    autoencoder_lr: float = 2e-3
     # stage 0: the teacher
     teacher_steps: int = 2000
     teacher_batch: int = 8
@@ -46,7 +54,6 @@ class Preset:
     warmup: int = 100             # steps of linear learning-rate warmup (at most a tenth of a stage), then cosine to 10%
     compile: bool = False         # torch.compile the teacher's training forward (faster after a minute compiling)
     text_dropout: float = 0.1     # captions replaced by "" (the unconditional input for CFG)
-    sprite_weight: float = 0.0    # the teacher's loss counts sprite pixels 1 + this many times (0: plain flow matching)
     ema_decay: float = 0.995
     # stage 1: causal ODE distillation
     ode_clips: int = 256          # teacher trajectories to regress
@@ -78,9 +85,9 @@ class Preset:
 
     def __post_init__(self):
         """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
-        cfg = tv.VideoSSMConfig(**self.model)                          # the model's own checks: dim % n_heads, ...
+        cfg = self.model_config()                                       # the model's own checks: dim % n_heads, ...
         for world in (self.world, *self.memory_worlds):
-            World(cfg.frame_size, **world)
+            self.make_world(world)
         for name, value in vars(self).items():
             zero = name in ZERO_ALLOWED
             if not isinstance(value, (dict, bool, tuple)) and not (math.isfinite(value) and (value > 0 or zero and value == 0)):
@@ -94,14 +101,25 @@ class Preset:
         if self.critic_warmup >= self.dmd_steps:
             raise ValueError(f"critic_warmup={self.critic_warmup}: must be < dmd_steps={self.dmd_steps}")
 
+    def model_config(self, **fields):
+        """The DiT's config: the preset's model fields on the autoencoder's latents."""
+        frames = tv.AutoencoderConfig(**self.autoencoder)
+        return tv.VideoSSMConfig(**self.model, frame_size=frames.frame_size // 4, channels=frames.latent_channels,
+                                 **fields)
 
-ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "guidance_scale",
+    def make_world(self, fields=None):
+        """A World at the autoencoder's frame size: the preset's world, or `fields` (a memory world)."""
+        return World(tv.AutoencoderConfig(**self.autoencoder).frame_size, **(self.world if fields is None else fields))
+
+
+ZERO_ALLOWED = {"weight_decay", "image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "guidance_scale",
                 "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_anchor",
                 "memory_free_anchor"}
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
-TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
+TINY = Preset(autoencoder=dict(frame_size=32, latent_channels=8, width=64), autoencoder_steps=3000,
+              model=dict(patch_size=2, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
               compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
@@ -112,7 +130,8 @@ TINY = Preset(model=dict(frame_size=32, patch_size=4, dim=128, n_heads=4, n_laye
 
 PRESETS = {
     # seconds: for the tests
-    "test": Preset(model=dict(frame_size=16, patch_size=4, dim=32, n_heads=2, n_layers=2, ffn_dim=64, text_dim=16,
+    "test": Preset(autoencoder=dict(frame_size=16, latent_channels=4, width=8), autoencoder_steps=4, autoencoder_batch=4,
+                   model=dict(patch_size=2, dim=32, n_heads=2, n_layers=2, ffn_dim=64, text_dim=16,
                               freq_dim=16, chunk_frames=2, sink_chunks=1, window_chunks=2, router_horizon=12),
                    clip_frames=8, teacher_steps=6, teacher_batch=2, warmup=2, save_every=3, ode_clips=4, ode_steps=4,
                    student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, critic_warmup=1, rollout_frames=12,
@@ -122,12 +141,56 @@ PRESETS = {
                      memory_rest_lr=3e-4),
     "tiny": TINY,
     # tiny's recipe on a GPU: wider, deeper, longer
-    "gpu": replace(TINY, model=dict(TINY.model, patch_size=2, dim=384, n_heads=6, n_layers=8, ffn_dim=1536,
+    "gpu": replace(TINY, autoencoder=dict(TINY.autoencoder, width=128),
+                   model=dict(TINY.model, patch_size=1, dim=384, n_heads=6, n_layers=8, ffn_dim=1536,
                                     text_dim=128, freq_dim=128, window_chunks=3, router_horizon=96),
                    teacher_steps=20000, teacher_batch=32, image_batch=256, teacher_lr=5e-4, ode_clips=4096,
                    student_steps=6000, student_batch=32, dmd_steps=2000, dmd_batch=8, rollout_frames=96,
                    memory_steps=1000, save_every=100),
 }
+
+
+# ---- stage 0, first: the autoencoder -----------------------------------------------------------
+
+class AutoencoderTraining:
+    """Stage 0, first. The autoencoder (Wan's VAE's place) on single frames of the preset's world and the memory's
+    worlds, never HELD_OUT_WORLDS; then its latents' mean and std per channel, measured on fresh frames, make them
+    unit-variance latents (tv.FrameAutoencoder)."""
+    name, resume_file = "stage 0 (autoencoder)", "autoencoder.resume.pt"
+
+    def __init__(self, run):
+        self.run, self.preset, self.log = run, run.preset, []
+        self.steps = run.preset.autoencoder_steps
+        with run.seeded(5):
+            self.model = tv.FrameAutoencoder(tv.AutoencoderConfig(**run.preset.autoencoder)).to(run.device)
+        self.optimizer = adamw([list(self.model.parameters())], (0.9, 0.99), run.preset.weight_decay)
+        self.worlds = [run.preset.make_world(fields) for fields in (None, *run.preset.memory_worlds)]
+        self.modules = {"model": self.model, "optimizer": self.optimizer}
+
+    def frames(self, step, key=0):
+        """A batch of single frames (B, 1, C, H, W) of one world, the worlds in turn, and their backgrounds."""
+        clips = self.worlds[step % len(self.worlds)].sample(self.preset.autoencoder_batch, 1,
+                                                            seed=self.run.generator(5, step, key).initial_seed())
+        return clips.video.to(self.run.device), clips.background
+
+    def train_step(self, step):
+        preset = self.preset
+        # data: single frames
+        video, background = self.frames(step)
+        # loss: the reconstruction's squared error, sprite pixels counted 1 + sprite_weight times
+        weight = 1 + preset.sprite_weight * sprite_mask(video, background)
+        loss = (weight * (self.model.decode(self.model.encode(video)) - video).square()).mean()
+        # update: AdamW
+        optimizer_step(self.run, self.optimizer, list(self.model.parameters()),
+                       learning_rate(step, self.steps, preset.autoencoder_lr, preset.warmup), loss)
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def finish(self):
+        latents = torch.cat([self.model.encode(self.frames(step, 1)[0]) for step in range(4 * len(self.worlds))])
+        self.model.latent_mean.copy_(latents.mean((0, 1, 3, 4)))                     # per channel
+        self.model.latent_std.copy_(latents.std((0, 1, 3, 4)))
+        release(self.run, "autoencoder.pt", 0, None, None, self.model, self.log)
 
 
 # ---- stage 0: the teacher ------------------------------------------------------------------------
@@ -147,20 +210,21 @@ def bin_losses(sigma, per_sample_loss, bins=4):
 
 
 class Teacher:
-    """Stage 0. Bidirectional DiT + text encoder, flow matching on world clips (and between them on batches of
-    single frames, as the preset says), text dropout for CFG, EMA."""
+    """Stage 0. Bidirectional DiT + text encoder, flow matching on world clips' latents (and between them on batches
+    of single frames, as the preset says), text dropout for CFG, EMA."""
     name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
 
     def __init__(self, run):
         self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
         self.steps = preset.teacher_steps
-        cfg = tv.VideoSSMConfig(**preset.model, causal=False)
+        self.autoencoder = run.load("autoencoder.pt", build=True)[2]
+        cfg = preset.model_config(causal=False)
         with run.seeded(0):
             self.model = tv.VideoDiT(cfg).to(run.device)
             self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
         self.trained_parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
-        self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.optimizer = adamw([self.trained_parameters], (0.9, 0.99), preset.weight_decay)
         self.ema = EMA(self.model, preset.ema_decay)
         self.ema_text = EMA(self.text_encoder, preset.ema_decay)
         # the forward train_step calls, compiled where it can be (the same weights; on a CPU inductor needs a C++
@@ -169,7 +233,7 @@ class Teacher:
         if preset.compile and not compiles:
             print("stage 0: no C++ compiler found (g++, c++ or clang++): the teacher trains without torch.compile (slower)")
         self.train_forward = torch.compile(self.model, dynamic=False) if compiles else self.model
-        self.world = World(cfg.frame_size, **preset.world)
+        self.world = preset.make_world()
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
 
@@ -182,16 +246,19 @@ class Teacher:
         clips = self.world.sample(B, frames, seed=run.generator(0, step).initial_seed())
         gen = run.generator(0, step, 1)
         captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(B, generator=gen))]
+        video = clips.video.to(run.device)
+        with torch.no_grad():
+            x0 = self.autoencoder.encode(video)                                          # (B, F, z, h, w)
         # loss: flow matching at a uniform noise level per clip
-        x0 = clips.video.to(run.device)
         noise = torch.randn(x0.shape, generator=gen).to(run.device)
         sigma = torch.rand(B, generator=gen).to(run.device)
         squared_error = flow_matching_error(self.train_forward, x0, noise, sigma, self.text_encoder(captions), run.autocast)
         # The sprite weight (ours, not Wan's): sprites are a few percent of the pixels, and a small
         # teacher lowers the plain loss most cheaply by painting the background well and the sprites
         # faintly. Counting sprite pixels more tilts it towards drawing them, a bias by design, as
-        # CFG is a bias towards the caption.
-        weight = 1 + preset.sprite_weight * sprite_mask(x0, clips.background)    # (B, F, 1, H, W)
+        # CFG is a bias towards the caption. A latent cell counts so if one of its pixels shows a sprite.
+        sprite = nnf.max_pool2d(sprite_mask(video, clips.background).flatten(0, 1), 4).unflatten(0, (B, frames))
+        weight = 1 + preset.sprite_weight * sprite                                             # (B, F, 1, h, w)
         per_sample = (weight * squared_error).flatten(1).mean(1)                                # (B,)
         loss = per_sample.mean()
         # update: AdamW, then the EMA the teacher samples with
@@ -202,7 +269,7 @@ class Teacher:
         return {"loss": loss.item(), **bin_losses(sigma.cpu(), per_sample.detach().cpu())}
 
     def finish(self):
-        release(self.run, "teacher.pt", 0, self.ema.module, self.ema_text.module, self.log)
+        release(self.run, "teacher.pt", 0, self.ema.module, self.ema_text.module, self.autoencoder, self.log)
 
 
 def guided_velocity(teacher, x, timestep, text, empty, guidance_scale):
@@ -307,12 +374,12 @@ class ODEDistillation:
         self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
         self.steps = preset.student_steps
-        teacher, self.text_encoder = run.load("teacher.pt", build=True)
+        teacher, self.text_encoder, self.autoencoder = run.load("teacher.pt", build=True)
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
         self.pairs = ode_pairs(run, teacher, self.text_encoder, self.sigmas)
         with run.seeded(1):                                # the memory's new weights
             self.model = student_from_teacher(teacher, run.mode).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.student_lr, betas=(0.9, 0.99))
+        self.optimizer = adamw([list(self.model.parameters())], (0.9, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer}
 
     def train_step(self, step):
@@ -327,7 +394,7 @@ class ODEDistillation:
         return {"loss": loss.item()}
 
     def finish(self):
-        release(self.run, "student_stage1.pt", 1, self.model, self.text_encoder, self.log)
+        release(self.run, "student_stage1.pt", 1, self.model, self.text_encoder, self.autoencoder, self.log)
 
 
 # ---- stage 2: long self-rollout with DMD (E11) ---------------------------------------------------
@@ -352,12 +419,12 @@ class SelfRolloutDMD:
         self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
         self.steps, self.released = preset.dmd_steps, released
-        self.teacher, self.text_encoder = run.load("teacher.pt", build=True)
+        self.teacher, self.text_encoder, self.autoencoder = run.load("teacher.pt", build=True)
         self.teacher.requires_grad_(False)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
         self.model = run.load("student_stage1.pt", build=True)[0].train().requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
-        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
+        self.optimizer = adamw([list(self.model.parameters())], (0.0, 0.99), preset.weight_decay)
+        self.critic_optimizer = adamw([list(self.critic.parameters())], (0.0, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer,
                         "critic": self.critic, "critic_optimizer": self.critic_optimizer}
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
@@ -427,7 +494,7 @@ class SelfRolloutDMD:
         return {"dmd": loss.item(), "regression": regression.item(), "critic": critic_loss.item()}
 
     def finish(self):
-        release(self.run, self.released, 2, self.model, self.text_encoder, self.log)
+        release(self.run, self.released, 2, self.model, self.text_encoder, self.autoencoder, self.log)
 
 
 # ---- stage 2, last phase: the memory asked for what left the window (ours) -------------------------
@@ -473,7 +540,7 @@ class MemoryRecall:
         self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
         self.steps = preset.memory_steps
-        self.model, self.text_encoder = run.load(dmd_file, build=True)
+        self.model, self.text_encoder, self.autoencoder = run.load(dmd_file, build=True)
         self.frozen = run.load(dmd_file, build=True)[0].requires_grad_(False)
         self.memory = [p for name, p in self.model.named_parameters() if ".memory." in name]
         if not tv.uses_memory(self.model.cfg.mode):
@@ -484,11 +551,9 @@ class MemoryRecall:
         self.trained = self.memory + rest
         for p in self.trained:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW([{"params": self.memory}, *([{"params": rest}] if rest else [])],
-                                           lr=preset.memory_lr, betas=(0.9, 0.99))
+        self.optimizer = adamw([self.memory, rest], (0.9, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer}
-        size = self.model.cfg.frame_size
-        self.worlds = [World(size, **w) for w in preset.memory_worlds] or [with_curtains(World(size, **preset.world))]
+        self.worlds = [preset.make_world(w) for w in preset.memory_worlds] or [with_curtains(preset.make_world())]
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
 
     def train_step(self, step):
@@ -510,11 +575,12 @@ class MemoryRecall:
             for clip in returns:
                 r = clip.back // cf              # the chunk it comes back in; the context before it shows none of it
                 caches = [tv.StreamCache(m, 1, device=self.run.device) for m in (model, frozen)]
+                context = self.autoencoder.encode(clip.video[:, :r * cf].to(self.run.device))
                 for student, cache in zip((model, frozen), caches):
                     with torch.set_grad_enabled(student is model):
-                        tv.teacher_force(student, self.text_encoder, cache, clip.video[:, :r * cf].to(self.run.device),
-                                         clip.prompts())
-                made, frozen_made = paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen)
+                        tv.teacher_force(student, self.text_encoder, cache, context, clip.prompts())
+                made, frozen_made = map(self.autoencoder.decode,    # the colour is read in pixels
+                                        paired_chunks(model, frozen, caches, 2, exit_step, self.sigmas, gen))
                 background = parse_caption(clip.caption).background
                 clip_colour, clip_anchor, clip_right = colour_loss(made, frozen_made, background, clip.colour)
                 colour, anchor = colour + clip_colour / preset.memory_clips, anchor + clip_anchor / preset.memory_clips
@@ -534,7 +600,7 @@ class MemoryRecall:
 
     def finish(self):
         self.model.eval()
-        release(self.run, "student.pt", 2, self.model, self.text_encoder, self.log)
+        release(self.run, "student.pt", 2, self.model, self.text_encoder, self.autoencoder, self.log)
 
 
 # ---- the harness: devices, data parallel, checkpoints, the loop every stage shares ----------------
@@ -606,7 +672,7 @@ class Run:
         device; one clear message if it cannot be used."""
         try:
             checkpoint = tv.load_checkpoint(self.path(name))
-            return [m.to(self.device) for m in tv.build(checkpoint, self.path(name))] if build else checkpoint
+            return [m and m.to(self.device) for m in tv.build(checkpoint, self.path(name))] if build else checkpoint
         except tv.CheckpointError as error:
             raise SystemExit(str(error)) from None
 
@@ -666,13 +732,17 @@ def remove_stale_temporary_files(folder):
             os.remove(os.path.join(folder, name))
 
 
-def release(run, name, stage, model, text_encoder, log):
-    """The checkpoint sample.py reads (tv.CHECKPOINT_FORMAT): half-precision weights, sampling's values, what made it."""
+def release(run, name, stage, model, text_encoder, autoencoder, log):
+    """The checkpoint sample.py reads (tv.CHECKPOINT_FORMAT): half-precision weights, sampling's values, what made it.
+    The autoencoder's own release has no model and no text encoder."""
     half = lambda module: {k: v.half() for k, v in module.state_dict().items()}
-    sampling = {"denoising_steps": run.preset.denoising_steps, "timestep_shift": run.preset.timestep_shift}
-    save_checkpoint(run.path(name), {"format": tv.CHECKPOINT_FORMAT, "stage": stage, "config": asdict(model.cfg),
-                                     "vocab": text_encoder.vocab, "sampling": sampling, "made_by": run.made_by,
-                                     "model": half(model), "text_encoder": half(text_encoder), "log": log})
+    checkpoint = {"format": tv.CHECKPOINT_FORMAT, "stage": stage, "autoencoder_config": asdict(autoencoder.cfg),
+                  "autoencoder": half(autoencoder), "made_by": run.made_by, "log": log}
+    if model is not None:
+        checkpoint.update(config=asdict(model.cfg), vocab=text_encoder.vocab, model=half(model),
+                          text_encoder=half(text_encoder), sampling={"denoising_steps": run.preset.denoising_steps,
+                                                                    "timestep_shift": run.preset.timestep_shift})
+    save_checkpoint(run.path(name), checkpoint)
 
 
 class EMA:
@@ -695,15 +765,24 @@ def learning_rate(step, total, peak, warmup):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def adamw(parameter_groups, betas, weight_decay):
+    """AdamW in which only matrices decay, as in nanoGPT: parameters of two dimensions or more (weights,
+    embeddings, adaLN tables). Vectors never do: the memory's A_log and dt_bias (flash-linear-attention marks
+    them so), the router, norms, biases. parameter_groups: a list of parameters per learning rate of optimizer_step."""
+    groups = [{"params": [p for p in group if (p.dim() >= 2) == matrices], "rate": i,
+               "weight_decay": weight_decay if matrices else 0.0}
+              for i, group in enumerate(parameter_groups) for matrices in (True, False)]
+    return torch.optim.AdamW([group for group in groups if group["params"]], betas=betas)
+
+
 def optimizer_step(run, optimizer, parameters, lr, loss):
-    """backward, average over ranks, clip, step; lr: one rate, or one per parameter group."""
+    """backward, average over ranks, clip, step; lr: one rate, or a list of one per group given to adamw."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.average_gradients(parameters)
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    rates = lr if isinstance(lr, list) else [lr] * len(optimizer.param_groups)
-    for group, rate in zip(optimizer.param_groups, rates):
-        group["lr"] = rate
+    for group in optimizer.param_groups:
+        group["lr"] = lr[group["rate"]] if isinstance(lr, list) else lr
     optimizer.step()
 
 
@@ -785,16 +864,19 @@ def preset_from(spec: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    defaults = {"model": {k: v for k, v in asdict(tv.VideoSSMConfig()).items() if k not in ("causal", "mode")},
+    defaults = {"model": {k: v for k, v in asdict(tv.VideoSSMConfig()).items()
+                          if k not in ("causal", "mode", "frame_size", "channels")},
+                "autoencoder": asdict(tv.AutoencoderConfig()),
                 "world": {k: v for k, v in asdict(World()).items() if k != "size"},
                 "": {k: v for k, v in vars(preset).items() if not isinstance(v, (dict, tuple))}}
-    changes = {"model": dict(preset.model), "world": dict(preset.world), "": {}}
+    changes = {"model": dict(preset.model), "autoencoder": dict(preset.autoencoder), "world": dict(preset.world), "": {}}
     for setting in settings:
         key, equals, text = setting.partition("=")
         part, _, key = key.rpartition(".")                  # "model.dim" -> "model", "dim"
         if not equals or key not in defaults.get(part, {}):
-            where = {"model": "the model (VideoSSMConfig)", "world": "the world (World)"}.get(
-                part, "the preset (model.FIELD and world.FIELD for the model's and the world's)")
+            where = {"model": "the model (VideoSSMConfig)", "autoencoder": "the autoencoder (AutoencoderConfig)",
+                     "world": "the world (World)"}.get(part, "the preset (model.FIELD, autoencoder.FIELD and "
+                                                            "world.FIELD for theirs)")
             raise ValueError(f"--set {setting}: expected FIELD=VALUE, FIELD a field of {where}: "
                              f"{', '.join(defaults.get(part, defaults['']))}")
         kind = type(defaults[part][key])                    # each value converted to its default's type
@@ -803,7 +885,8 @@ def preset_from(spec: str) -> Preset:
         except (KeyError, ValueError):
             raise ValueError(f"--set {setting}: {text!r} is not a valid {kind.__name__}") from None
     try:
-        return replace(preset, model=changes["model"], world=changes["world"], **changes[""])
+        return replace(preset, model=changes["model"], autoencoder=changes["autoencoder"], world=changes["world"],
+                       **changes[""])
     except ValueError as error:                             # the dataclasses' own checks
         raise ValueError(f"--set: {error}") from None
 
@@ -858,7 +941,8 @@ def main(argv=None):
         print(f"training into {run.out_dir}/ ({describe(run.made_by)}, mode {args.mode})")
     # stage 2 ends with the memory's recall phase when the student has a memory and the preset asks
     dmd_file = "student_dmd.pt" if run.preset.memory_steps and tv.uses_memory(args.mode) else "student.pt"
-    stages = [("0", "teacher.pt", lambda: Teacher(run)),
+    stages = [("0", "autoencoder.pt", lambda: AutoencoderTraining(run)),
+              ("0", "teacher.pt", lambda: Teacher(run)),
               ("1", "student_stage1.pt", lambda: ODEDistillation(run)),
               ("2", dmd_file, lambda: SelfRolloutDMD(run, dmd_file))]
     if dmd_file != "student.pt":

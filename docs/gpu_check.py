@@ -7,7 +7,8 @@ NVIDIA GPU. Without CUDA it says so in one line and exits with status 1. It prin
                 inputs (2e-2: bf16 keeps 8 bits of mantissa; the suite cannot run bf16 kernels, the CPU has no
                 bf16 triangular solve)
     sampler     `python sample.py --device cuda`: a minute of video from the shipped student
-    stages      two steps of each stage of the `gpu` preset under bf16 autocast (its ODE pairs cut to 64 clips
+    stages      two steps of each stage of the `gpu` preset (the autoencoder's, whose decoder the memory's phase
+                and the sampler run, first) under bf16 autocast (its ODE pairs cut to 64 clips
                 so that stage 1 starts in seconds); the first step includes torch.compile's warm-up
 
 The exit status is 1 if a kernel check fails. What it printed on a GPU goes to docs/experiments.md.
@@ -56,7 +57,8 @@ def time_stages(out):
     """Two steps of each stage of the gpu preset, each stage released so that the next can load it."""
     spec = "gpu ode_clips=64"
     run = train.Run("cuda", str(out), seed=0, spec=spec)
-    stages = [("stage 0 (teacher)", lambda: train.Teacher(run), 0),
+    stages = [("stage 0 (autoencoder)", lambda: train.AutoencoderTraining(run), 0),
+              ("stage 0 (teacher)", lambda: train.Teacher(run), 0),
               ("stage 1 (ODE distillation)", lambda: train.ODEDistillation(run), 0),
               ("stage 2 (self-rollout DMD)", lambda: train.SelfRolloutDMD(run, "student_dmd.pt"),
                run.preset.critic_warmup),                       # the first step that trains the generator too

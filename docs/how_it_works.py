@@ -73,7 +73,7 @@ def draw_row(ax, y, row, evicted):
 
 
 def main():
-    cfg = tv.VideoSSMConfig(causal=True, **train.PRESETS["tiny"].model)
+    cfg = train.PRESETS["tiny"].model_config(causal=True)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 9.2), gridspec_kw=dict(height_ratios=[CHUNKS, len(tv.MODES)]))
 
     for c in range(CHUNKS):  # one row per chunk being made, the first at the top

@@ -30,14 +30,14 @@ def main():
     torch.set_num_threads(2)
     kept = {}
     for path in (args.a, args.b):
-        model, text_encoder, checkpoint = sample.load(path)
+        model, text_encoder, autoencoder, checkpoint = sample.load(path)
         recipe, sampling = checkpoint["made_by"]["recipe"], checkpoint["sampling"]
         frames = 20 * recipe["clip_frames"]
         sigmas = tv.denoising_sigmas(sampling["denoising_steps"], sampling["timestep_shift"])
         made = []
         for seed in seeds:                                                  # the benchmark's prompts and noise
-            truth, keep = one_sprite_clips(World(model.cfg.frame_size, **recipe["world"]), 32, frames, seed)
-            made.append(streamed_videos(model, text_encoder, [truth.captions[b][0] for b in keep], frames, sigmas,
+            truth, keep = one_sprite_clips(World(autoencoder.cfg.frame_size, **recipe["world"]), 32, frames, seed)
+            made.append(streamed_videos(model, text_encoder, autoencoder, [truth.captions[b][0] for b in keep], frames, sigmas,
                                         seed, "hybrid"))
         videos = torch.cat(made)
         kept[path] = metrics.identity_kept(videos)

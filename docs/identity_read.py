@@ -31,15 +31,15 @@ def main():
         parser.error(f"--chunks {args.chunks}: identity kept compares two halves, so at least 2 chunks")
     if not args.prompt.startswith("a "):
         parser.error(f"--prompt {args.prompt!r}: identity kept is read on one sprite ('a {{shape}} on {{background}}')")
-    model, text_encoder, checkpoint = sample.load(args.checkpoint)
+    model, text_encoder, autoencoder, checkpoint = sample.load(args.checkpoint)
     try:
         text_encoder([args.prompt])
     except ValueError as error:
         parser.error(str(error))
     sigmas = tv.denoising_sigmas(checkpoint["sampling"]["denoising_steps"], checkpoint["sampling"]["timestep_shift"])
     with torch.no_grad():
-        video = torch.cat(list(tv.generate(model, text_encoder, {0: args.prompt}, args.chunks, sigmas,
-                                           torch.Generator().manual_seed(args.seed), args.mode)), 1)
+        video = autoencoder.decode(torch.cat(list(tv.generate(model, text_encoder, {0: args.prompt}, args.chunks, sigmas,
+                                                              torch.Generator().manual_seed(args.seed), args.mode)), 1))
     _, track = metrics.read_attributes(video)                               # (1, F), -1: no sprite
     names, frame = ["none", *SPRITE_COLOURS], 0
     runs = []

@@ -21,9 +21,9 @@ from world import World, sprite_returns, with_curtains  # noqa: E402
 
 
 @torch.no_grad()
-def probe_grid(path, model, text_encoder, checkpoint, count=6):
+def probe_grid(path, model, text_encoder, autoencoder, checkpoint, count=6):
     cfg, cf, recipe, sampling = model.cfg, model.cfg.chunk_frames, checkpoint["made_by"]["recipe"], checkpoint["sampling"]
-    world = with_curtains(World(cfg.frame_size, **recipe["world"]))
+    world = with_curtains(World(autoencoder.cfg.frame_size, **recipe["world"]))
     sigmas = tv.denoising_sigmas(sampling["denoising_steps"], sampling["timestep_shift"])
     rows = []
     for i, probe in enumerate(sprite_returns(world, cfg, count, 20 * recipe["clip_frames"], 0)):
@@ -31,10 +31,10 @@ def probe_grid(path, model, text_encoder, checkpoint, count=6):
         rows.append(probe.video[:, start:start + 18])
         for mode in ("hybrid", "sink"):
             cache = tv.StreamCache(model, 1, mode)
-            tv.teacher_force(model, text_encoder, cache, probe.video[:, :end], probe.prompts())
+            tv.teacher_force(model, text_encoder, cache, autoencoder.encode(probe.video[:, :end]), probe.prompts())
             made = tv.generate(model, text_encoder, {0: probe.caption}, 5, sigmas, torch.Generator().manual_seed(i),
                                cache=cache)
-            rows.append(torch.cat([probe.video[:, start:end], *made], 1))
+            rows.append(torch.cat([probe.video[:, start:end], autoencoder.decode(torch.cat(list(made), 1))], 1))
     save_grid(path, torch.cat(rows))
 
 

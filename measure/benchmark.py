@@ -70,7 +70,7 @@ def interval_cell(a, b):
 
 
 @torch.no_grad()
-def recall(model, text_encoder, probe, mode, sigmas, seed):
+def recall(model, text_encoder, autoencoder, probe, mode, sigmas, seed):
     """The recall probe on one world.Return: ground truth through the clean pass up to chunk
     `probe.context_chunks` (the sink and the window then show none of the sprite), then the
     model streams until four chunks after the sprite is clearly back, scored by metrics.recalled: 1 if the sprite
@@ -78,11 +78,12 @@ def recall(model, text_encoder, probe, mode, sigmas, seed):
     other than that one's. Ground truth scores 1; a model without memory of the clip, chance (1 / 4; 1 / 3 with a second sprite)."""
     cf, device = model.cfg.chunk_frames, next(model.parameters()).device
     cache = tv.StreamCache(model, 1, mode, device=device)
-    tv.teacher_force(model, text_encoder, cache, probe.video[:, :probe.context_chunks * cf].to(device), probe.prompts())
+    context = autoencoder.encode(probe.video[:, :probe.context_chunks * cf].to(device))
+    tv.teacher_force(model, text_encoder, cache, context, probe.prompts())
     made = math.ceil(probe.clearly_back / cf) + 4 - probe.context_chunks
     caption_at_return = probe.new_caption if probe.switch else probe.caption
-    video = torch.cat(list(tv.generate(model, text_encoder, {0: caption_at_return}, made, sigmas,
-                                       torch.Generator().manual_seed(seed), cache=cache)), 1)
+    video = autoencoder.decode(torch.cat(list(tv.generate(model, text_encoder, {0: caption_at_return}, made, sigmas,
+                                                          torch.Generator().manual_seed(seed), cache=cache)), 1))
     return metrics.recalled(video, probe.colour, leave_out=probe.other)
 
 
@@ -94,15 +95,15 @@ def one_sprite_clips(world, videos, frames, seed):
 
 
 @torch.no_grad()
-def streamed_videos(model, text_encoder, prompts, frames, sigmas, seed, mode, after_batch=lambda: None):
-    """Every prompt streamed for `frames` frames in `mode`, 16 at once, batch n from noise seed + n:
+def streamed_videos(model, text_encoder, autoencoder, prompts, frames, sigmas, seed, mode, after_batch=lambda: None):
+    """Every prompt streamed for `frames` frames in `mode`, 16 at once, batch n from noise seed + n, decoded:
     (N, F, C, H, W) on the CPU."""
     made = []
     for n, start in enumerate(range(0, len(prompts), 16)):
         batch = prompts[start:start + 16]
-        made.append(torch.cat(list(tv.generate(model, text_encoder, {0: batch}, frames // model.cfg.chunk_frames, sigmas,
-                                               torch.Generator().manual_seed(seed + n), mode,
-                                               batch_size=len(batch))), 1).cpu())
+        latents = torch.cat(list(tv.generate(model, text_encoder, {0: batch}, frames // model.cfg.chunk_frames, sigmas,
+                                             torch.Generator().manual_seed(seed + n), mode, batch_size=len(batch))), 1)
+        made.append(autoencoder.decode(latents).cpu())
         after_batch()
     return torch.cat(made)
 
@@ -111,13 +112,13 @@ def probe_sets(world, cfg, videos, frames, seed, held_out):
     """The recall probes of every row: the phase's own world (as it is, switched, with a second sprite) and,
     with held_out, HELD_OUT_WORLDS. {row name: [world.Return]}"""
     worlds = {"the phase's own": world, SWITCHED: world, ACCOMPANIED: world,
-              **({name: held_out_world(name, cfg.frame_size) for name in HELD_OUT_WORLDS} if held_out else {})}
+              **({name: held_out_world(name, world.size) for name in HELD_OUT_WORLDS} if held_out else {})}
     return {name: sprite_returns(w, cfg, videos, frames, seed, switch=name == SWITCHED, other=name == ACCOMPANIED)
             for name, w in worlds.items()}
 
 
 @torch.no_grad()
-def run_modes(model, text_encoder, modes, prompts, probes, frames, sigmas, seed):
+def run_modes(model, text_encoder, autoencoder, modes, prompts, probes, frames, sigmas, seed):
     """Each mode streams every prompt, then one stream timed alone (frames/s, the cache's peak), then every
     recall probe. Returns {mode: videos (N, F, C, H, W)}, {mode: frames/s}, {mode: peak bytes} and
     {row: {mode: (N,) recalled}}."""
@@ -127,18 +128,20 @@ def run_modes(model, text_encoder, modes, prompts, probes, frames, sigmas, seed)
     with tqdm(total=len(modes) * steps_per_mode, desc="benchmark", unit="step") as bar:
         for mode in modes:
             bar.set_description(f"benchmark: {mode}")
-            videos[mode] = streamed_videos(model, text_encoder, prompts, frames, sigmas, seed, mode, bar.update)
+            videos[mode] = streamed_videos(model, text_encoder, autoencoder, prompts, frames, sigmas, seed, mode,
+                                           bar.update)
             cache = tv.StreamCache(model, 1, mode, device=device)
             started, peak[mode] = time.time(), 0
-            for _ in tv.generate(model, text_encoder, {0: prompts[0]}, frames // cf, sigmas,
-                                 torch.Generator().manual_seed(seed), cache=cache):   # one stream, timed
+            for latents in tv.generate(model, text_encoder, {0: prompts[0]}, frames // cf, sigmas,
+                                       torch.Generator().manual_seed(seed), cache=cache):   # one stream, timed
+                autoencoder.decode(latents)
                 peak[mode] = max(peak[mode], cache_bytes(cache))
             speed[mode] = frames / (time.time() - started)
             bar.update()
             for name, row in probes.items():
                 recalled[name][mode] = torch.zeros(len(row))
                 for i, probe in enumerate(row):
-                    recalled[name][mode][i] = recall(model, text_encoder, probe, mode, sigmas, seed + i)
+                    recalled[name][mode][i] = recall(model, text_encoder, autoencoder, probe, mode, sigmas, seed + i)
                     bar.update()
     return videos, speed, peak, recalled
 
@@ -181,18 +184,18 @@ def print_tables(per_video, recalled, speed, peak, modes, held_out, recall_capti
               + "".join(f" | {interval_cell(by_mode['hybrid'], by_mode[m])}" for m in others) + " |")
 
 
-def benchmark(model, text_encoder, checkpoint, modes, videos, frames, steps, seed, held_out=True):
+def benchmark(model, text_encoder, autoencoder, checkpoint, modes, videos, frames, steps, seed, held_out=True):
     """Every mode of `modes` streams the same prompts (one sprite each) and seeds for `frames` frames:
     the measures per video, frames/s and the cache's peak size, ground truth on top; then the recall
     probe on the phase's world and (held_out) on HELD_OUT_WORLDS; then hybrid minus each other mode
     with paired intervals. Prints the tables."""
     cfg, recipe = model.cfg, checkpoint["made_by"]["recipe"]
     sigmas = tv.denoising_sigmas(steps, checkpoint["sampling"]["timestep_shift"])
-    world = World(cfg.frame_size, **recipe["world"])
+    world = World(autoencoder.cfg.frame_size, **recipe["world"])
     truth, keep = one_sprite_clips(world, videos, frames, seed)
     prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
     probes = probe_sets(with_curtains(world), cfg, videos, frames, seed, held_out)
-    made, speed, peak, recalled = run_modes(model, text_encoder, modes, prompts, probes, frames, sigmas, seed)
+    made, speed, peak, recalled = run_modes(model, text_encoder, autoencoder, modes, prompts, probes, frames, sigmas, seed)
     per_video = score({"ground truth": truth.video[keep], **made}, shapes)
     own = probes["the phase's own"]
     per_video["recall"] = {"ground truth": torch.ones(len(own)), **recalled["the phase's own"]}
@@ -225,12 +228,12 @@ def main(argv=None):
                      f"(the others are compared with it)")
     if args.videos < 1:
         parser.error(f"--videos {args.videos}: must be at least 1")
-    model, text_encoder, checkpoint = sample.load_student(parser, args)
+    model, text_encoder, autoencoder, checkpoint = sample.load_student(parser, args)
     cf = model.cfg.chunk_frames
     frames = 20 * checkpoint["made_by"]["recipe"]["clip_frames"] if args.frames is None else args.frames
     if frames < 2 * cf:
         parser.error(f"--frames {frames}: the benchmark compares whole chunks, at least two ({2 * cf} frames)")
-    benchmark(model, text_encoder, checkpoint, modes, args.videos, frames - frames % cf, args.steps, args.seed,
+    benchmark(model, text_encoder, autoencoder, checkpoint, modes, args.videos, frames - frames % cf, args.steps, args.seed,
               held_out=not args.no_held_out)
 
 

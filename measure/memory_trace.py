@@ -29,7 +29,7 @@ def peak_memory_mb():
 
 
 @torch.no_grad()
-def memory_trace(model, text_encoder, checkpoint, prompt, frames, mode, steps, seed):
+def memory_trace(model, text_encoder, autoencoder, checkpoint, prompt, frames, mode, steps, seed):
     """Streams `frames` frames of `prompt` in `mode` and prints a markdown table: made so far, the cache,
     the process's peak memory, frames/s."""
     cache = tv.StreamCache(model, 1, mode, device=next(model.parameters()).device)
@@ -37,7 +37,7 @@ def memory_trace(model, text_encoder, checkpoint, prompt, frames, mode, steps, s
     print("| frames | cache | peak process memory | frames/s |\n|--:|--:|--:|--:|")
     every, made, started = max(1, frames // 10), 0, time.time()
     with tqdm(total=frames, unit="frame", desc=f"{mode} memory", leave=False) as bar:
-        for chunk in sample.stream(model, text_encoder, {0: prompt}, frames, steps,
+        for chunk in sample.stream(model, text_encoder, autoencoder, {0: prompt}, frames, steps,
                                   checkpoint["sampling"]["timestep_shift"], seed, mode, cache):
             made += chunk.shape[1]
             bar.update(chunk.shape[1])

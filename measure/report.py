@@ -1,6 +1,7 @@
 """
-Every trained model in a checkpoint folder next to ground truth: teacher-length clips for the same
-captions, a row of measures each (measure.metrics), and optionally a PNG grid of samples.
+Every trained model in a checkpoint folder next to ground truth and ground truth through the autoencoder
+(encoded and decoded): teacher-length clips for the same captions, a row of measures each (measure.metrics),
+and optionally a PNG grid of samples.
 
     python -m measure.report                                  checkpoints/, 16 clips
     python -m measure.report --clips 64 --grid assets/samples.png
@@ -45,15 +46,15 @@ def report(folder, clips=16, seed=12345, grid=None):
         except tv.CheckpointError as error:
             raise SystemExit(str(error)) from None
     recipe = checkpoints[found[0][0]]["made_by"]["recipe"]          # the run's preset, every value of it
-    cfg = tv.VideoSSMConfig(**recipe["model"])
-    clip_frames = recipe["clip_frames"]
-    truth = World(cfg.frame_size, **recipe["world"]).sample(clips, clip_frames, seed=seed)
+    autoencoder = tv.build(checkpoints[found[0][0]])[2]
+    clip_frames, chunk_frames = recipe["clip_frames"], recipe["model"]["chunk_frames"]
+    truth = World(autoencoder.cfg.frame_size, **recipe["world"]).sample(clips, clip_frames, seed=seed)
     captions = [c[0] for c in truth.captions]
-    rows = {"ground truth": truth.video}
+    rows = {"ground truth": truth.video, "ground truth, encoded and decoded": autoencoder.decode(autoencoder.encode(truth.video))}
     bar = tqdm(total=len(found) * clips, desc="sampling", unit="clip")
     for name, file in found:
         bar.set_description(f"sampling the {name}")
-        model, text_encoder = tv.build(checkpoints[name], os.path.join(folder, file))
+        model, text_encoder, autoencoder = tv.build(checkpoints[name], os.path.join(folder, file))
         gen = torch.Generator().manual_seed(seed)
         if model.cfg.causal:
             sampling = checkpoints[name]["sampling"]
@@ -61,20 +62,21 @@ def report(folder, clips=16, seed=12345, grid=None):
             chunks = []
             for caption in captions:
                 chunks.append(torch.cat(list(tv.generate(model, text_encoder, {0: caption}, clip_frames //
-                                                         cfg.chunk_frames, sigmas, gen)), 1))
+                                                         chunk_frames, sigmas, gen)), 1))
                 bar.update()
-            rows[name] = torch.cat(chunks)
+            rows[name] = autoencoder.decode(torch.cat(chunks))
         else:
-            rows[name] = train.teacher_sample(model, text_encoder, captions, clip_frames, recipe["ode_steps"],
-                                              recipe["timestep_shift"], recipe["guidance_scale"], gen)[0]
+            rows[name] = autoencoder.decode(train.teacher_sample(model, text_encoder, captions, clip_frames,
+                                                                 recipe["ode_steps"], recipe["timestep_shift"],
+                                                                 recipe["guidance_scale"], gen)[0])
             bar.update(clips)
     bar.close()
-    names = list(metrics.video_metrics(truth.video, cfg.chunk_frames))
+    names = list(metrics.video_metrics(truth.video, chunk_frames))
     print(f"{clips} clips of {clip_frames} frames, the same captions for every row (seed {seed})\n")
     print("| | prompt match | shape match | " + " | ".join(n.replace("_", " ") for n in names) + " |")
     print("|---|--:|--:|" + "--:|" * len(names))
     for name, video in rows.items():
-        measured = metrics.video_metrics(video, cfg.chunk_frames, sprites=truth.count)
+        measured = metrics.video_metrics(video, chunk_frames, sprites=truth.count)
         print(f"| {name} | {metrics.prompt_match(video, truth.background):.3f} | "
               f"{metrics.shape_match(video, truth.shape):.3f} | " + " | ".join(f"{measured[n]:.3f}" for n in names) + " |")
     if grid:

@@ -19,7 +19,7 @@ from world import World
 def world_statistics(preset, clips=256, frames=240, seed=5):
     """Prints a markdown table for this preset's world and with curtains (world.curtains=4): the share of
     sprite frames out of sight, and the hidden spans (measure.metrics.hidden_spans) per clip."""
-    cfg = tv.VideoSSMConfig(**preset.model)
+    cfg = preset.model_config()
     window = cfg.window_chunks * cfg.chunk_frames
     bridged = (cfg.sink_chunks + cfg.window_chunks) * cfg.chunk_frames
     print(f"{clips} clips of {frames} frames (seed {seed}); the student's window holds {window} frames, sink + "
@@ -30,7 +30,7 @@ def world_statistics(preset, clips=256, frames=240, seed=5):
                         ("with curtains (world.curtains=4)", dict(curtains=4))]:
         spans, hidden, sprite_frames = [], 0, 0
         for start in range(0, clips, 32):
-            batch = World(cfg.frame_size, **world).sample(min(32, clips - start), frames, seed=seed + start)
+            batch = preset.make_world(world).sample(min(32, clips - start), frames, seed=seed + start)
             spans.append(metrics.hidden_spans(batch))
             present = (batch.sprite_colour >= 0)[:, None]  # (B, 1, S)
             hidden += ((batch.visible_area < 1) & present).sum().item()
