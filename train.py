@@ -45,7 +45,7 @@ class Preset:
     # stage 0, first: the autoencoder, on single frames
     autoencoder_steps: int = 2000
     autoencoder_batch: int = 64
-    autoencoder_lr: float = 2e-3
+    autoencoder_lr: float = 3e-3
     # stage 0: the teacher
     teacher_steps: int = 2000
     teacher_batch: int = 8
@@ -118,10 +118,10 @@ ZERO_ALLOWED = {"weight_decay", "image_batch", "warmup", "critic_warmup", "sprit
 
 
 # the shipped models' recipe (its time on a 2-core CPU: README)
-TINY = Preset(autoencoder=dict(frame_size=32, latent_channels=8, width=64), autoencoder_steps=3000,
+TINY = Preset(autoencoder=dict(frame_size=32, latent_channels=8, width=64), autoencoder_steps=4000,
               model=dict(patch_size=2, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-              compile=True, teacher_steps=5000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
+              compile=True, teacher_steps=20000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
               memory_steps=400, memory_rest_lr=1e-4, save_every=25,
               memory_worlds=(dict(curtains=4), dict(curtains=6), dict(curtains=8), dict(arena_scale=2.0),
@@ -130,14 +130,14 @@ TINY = Preset(autoencoder=dict(frame_size=32, latent_channels=8, width=64), auto
 
 PRESETS = {
     # seconds: for the tests
-    "test": Preset(autoencoder=dict(frame_size=16, latent_channels=4, width=8), autoencoder_steps=4, autoencoder_batch=4,
+    "test": Preset(autoencoder=dict(frame_size=16, latent_channels=4, width=8), autoencoder_steps=30, autoencoder_batch=8,
                    model=dict(patch_size=2, dim=32, n_heads=2, n_layers=2, ffn_dim=64, text_dim=16,
                               freq_dim=16, chunk_frames=2, sink_chunks=1, window_chunks=2, router_horizon=12),
                    clip_frames=8, teacher_steps=6, teacher_batch=2, warmup=2, save_every=3, ode_clips=4, ode_steps=4,
                    student_steps=6, student_batch=2, dmd_steps=4, dmd_batch=2, critic_warmup=1, rollout_frames=12,
                    denoising_steps=2, memory_steps=2, memory_clips=1, memory_clip_frames=32, memory_free_frames=8),
     # tiny's recipe in under 40 minutes: each stage shorter, the phase's rest moving faster (README)
-    "quick": replace(TINY, teacher_steps=1500, ode_clips=96, student_steps=100, dmd_steps=60, memory_steps=220,
+    "quick": replace(TINY, autoencoder_steps=2000, teacher_steps=6000, ode_clips=96, student_steps=100, dmd_steps=60, memory_steps=220,
                      memory_rest_lr=3e-4),
     "tiny": TINY,
     # tiny's recipe on a GPU: wider, deeper, longer
@@ -853,6 +853,8 @@ def run_stage(stage, run, stop_at=None):
     if run.rank == 0:
         stage.finish()
         os.remove(resume_path)
+    if run.distributed:
+        dist.barrier()                                             # the next stage on every rank reads the release
     return True
 
 

@@ -196,9 +196,15 @@ def benchmark(model, text_encoder, autoencoder, checkpoint, modes, videos, frame
     prompts, shapes = [truth.captions[b][0] for b in keep], truth.shape[keep]
     probes = probe_sets(with_curtains(world), cfg, videos, frames, seed, held_out)
     made, speed, peak, recalled = run_modes(model, text_encoder, autoencoder, modes, prompts, probes, frames, sigmas, seed)
-    per_video = score({"ground truth": truth.video[keep], **made}, shapes)
-    own = probes["the phase's own"]
-    per_video["recall"] = {"ground truth": torch.ones(len(own)), **recalled["the phase's own"]}
+    with torch.no_grad():                                  # ground truth through the autoencoder, a video at a time
+        decoded = lambda video: torch.cat([autoencoder.decode(autoencoder.encode(v[None])) for v in video])
+        through = "ground truth, encoded and decoded"
+        per_video = score({"ground truth": truth.video[keep], through: decoded(truth.video[keep]), **made}, shapes)
+        own, cf = probes["the phase's own"], model.cfg.chunk_frames        # and what recall reads of its probes
+        after = [decoded(p.video[:, p.context_chunks * cf:(math.ceil(p.clearly_back / cf) + 4) * cf]) for p in own]
+    per_video["recall"] = {"ground truth": torch.ones(len(own)),
+                           through: torch.tensor([metrics.recalled(v, p.colour) for v, p in zip(after, own)]),
+                           **recalled["the phase's own"]}
     print(f"\n{len(prompts)} videos of {frames} frames ({frames // recipe['clip_frames']} teacher clips), one sprite "
           f"each, {steps} steps, the same prompts and seeds in every row. Recall: {len(own)} ground-truth "
           f"clips{' with curtains (world.curtains=4)' if not world.curtains else ''} fed as context until "

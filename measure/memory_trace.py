@@ -43,7 +43,7 @@ def memory_trace(model, text_encoder, autoencoder, checkpoint, prompt, frames, m
             bar.update(chunk.shape[1])
             if made // every > (made - chunk.shape[1]) // every or made >= frames:
                 peak = peak_memory_mb()
-                tqdm.write(f"| {made} | {cache_bytes(cache) / 2 ** 20:.2f} MB | "
+                tqdm.write(f"| {made} | {cache_bytes(cache) / 2 ** 20:.3f} MB | "
                            f"{f'{peak:.0f} MB' if peak else 'n/a'} | {made / (time.time() - started):.1f} |")
 
 
