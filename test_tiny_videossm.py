@@ -973,6 +973,13 @@ def test_the_autoencoder_learns_and_its_release_makes_unit_variance_latents(tmp_
     losses = [stage.train_step(step)["loss"] for step in range(30)]
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
     run.generator = generator
+    weighted = []                                    # sprite pixels count 1 + sprite_weight times, as the teacher's
+    for weight in (0.0, 3.0):
+        again = train.AutoencoderTraining(train.Run("cpu", str(tmp_path / str(weight)), 0, f"test sprite_weight={weight}"))
+        again.model.load_state_dict(stage.model.state_dict())
+        again.run.generator = lambda *keys: torch.Generator().manual_seed(1234)
+        weighted.append(again.train_step(0)["loss"])
+    assert weighted[0] < weighted[1] < 4 * weighted[0]
     stage.finish()
     autoencoder = tv.build(tv.load_checkpoint(run.path("autoencoder.pt")))[2]
     with torch.no_grad():
