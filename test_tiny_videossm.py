@@ -987,6 +987,18 @@ def test_the_autoencoder_learns_and_its_release_makes_unit_variance_latents(tmp_
     assert latents.mean((0, 1, 3, 4)).abs().max() < 0.5 and (latents.std((0, 1, 3, 4)) - 1).abs().max() < 0.5
 
 
+def test_the_autoencoders_data_are_new_frames_each_step_from_its_worlds_in_turn(tmp_path):
+    """Stage 0's first part draws single frames, new ones every step, from the preset's world and then each of the
+    memory's worlds in turn (here one with 3-pixel curtains)."""
+    run = train.Run("cpu", str(tmp_path), seed=0, spec="test")
+    run.preset = train.Preset(**{**vars(run.preset), "memory_worlds": (dict(curtains=3),)})
+    stage = train.AutoencoderTraining(run)
+    frames = [stage.frames(step)[0] for step in range(4)]                          # (B, 1, C, H, W) each
+    assert all(f.shape[1] == 1 for f in frames) and not torch.equal(frames[0], frames[2])
+    curtained = [bool((f[..., :3] == CURTAIN_RGB.view(3, 1, 1)).all()) for f in frames]
+    assert curtained == [False, True, False, True]
+
+
 def test_teacher_loss_decreases_on_a_fixed_batch(tmp_path):
     run = teacher_run(tmp_path)
     same_every_step(run)
