@@ -327,8 +327,10 @@ class LayerCache(NamedTuple):
     """One hybrid layer's streaming state, handed to HybridAttention.step and, new after a write, returned by it.
     Written only by the clean context pass (D8); denoising steps read it.
 
-    k, v      (B, Lc, nh, hd)  pre-RoPE keys and values of the cached chunks (sink, then window), in chunk order
-    g, beta   (B, Lc, nh)      their gates, cached with them: a chunk leaving the window is written into M with them
+    k, v      (B, Lc, nh, hd)  pre-RoPE keys and values of the cached chunks (sink, then window), in chunk order;
+                               rotated at each step to where the current chunk sees them (D12)
+    g, beta   (B, Lc, nh)      their gates, cached with them: a chunk leaving the window is written into M with
+                               them, though its input x is gone
     state     (B, nh, hd, hd)  M, the memory of every chunk that left the window (float32 under autocast)
     """
     k: torch.Tensor = None
@@ -464,7 +466,8 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Wan's block: modulated self-attention (HybridAttention), cross-attention, modulated FFN; two paths as it."""
+    """Wan's block: modulated self-attention (HybridAttention), cross-attention, modulated FFN; forward is the
+    parallel path and step the streaming one, as in HybridAttention."""
 
     def __init__(self, cfg: VideoSSMConfig, memory: bool):
         super().__init__()

@@ -165,10 +165,10 @@ class Teacher:
         self.ema_text = EMA(self.text_encoder, preset.ema_decay)
         # the forward train_step calls, compiled where it can be (the same weights; on a CPU inductor needs a C++
         # compiler), one graph per shape (clips, images)
-        compiles = preset.compile and (run.device.type == "cuda" or any(shutil.which(c) for c in ("g++", "c++", "clang++")))
-        if preset.compile and not compiles:
-            print("stage 0: no C++ compiler found (g++, c++ or clang++): the teacher trains without torch.compile (slower)")
-        self.train_forward = torch.compile(self.model, dynamic=False) if compiles else self.model
+        compiler = run.device.type == "cuda" or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+        if preset.compile and not compiler:
+            print("stage 0: no C++ compiler (g++, c++ or clang++): the teacher trains without torch.compile (slower)")
+        self.train_forward = torch.compile(self.model, dynamic=False) if preset.compile and compiler else self.model
         self.world = World(cfg.frame_size, **preset.world)
         self.modules = {"model": self.model, "text_encoder": self.text_encoder, "optimizer": self.optimizer,
                         "ema": self.ema.module, "ema_text": self.ema_text.module}
