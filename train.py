@@ -121,7 +121,7 @@ ZERO_ALLOWED = {"weight_decay", "image_batch", "warmup", "critic_warmup", "sprit
 TINY = Preset(autoencoder=dict(frame_size=32, latent_channels=8, width=64), autoencoder_steps=4000,
               model=dict(patch_size=2, dim=128, n_heads=4, n_layers=4, ffn_dim=512, text_dim=64,
                          freq_dim=64, chunk_frames=3, sink_chunks=1, window_chunks=2, router_horizon=48),
-              compile=True, teacher_steps=20000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
+              compile=True, teacher_steps=13000, teacher_batch=4, image_batch=48, warmup=200, sprite_weight=1.0,
               ode_clips=192, ode_steps=16, student_steps=250, student_batch=4, dmd_steps=160, dmd_batch=2,
               memory_steps=400, memory_rest_lr=1e-4, save_every=25,
               memory_worlds=(dict(curtains=4), dict(curtains=6), dict(curtains=8), dict(arena_scale=2.0),
