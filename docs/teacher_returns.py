@@ -1,0 +1,141 @@
+"""
+Does a teacher know that a sprite which leaves sight comes back in its own colour? Issue "the paper's own
+recipe teaches the memory", step 1: measured on the teacher's own samples, before any student is built on it.
+
+    python docs/teacher_returns.py RUN [--frames 36] [--steps 1200] [--clips 128]
+
+RUN is a latent run's folder (teacher.pt, holding its autoencoder). The script samples the teacher as it is at
+`--frames` frames, then fine-tunes a copy on clips of that length drawn in turn from the preset's world and the
+memory phase's family of worlds (never the held-out ones), and samples it again; it writes RUN/teacher_long.pt.
+For each set of one-sprite clips (ground truth of the same worlds, and each teacher's samples) it prints how many
+show a sprite that leaves sight for at least `--absence` frames and comes back, and of those the share whose
+colour after the return is the colour of its first appearance (ground truth 1, a teacher that forgot: 1/4).
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as nnf
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tiny_videossm as tv  # noqa: E402
+import train  # noqa: E402
+from measure.metrics import first_colour, read_attributes  # noqa: E402
+from world import SHAPES, BACKGROUNDS, Caption, sprite_mask  # noqa: E402
+
+
+def colour_after_absence(frames, absence, after=6):
+    """Per clip of frames (B, F, C, H, W): 1.0 if the sprite, first seen in one colour (first_colour), gone for at
+    least `absence` frames and then seen again, shows that colour in most of the `after` frames after its
+    return that show a sprite; 0.0 if another; NaN if the clip has no such absence."""
+    _, sprite = read_attributes(frames)                                    # (B, F), -1 = none
+    kept = torch.full((frames.shape[0],), math.nan)
+    for b, track in enumerate(sprite.cpu()):
+        colour, shown = first_colour(track), torch.nonzero(track >= 0).flatten().tolist()
+        gaps = [(i, j) for i, j in zip(shown, shown[1:]) if j - i - 1 >= absence]
+        if colour < 0 or not gaps:
+            continue
+        back = track[gaps[0][1]:]
+        back = back[back >= 0][:after]
+        kept[b] = float(back.mode().values.item() == colour)
+    return kept
+
+
+def summary(name, kept):
+    scored = kept[~kept.isnan()]
+    if len(scored) == 0:
+        return f"| {name} | {len(kept)} | 0 | | |"
+    draws = scored[torch.randint(len(scored), (2000, len(scored)), generator=torch.Generator().manual_seed(0))]
+    low, high = draws.mean(1).quantile(torch.tensor([0.025, 0.975])).tolist()
+    return f"| {name} | {len(kept)} | {len(scored)} | {scored.mean():.3f} | [{low:.3f}, {high:.3f}] |"
+
+
+def one_sprite_captions(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [Caption(1, int(torch.randint(len(SHAPES), (1,), generator=gen)),
+                    int(torch.randint(len(BACKGROUNDS), (1,), generator=gen))).text() for _ in range(n)]
+
+
+@torch.no_grad()
+def samples(teacher, text_encoder, autoencoder, preset, frames, clips, seed, batch=16):
+    made = []
+    for start in tqdm(range(0, clips, batch), desc="teacher samples"):
+        gen = torch.Generator().manual_seed(seed + start)
+        captions = one_sprite_captions(min(batch, clips - start), seed + start)
+        latents, _ = train.teacher_sample(teacher, text_encoder, captions, frames, preset.ode_steps,
+                                          preset.timestep_shift, preset.guidance_scale, gen)
+        made.append(autoencoder.decode(latents))
+    return torch.cat(made)
+
+
+def fine_tune(teacher, text_encoder, autoencoder, preset, worlds, frames, steps, lr=5e-4, warmup=50, batch=4):
+    """Flow matching on `frames`-frame clips' latents, a world of `worlds` in turn; returns the EMA copy."""
+    model = teacher.train().requires_grad_(True)
+    text_encoder = text_encoder.train().requires_grad_(True)
+    parameters = [*model.parameters(), *text_encoder.parameters()]
+    optimizer = train.adamw([parameters], (0.9, 0.99), preset.weight_decay)
+    ema, ema_text = train.EMA(model, preset.ema_decay), train.EMA(text_encoder, preset.ema_decay)
+    forward = torch.compile(model, dynamic=False)
+    run = type("Run", (), {"average_gradients": lambda self, p: None, "autocast": staticmethod(
+        lambda: torch.autocast("cpu", enabled=False))})()
+    bar = tqdm(range(steps), desc=f"fine-tune on {frames}-frame clips")
+    for step in bar:
+        world = worlds[step % len(worlds)]
+        clips = world.sample(batch, frames, seed=10_000_000 + step)
+        gen = torch.Generator().manual_seed(20_000_000 + step)
+        captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(batch, generator=gen))]
+        with torch.no_grad():
+            x0 = autoencoder.encode(clips.video)
+        noise, sigma = torch.randn(x0.shape, generator=gen), torch.rand(batch, generator=gen)
+        squared_error = train.flow_matching_error(forward, x0, noise, sigma, text_encoder(captions), run.autocast)
+        sprite = nnf.max_pool2d(sprite_mask(clips.video, clips.background).flatten(0, 1), 4).unflatten(0, (batch, frames))
+        loss = ((1 + preset.sprite_weight * sprite) * squared_error).mean()
+        train.optimizer_step(run, optimizer, parameters, train.learning_rate(step, steps, lr, warmup), loss)
+        ema.update(model)
+        ema_text.update(text_encoder)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return ema.module.eval(), ema_text.module.eval()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("run", help="a latent run's folder: teacher.pt")
+    parser.add_argument("--frames", type=int, default=36, help="clip length of the fine-tune and the samples")
+    parser.add_argument("--steps", type=int, default=1200, help="fine-tuning steps (0: measure the teacher only)")
+    parser.add_argument("--clips", type=int, default=128, help="one-sprite clips sampled from each teacher")
+    parser.add_argument("--absence", type=int, default=7, help="frames out of sight that count as leaving")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    checkpoint = tv.load_checkpoint(os.path.join(args.run, "teacher.pt"))
+    preset = train.preset_from(checkpoint["made_by"]["preset"])
+    teacher, text_encoder, autoencoder = tv.build(checkpoint)
+    worlds = [preset.make_world(w) for w in (None, *preset.memory_worlds)]
+    per_world = -(-args.clips // len(worlds))
+    truth = torch.cat([w.sample(per_world, args.frames, seed=777 + i).video for i, w in enumerate(worlds)])
+    counts = torch.cat([w.sample(per_world, args.frames, seed=777 + i).count for i, w in enumerate(worlds)])
+    rows = [summary(f"ground truth, the {len(worlds)} worlds in turn", colour_after_absence(truth[counts == 1], args.absence))]
+    started = time.time()
+    rows.append(summary(f"teacher of {args.run} ({preset.clip_frames}-frame clips)",
+                        colour_after_absence(samples(teacher, text_encoder, autoencoder, preset, args.frames,
+                                                     args.clips, 1), args.absence)))
+    if args.steps:
+        long_teacher, long_text = fine_tune(teacher, text_encoder, autoencoder, preset, worlds, args.frames, args.steps)
+        train.save_checkpoint(os.path.join(args.run, "teacher_long.pt"),
+                              {"model": long_teacher.state_dict(), "text_encoder": long_text.state_dict()})
+        rows.append(summary(f"the same, fine-tuned {args.steps} steps on {args.frames}-frame clips",
+                            colour_after_absence(samples(long_teacher, long_text, autoencoder, preset, args.frames,
+                                                         args.clips, 1), args.absence)))
+    print(f"\n{args.frames}-frame one-sprite clips; a return: out of sight >= {args.absence} frames, then seen again "
+          f"({(time.time() - started) / 60:.1f} min)\n")
+    print("| clips | made | with a return | colour kept | 95% interval |\n|---|--:|--:|--:|--:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
