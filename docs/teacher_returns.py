@@ -121,9 +121,11 @@ def main(argv=None):
     counts = torch.cat([w.sample(per_world, args.frames, seed=777 + i).count for i, w in enumerate(worlds)])
     rows = [summary(f"ground truth, the {len(worlds)} worlds in turn", colour_after_absence(truth[counts == 1], args.absence))]
     started = time.time()
+    print(rows[-1], flush=True)
     rows.append(summary(f"teacher of {args.run} ({preset.clip_frames}-frame clips)",
                         colour_after_absence(samples(teacher, text_encoder, autoencoder, preset, args.frames,
                                                      args.clips, 1), args.absence)))
+    print(rows[-1], flush=True)
     if args.steps:
         long_teacher, long_text = fine_tune(teacher, text_encoder, autoencoder, preset, worlds, args.frames, args.steps)
         train.save_checkpoint(os.path.join(args.run, "teacher_long.pt"),
