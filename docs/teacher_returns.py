@@ -13,10 +13,12 @@ colour after the return is the colour of its first appearance (ground truth 1, a
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
+import types
 
 import torch
 import torch.nn.functional as nnf
@@ -81,19 +83,21 @@ def fine_tune(teacher, text_encoder, autoencoder, preset, worlds, frames, steps,
     optimizer = train.adamw([parameters], (0.9, 0.99), preset.weight_decay)
     ema, ema_text = train.EMA(model, preset.ema_decay), train.EMA(text_encoder, preset.ema_decay)
     forward = torch.compile(model, dynamic=False)
-    run = type("Run", (), {"average_gradients": lambda self, p: None, "autocast": staticmethod(
-        lambda: torch.autocast("cpu", enabled=False))})()
+    run = types.SimpleNamespace(average_gradients=lambda parameters: None,   # train.optimizer_step's run, one process
+                                autocast=contextlib.nullcontext)
     bar = tqdm(range(steps), desc=f"fine-tune on {frames}-frame clips")
     for step in bar:
         world = worlds[step % len(worlds)]
         clips = world.sample(batch, frames, seed=10_000_000 + step)
         gen = torch.Generator().manual_seed(20_000_000 + step)
-        captions = [c[0] if u >= preset.text_dropout else "" for c, u in zip(clips.captions, torch.rand(batch, generator=gen))]
+        dropped = torch.rand(batch, generator=gen) < preset.text_dropout
+        captions = ["" if drop else c[0] for c, drop in zip(clips.captions, dropped)]
         with torch.no_grad():
             x0 = autoencoder.encode(clips.video)
         noise, sigma = torch.randn(x0.shape, generator=gen), torch.rand(batch, generator=gen)
         squared_error = train.flow_matching_error(forward, x0, noise, sigma, text_encoder(captions), run.autocast)
-        sprite = nnf.max_pool2d(sprite_mask(clips.video, clips.background).flatten(0, 1), 4).unflatten(0, (batch, frames))
+        sprite = sprite_mask(clips.video, clips.background).flatten(0, 1)                    # (B * F, 1, H, W)
+        sprite = nnf.max_pool2d(sprite, 4).unflatten(0, (batch, frames))                     # per latent cell
         loss = ((1 + preset.sprite_weight * sprite) * squared_error).mean()
         train.optimizer_step(run, optimizer, parameters, train.learning_rate(step, steps, lr, warmup), loss)
         ema.update(model)
@@ -117,9 +121,9 @@ def main(argv=None):
     teacher, text_encoder, autoencoder = tv.build(checkpoint)
     worlds = [preset.make_world(w) for w in (None, *preset.memory_worlds)]
     per_world = -(-args.clips // len(worlds))
-    truth = torch.cat([w.sample(per_world, args.frames, seed=777 + i).video for i, w in enumerate(worlds)])
-    counts = torch.cat([w.sample(per_world, args.frames, seed=777 + i).count for i, w in enumerate(worlds)])
-    rows = [summary(f"ground truth, the {len(worlds)} worlds in turn", colour_after_absence(truth[counts == 1], args.absence))]
+    truth = [w.sample(per_world, args.frames, seed=777 + i) for i, w in enumerate(worlds)]
+    one_sprite = torch.cat([clips.video[clips.count == 1] for clips in truth])
+    rows = [summary(f"ground truth, the {len(worlds)} worlds in turn", colour_after_absence(one_sprite, args.absence))]
     started = time.time()
     print(rows[-1], flush=True)
     rows.append(summary(f"teacher of {args.run} ({preset.clip_frames}-frame clips)",
