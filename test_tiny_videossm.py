@@ -2159,6 +2159,40 @@ def test_every_measure_moves_the_named_way_on_the_perturbation_bench(returning, 
     assert " ".join(seen.values()) == PERTURBATIONS[edit], (seen, edited, truth)
 
 
+def test_colour_after_exit_scores_exits_and_never_a_blink(returning):
+    world, clips, back = returning
+    recoloured, _ = recoloured_and_removed(world, clips)
+    spans = metrics.long_absences(clips.video)
+    assert all(s and all(is_exit for *_, is_exit in s) for s in spans)          # ground truth leaves by exits only
+    assert (metrics.colour_after_exit(clips.video) == 1).all()
+    open_view = World().sample(32, 240, seed=4)                                  # no curtains: out over all four edges
+    spans = metrics.long_absences(open_view.video[open_view.count == 1])
+    assert sum(map(len, spans)) >= 8 and all(all(is_exit for *_, is_exit in s) for s in spans)
+    frame = torch.arange(clips.video.shape[1])[None, :, None, None, None]
+    assert (metrics.colour_after_exit(torch.where(frame >= back[:, None, None, None, None], recoloured,
+                                                  clips.video)) == 0).all()     # back in another colour
+    # a world whose sprites never leave the view: erased for 8 frames in its middle, back in another colour
+    inside = World(arena_scale=1.0)
+    truth = inside.sample(16, 48, seed=3)
+    truth.count[:] = 1
+    present = torch.tensor([True, False]).expand(16, 2)
+    colour = truth.sprite_colour.clamp(min=0)
+    draw = lambda colour, present: inside.render(truth.background, truth.shape, colour, present, truth.position)[0]
+    centred = ((truth.position[:, :, 0] - 16).abs() < 6).all(-1)                     # (B, F) well inside the view
+    starts = [int(torch.nonzero(c[10:38]).flatten()[0]) + 10 if c[10:38].any() else -1 for c in centred]
+    chosen = [b for b, f in enumerate(starts) if f >= 0 and centred[b, f + 9]]
+    assert len(chosen) >= 4
+    blinked = draw(colour, present).clone()
+    other = draw((colour + 1) % len(SPRITE_COLOURS), present)
+    for b in chosen:
+        f = starts[b] + 1
+        blinked[b, f:f + 8] = draw(colour, torch.zeros_like(present))[b, f:f + 8]
+        blinked[b, f + 8:] = other[b, f + 8:]
+    blinked = blinked[chosen]
+    assert [[span[2] for span in s] for s in metrics.long_absences(blinked)] == [[False]] * len(chosen)
+    assert metrics.colour_after_exit(blinked).isnan().all()                    # a blink is no exit: not scored
+
+
 def test_identity_kept_reads_the_colour_of_the_first_appearance_only(returning):
     world, clips, back = returning
     recoloured, empty = recoloured_and_removed(world, clips)
