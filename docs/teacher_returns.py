@@ -6,7 +6,8 @@ recipe teaches the memory", step 1: measured on the teacher's own samples, befor
 
 RUN is a run's folder (teacher.pt; default checkpoints/). The script samples the teacher at `--frames` frames;
 with `--steps` it then fine-tunes a copy on clips of that length, drawn in turn from the preset's world and the
-memory phase's family of worlds (never the held-out ones), samples that too and writes RUN/teacher_long.pt.
+memory phase's family of worlds (never the held-out ones), and writes RUN/teacher_long.pt; it samples
+RUN/teacher_long.pt too whenever there is one.
 For one-sprite clips (ground truth of the same worlds, then each teacher's samples) it prints how many show a
 sprite that leaves sight for at least `--absence` frames and comes back, told apart as exits (at the view's edge
 or a curtain, as the world's sprites leave) and blinks (inside the view, which the world never draws), and of the
@@ -27,21 +28,26 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tiny_videossm as tv  # noqa: E402
 import train  # noqa: E402
-from measure.metrics import colour_after_exit, long_absences  # noqa: E402
-from world import SHAPES, BACKGROUNDS, Caption, World, sprite_mask  # noqa: E402
+from measure.metrics import exit_colours, identity_kept, long_absences  # noqa: E402
+from world import BACKGROUNDS, SHAPES, SPRITE_COLOURS, Caption, World, sprite_mask  # noqa: E402
 
 
 def summary(name, frames, absence):
-    """A table row: clips, exits and blinks among them, colour kept after the exits with a bootstrap interval."""
+    """A table row: clips, exits and blinks among them, identity kept, and the colour kept after the exits with a
+    bootstrap interval, beside what the same colours would score paired at random (the clips' own chance)."""
     spans = long_absences(frames, absence)
     exits, blinks = (sum(any(e == kind for *_, e in s) for s in spans) for kind in (True, False))
-    kept = colour_after_exit(frames, absence)
-    scored = kept[~kept.isnan()]
+    identity = identity_kept(frames).nanmean().item()
+    first, back = exit_colours(frames, absence)
+    scored = (first == back)[back >= 0].float()
     if len(scored) == 0:
-        return f"| {name} | {len(kept)} | {exits} | {blinks} | | |"
+        return f"| {name} | {len(frames)} | {exits} | {blinks} | {identity:.3f} | | |"
     draws = scored[torch.randint(len(scored), (2000, len(scored)), generator=torch.Generator().manual_seed(0))]
     low, high = draws.mean(1).quantile(torch.tensor([0.025, 0.975])).tolist()
-    return f"| {name} | {len(kept)} | {exits} | {blinks} | {scored.mean():.3f} | [{low:.3f}, {high:.3f}] |"
+    share = lambda colours: torch.bincount(colours[back >= 0], minlength=len(SPRITE_COLOURS)).float() / len(scored)
+    chance = (share(first) * share(back)).sum().item()
+    return (f"| {name} | {len(frames)} | {exits} | {blinks} | {identity:.3f} | {scored.mean():.3f} [{low:.3f}, "
+            f"{high:.3f}] | {chance:.3f} |")
 
 
 def one_sprite_captions(n, seed):
@@ -113,16 +119,22 @@ def main(argv=None):
     rows.append(summary(f"teacher of {args.run} ({preset.clip_frames}-frame clips)",
                         samples(teacher, text_encoder, preset, args.frames, args.clips, 1), args.absence))
     print(rows[-1], flush=True)
+    long_path = os.path.join(args.run, "teacher_long.pt")
     if args.steps:
         long_teacher, long_text = fine_tune(teacher, text_encoder, preset, worlds, args.frames, args.steps, args.lr)
-        train.save_checkpoint(os.path.join(args.run, "teacher_long.pt"),
-                              {"model": long_teacher.state_dict(), "text_encoder": long_text.state_dict()})
-        rows.append(summary(f"the same, fine-tuned {args.steps} steps (lr {args.lr:g}) on {args.frames}-frame clips",
+        train.save_checkpoint(long_path, {"model": long_teacher.state_dict(), "text_encoder": long_text.state_dict(),
+                                          "fine_tune": f"{args.steps} steps (lr {args.lr:g}) on {args.frames}-frame clips"})
+    if os.path.exists(long_path):                        # made now, or by an earlier run of this script
+        weights = torch.load(long_path, weights_only=True)
+        long_teacher, long_text = tv.build(checkpoint)
+        long_teacher.load_state_dict(weights["model"])
+        long_text.load_state_dict(weights["text_encoder"])
+        rows.append(summary(f"the same, fine-tuned {weights.get('fine_tune', '')} ({long_path})",
                             samples(long_teacher, long_text, preset, args.frames, args.clips, 1), args.absence))
     print(f"\n{args.frames}-frame one-sprite clips; out of sight >= {args.absence} frames, then seen again: an exit "
           f"(at the view's edge or a curtain) or a blink ({(time.time() - started) / 60:.1f} min)\n")
-    print("| clips | made | with an exit | with a blink | colour kept after the exit | 95% interval |\n"
-          "|---|--:|--:|--:|--:|--:|")
+    print("| clips | made | with an exit | with a blink | identity kept (second half) | colour kept after the exit "
+          "[95% interval] | the same colours paired at random |\n|---|--:|--:|--:|--:|--:|--:|")
     print("\n".join(rows))
 
 

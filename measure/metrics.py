@@ -8,7 +8,7 @@ controls (a frozen clip, added noise, a slow colour shift, a colour swap).
         background_consistency, dynamic_degree, frozen_fraction, flicker, drift (video_metrics: all)
     does a model show the method: shape_match (the named shape), identity_kept (the first colour,
         late, against its first appearance), colour_after_exit (the colour after a sprite of the model's own
-        leaves sight and returns; long_absences tells exits from blinks), recalled (the recall probe's
+        leaves sight and returns: exit_colours; long_absences tells exits from blinks), recalled (the recall probe's
         verdict), prompt_match (the named background); hidden_spans: how long ground truth hides sprites
 
 Read them together: a frozen video is perfectly consistent, and an empty background is faithful and
@@ -292,22 +292,30 @@ def long_absences(frames: torch.Tensor, absence: int = 7, edge: int = 2) -> list
     return spans
 
 
-def colour_after_exit(frames: torch.Tensor, absence: int = 7, after: int = 6) -> torch.Tensor:
-    """Does a sprite that leaves sight come back in its own colour? Per one-sprite clip (B,): at its first exit
-    of at least `absence` frames (long_absences), 1.0 if the colour it shows in most of the first `after`
-    frames that show it after its return is the colour of its first appearance (first_colour), else 0.0; NaN
-    for a clip with no such exit. Ground truth scores 1 and forgetting 1/4 (four sprite colours). It measures a
-    model's own samples, in which the model decides when sprites leave. Moves: a recolouring after the absence.
-    Blind by design: a blink (not an exit); a recolouring before the first absence (identity_kept sees it)."""
+def exit_colours(frames: torch.Tensor, absence: int = 7, after: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colours colour_after_exit compares, per one-sprite clip: its first appearance's (first_colour) and the
+    one it shows in most of the first `after` frames that show it after its first exit of at least `absence`
+    frames (long_absences); two (B,) long, -1 for a clip with no such exit."""
     _, sprite = read_attributes(frames)  # (B, F)
-    kept = torch.full((frames.shape[0],), math.nan)
+    first, back = torch.full((2, frames.shape[0]), -1, dtype=torch.long)
     for b, (track, spans) in enumerate(zip(sprite.cpu(), long_absences(frames, absence))):
         exits = [back for _, back, is_exit in spans if is_exit]
         colour = first_colour(track)
         if exits and colour >= 0:
             shown = track[exits[0]:]
-            kept[b] = float(shown[shown >= 0][:after].mode().values.item() == colour)
-    return kept
+            first[b], back[b] = colour, shown[shown >= 0][:after].mode().values
+    return first, back
+
+
+def colour_after_exit(frames: torch.Tensor, absence: int = 7, after: int = 6) -> torch.Tensor:
+    """Does a sprite that leaves sight come back in its own colour? Per one-sprite clip (B,): at its first exit
+    of at least `absence` frames (long_absences), 1.0 if the colour it shows after its return is the colour of
+    its first appearance (exit_colours), else 0.0; NaN for a clip with no such exit. Ground truth scores 1, and
+    forgetting the colours paired at random (1/4 for a uniform palette). It measures a model's own samples, in
+    which the model decides when sprites leave. Moves: a recolouring after the absence. Blind by design: a blink
+    (not an exit); a recolouring before the first absence (identity_kept sees it)."""
+    first, back = exit_colours(frames, absence, after)
+    return torch.where(back >= 0, (first == back).float(), math.nan)
 
 
 def recalled(frames: torch.Tensor, colour: int, leave_out: int = -1) -> float:
