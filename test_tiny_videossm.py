@@ -2051,19 +2051,19 @@ def test_identity_kept_is_one_on_ground_truth_and_halves_when_the_colour_changes
 # truth: one-sprite clips with curtains whose sprite is in sight from frame 0, then out of sight for longer than
 # the sink and the window hold (9 frames), back within the first half. Recall is its probe's verdict
 # (metrics.recalled) on the frames from the sprite's return on; beside a second sprite, with that one's colour
-# left out, as the probe reads.
+# left out, as the probe reads. Colour after exit reads the sprite's own exit and return (metrics.colour_after_exit).
 MEASURES = ["fidelity", "presence", "shape match", "identity kept", "subject consistency", "dynamic degree", "recall",
-            "prompt match"]
+            "prompt match", "colour after exit"]
 PERTURBATIONS = {  # the edit: which way it moves each measure, in the order of MEASURES
-    "recoloured after an absence": "= = = - - = - =",
-    "recoloured gradually": "- - = - - = - =",
-    "removed": "= - nan nan = - - =",
-    "frozen": "= + = = = - = =",
-    "shifted a pixel": "= = = = = = = =",
-    "faded towards the background": "- - nan nan = - - =",
-    "a second sprite added": "= + = - - + = =",
-    "the background switched": "= = = = = = = -",
-    "another shape drawn": "= = - = = = = =",
+    "recoloured after an absence": "= = = - - = - = -",
+    "recoloured gradually": "- - = - - = - = -",
+    "removed": "= - nan nan = - - = nan",
+    "frozen": "= + = = = - = = nan",
+    "shifted a pixel": "= = = = = = = = =",
+    "faded towards the background": "- - nan nan = - - = nan",
+    "a second sprite added": "= + = - - + = = -",
+    "the background switched": "= = = = = = = - =",
+    "another shape drawn": "= = - = = = = = =",
 }
 # What counts as a move: fidelity's soft sprite edges alone move it by 0.01 (a sprite more or less in view), shape
 # match's overlapping sprites by 0.03; dynamic degree by a fifth; the rest by 0.02.
@@ -2131,7 +2131,8 @@ def scores(clips, back, video, left_out):
     return dict(zip(MEASURES, [metrics.fidelity(video), metrics.sprite_presence(video),
                                metrics.shape_match(video, clips.shape), metrics.identity_kept(video).nanmean().item(),
                                metrics.subject_consistency(video), metrics.dynamic_degree(video),
-                               sum(recall) / len(recall), metrics.prompt_match(video, clips.background)]))
+                               sum(recall) / len(recall), metrics.prompt_match(video, clips.background),
+                               metrics.colour_after_exit(video).nanmean().item()]))
 
 
 @pytest.fixture(scope="module")

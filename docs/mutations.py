@@ -92,6 +92,7 @@ BREAKS = [
  ("exit: a blink counts as an exit", "measure/metrics.py", "bool(at_border[b, i] and at_border[b, j])", "True"),
  ("exit: the view's top and bottom no border", "measure/metrics.py", "((rows < edge) | (rows >= H - edge))[:, None] | ", ""),
  ("exit: a curtain no border", "measure/metrics.py", "(border | curtain[:, :, None, :])", "border"),
+ ("exit: any colour back counts as kept", "measure/metrics.py", "torch.where(back >= 0, (first == back).float(), math.nan)", "torch.where(back >= 0, (back >= 0).float(), math.nan)"),
  ("exit: blinks scored", "measure/metrics.py", "exits = [back for _, back, is_exit in spans if is_exit]", "exits = [back for _, back, is_exit in spans]"),
  ("recall: a glimpse of the colour is right", "measure/metrics.py", "shown.mode().values.item() == colour", "(shown == colour).any().item()"),
  ("intervals: unpaired", "measure/benchmark.py", "low, high = difference[picks].mean(1)", "low, high = ((a - b.roll(1))[~(a.isnan() | b.isnan())])[picks].mean(1)"),
