@@ -7,8 +7,9 @@ controls (a frozen clip, added noise, a slow colour shift, a colour swap).
     VBench's long-video dimensions, model-free: fidelity, sprite_presence, subject_consistency,
         background_consistency, dynamic_degree, frozen_fraction, flicker, drift (video_metrics: all)
     does a model show the method: shape_match (the named shape), identity_kept (the first colour,
-        late, against its first appearance), recalled (the recall probe's verdict), prompt_match (the named
-        background); hidden_spans: how long ground truth hides sprites
+        late, against its first appearance), colour_after_exit (the colour after a sprite of the model's own
+        leaves sight and returns: exit_colours; long_absences tells exits from blinks), recalled (the recall probe's
+        verdict), prompt_match (the named background); hidden_spans: how long ground truth hides sprites
 
 Read them together: a frozen video is perfectly consistent, and an empty background is faithful and
 consistent. Each docstring says which edits of ground truth move the measure and which it is blind to by
@@ -188,20 +189,26 @@ def video_metrics(frames: torch.Tensor, chunk_frames: int = 3,
 
 # ---- does a model show the method? Shapes, identity, recall, and hidden spans -------------------
 
+def _sprite_pixels(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where frames (B, F, C, H, W) show each sprite colour, (B, F, 4, H, W) bool, and the curtains, (B, F, W)
+    bool: the columns that are mostly grey (a sprite's soft edge can be greyish too), grown by a pixel."""
+    _check_frames(frames)
+    index, distance = nearest_palette(frames)  # (B, F, H, W)
+    colours = torch.arange(len(SPRITE_COLOURS), device=frames.device) + len(BACKGROUNDS)
+    mask = (index[:, :, None] == colours[:, None, None]) & (distance < SPRITE_TOLERANCE)[:, :, None]  # (B, F, 4, H, W)
+    grey = (index == len(PALETTE) - 1) & (distance < SPRITE_TOLERANCE)  # (B, F, H, W)
+    curtain = grey.float().mean(-2) > 0.75  # (B, F, W)
+    curtain = nnf.max_pool1d(curtain.float().flatten(0, 1)[:, None], 3, 1, 1).view(curtain.shape) > 0
+    return mask, curtain
+
+
 def shape_readings(frames: torch.Tensor, min_pixels: int = 12) -> torch.Tensor:
     """Read each sprite's shape from its pixels: (B, F, 4) per sprite colour, an index into SHAPES, or
     -1 where no whole sprite of that colour is in sight. A sprite's pixels fill a share of their
     bounding box that tells the shapes apart whatever their size: a square about 1, a circle
     pi / 4, a diamond (a square on its tip) 1 / 2. A sprite touching the view's edge or the
     curtains, or much wider than tall, may be cut off, so it is not read."""
-    _check_frames(frames)
-    index, distance = nearest_palette(frames)  # (B, F, H, W)
-    colours = torch.arange(len(SPRITE_COLOURS), device=frames.device) + len(BACKGROUNDS)
-    mask = (index[:, :, None] == colours[:, None, None]) & (distance < SPRITE_TOLERANCE)[:, :, None]  # (B, F, 4, H, W)
-    # the curtains: columns that are mostly grey (a sprite's soft edge can be greyish too), grown by a pixel
-    grey = (index == len(PALETTE) - 1) & (distance < SPRITE_TOLERANCE)  # (B, F, H, W)
-    curtain = grey.float().mean(-2) > 0.75  # (B, F, W)
-    curtain = nnf.max_pool1d(curtain.float().flatten(0, 1)[:, None], 3, 1, 1).view(curtain.shape) > 0
+    mask, curtain = _sprite_pixels(frames)  # (B, F, 4, H, W), (B, F, W)
     near_band = (mask & curtain[:, :, None, None]).flatten(-2).any(-1)  # (B, F, 4)
     rows, columns = mask.any(-1), mask.any(-2)  # (B, F, 4, H), (B, F, 4, W)
 
@@ -262,6 +269,53 @@ def identity_kept(frames: torch.Tensor, reference: int = 12) -> torch.Tensor:
         if colour >= 0 and len(late):
             kept[b] = (late == colour).float().mean()
     return kept
+
+
+def long_absences(frames: torch.Tensor, absence: int = 7, edge: int = 2) -> list[list[tuple[int, int, bool]]]:
+    """Per clip of frames (B, F, C, H, W), every time its sprite is out of sight (read_attributes shows none)
+    for at least `absence` frames and then seen again: (the last frame that shows it before, the first frame
+    after, whether it is an exit). An exit leaves and comes back at the edge of what the view shows, its pixels
+    within `edge` of the view's border or of a curtain in both frames, as the world's sprites do; the rest are
+    blinks, a sprite vanishing and reappearing inside the view, which the world never draws. For one-sprite clips."""
+    _, sprite = read_attributes(frames)  # (B, F), -1 = none
+    mask, curtain = _sprite_pixels(frames)  # (B, F, 4, H, W), (B, F, W)
+    H, W = frames.shape[-2:]
+    curtain = nnf.max_pool1d(curtain.float().flatten(0, 1)[:, None], 2 * edge - 1, 1, edge - 1).view(curtain.shape) > 0
+    rows, columns = torch.arange(H, device=frames.device), torch.arange(W, device=frames.device)
+    border = ((rows < edge) | (rows >= H - edge))[:, None] | ((columns < edge) | (columns >= W - edge))  # (H, W)
+    at_border = (mask.any(2) & (border | curtain[:, :, None, :])).flatten(-2).any(-1).cpu()  # (B, F)
+    spans = []
+    for b, track in enumerate(sprite.cpu()):
+        shown = torch.nonzero(track >= 0).flatten().tolist()
+        spans.append([(i, j, bool(at_border[b, i] and at_border[b, j])) for i, j in zip(shown, shown[1:])
+                      if j - i - 1 >= absence])
+    return spans
+
+
+def exit_colours(frames: torch.Tensor, absence: int = 7, after: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colours colour_after_exit compares, per one-sprite clip: its first appearance's (first_colour) and the
+    one it shows in most of the first `after` frames that show it after its first exit of at least `absence`
+    frames (long_absences); two (B,) long, -1 for a clip with no such exit."""
+    _, sprite = read_attributes(frames)  # (B, F)
+    first, back = torch.full((2, frames.shape[0]), -1, dtype=torch.long)
+    for b, (track, spans) in enumerate(zip(sprite.cpu(), long_absences(frames, absence))):
+        exits = [back for _, back, is_exit in spans if is_exit]
+        colour = first_colour(track)
+        if exits and colour >= 0:
+            shown = track[exits[0]:]
+            first[b], back[b] = colour, shown[shown >= 0][:after].mode().values
+    return first, back
+
+
+def colour_after_exit(frames: torch.Tensor, absence: int = 7, after: int = 6) -> torch.Tensor:
+    """Does a sprite that leaves sight come back in its own colour? Per one-sprite clip (B,): at its first exit
+    of at least `absence` frames (long_absences), 1.0 if the colour it shows after its return is the colour of
+    its first appearance (exit_colours), else 0.0; NaN for a clip with no such exit. Ground truth scores 1, and
+    forgetting the colours paired at random (1/4 for a uniform palette). It measures a model's own samples, in
+    which the model decides when sprites leave. Moves: a recolouring after the absence. Blind by design: a blink
+    (not an exit); a recolouring before the first absence (identity_kept sees it)."""
+    first, back = exit_colours(frames, absence, after)
+    return torch.where(back >= 0, (first == back).float(), math.nan)
 
 
 def recalled(frames: torch.Tensor, colour: int, leave_out: int = -1) -> float:
