@@ -105,8 +105,13 @@ def main(argv=None):
     parser.add_argument("--absence", type=int, default=7, help="frames out of sight that count as leaving")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if min(args.frames, args.clips, args.absence) < 1 or args.steps < 0:
+        parser.error("--frames, --clips and --absence must be at least 1, --steps at least 0")
     torch.set_num_threads(args.threads)
-    checkpoint = tv.load_checkpoint(os.path.join(args.run, "teacher.pt"))
+    try:
+        checkpoint = tv.load_checkpoint(os.path.join(args.run, "teacher.pt"))
+    except tv.CheckpointError as error:
+        raise SystemExit(str(error)) from None
     preset = train.preset_from(checkpoint["made_by"]["preset"])
     teacher, text_encoder = tv.build(checkpoint)
     size = teacher.cfg.frame_size
