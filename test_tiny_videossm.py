@@ -2175,7 +2175,6 @@ def test_colour_after_exit_scores_exits_and_never_a_blink(returning):
     # a world whose sprites never leave the view: erased for 8 frames in its middle, back in another colour
     inside = World(arena_scale=1.0)
     truth = inside.sample(16, 48, seed=3)
-    truth.count[:] = 1
     present = torch.tensor([True, False]).expand(16, 2)
     colour = truth.sprite_colour.clamp(min=0)
     draw = lambda colour, present: inside.render(truth.background, truth.shape, colour, present, truth.position)[0]

@@ -277,6 +277,11 @@ def long_absences(frames: torch.Tensor, absence: int = 7, edge: int = 2) -> list
     after, whether it is an exit). An exit leaves and comes back at the edge of what the view shows, its pixels
     within `edge` of the view's border or of a curtain in both frames, as the world's sprites do; the rest are
     blinks, a sprite vanishing and reappearing inside the view, which the world never draws. For one-sprite clips."""
+    return _tracks_and_absences(frames, absence, edge)[1]
+
+
+def _tracks_and_absences(frames, absence, edge=2):
+    """read_attributes' sprite readings (B, F) and long_absences' spans, the frames read once."""
     _, sprite = read_attributes(frames)  # (B, F), -1 = none
     mask, curtain = _sprite_pixels(frames)  # (B, F, 4, H, W), (B, F, W)
     H, W = frames.shape[-2:]
@@ -289,16 +294,16 @@ def long_absences(frames: torch.Tensor, absence: int = 7, edge: int = 2) -> list
         shown = torch.nonzero(track >= 0).flatten().tolist()
         spans.append([(i, j, bool(at_border[b, i] and at_border[b, j])) for i, j in zip(shown, shown[1:])
                       if j - i - 1 >= absence])
-    return spans
+    return sprite, spans
 
 
 def exit_colours(frames: torch.Tensor, absence: int = 7, after: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     """The colours colour_after_exit compares, per one-sprite clip: its first appearance's (first_colour) and the
     one it shows in most of the first `after` frames that show it after its first exit of at least `absence`
     frames (long_absences); two (B,) long, -1 for a clip with no such exit."""
-    _, sprite = read_attributes(frames)  # (B, F)
+    sprite, spans_per_clip = _tracks_and_absences(frames, absence)  # (B, F), B lists
     first, back = torch.full((2, frames.shape[0]), -1, dtype=torch.long)
-    for b, (track, spans) in enumerate(zip(sprite.cpu(), long_absences(frames, absence))):
+    for b, (track, spans) in enumerate(zip(sprite.cpu(), spans_per_clip)):
         exits = [back for _, back, is_exit in spans if is_exit]
         colour = first_colour(track)
         if exits and colour >= 0:
