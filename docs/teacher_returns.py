@@ -2,9 +2,11 @@
 Does a teacher know that a sprite which leaves sight comes back in its own colour? Issue "the paper's own
 recipe teaches the memory", step 1: measured on the teacher's own samples, before any student is built on it.
 
-    python docs/teacher_returns.py [RUN] [--frames 24] [--steps 0] [--clips 128]
+    python docs/teacher_returns.py [RUN] [--frames 24] [--steps 0] [--clips 128] [--train 0]
 
-RUN is a run's folder (teacher.pt; default checkpoints/). The script samples the teacher at `--frames` frames;
+RUN is a run's folder (teacher.pt; default checkpoints/). With `--train` the script first trains a teacher there from
+scratch, stage 0 of `tiny` as train.py runs it, its clips `--frames` long and drawn from the preset's world and the
+memory phase's family of worlds in turn (resumable: the same command goes on). It samples the teacher at `--frames` frames;
 with `--steps` it then fine-tunes a copy on clips of that length, drawn in turn from the preset's world and the
 memory phase's family of worlds (never the held-out ones), and writes RUN/teacher_long.pt; it samples
 RUN/teacher_long.pt too whenever there is one.
@@ -67,6 +69,35 @@ def samples(teacher, text_encoder, preset, frames, clips, seed, batch=16):
     return torch.cat(made)
 
 
+class WorldsInTurn:
+    """--train's data: the step's seed picks one of the worlds (the same world on a resume)."""
+
+    def __init__(self, worlds):
+        self.worlds = worlds
+
+    def sample(self, batch, frames, seed):
+        return self.worlds[seed % len(self.worlds)].sample(batch, frames, seed=seed)
+
+
+def train_teacher(folder, frames, steps, batch):
+    """Stage 0 of `tiny` (images every other step, the sprite weight, EMA), `steps` steps of `batch` clips of
+    `frames` frames from the preset's world and the phase's family; releases FOLDER/teacher.pt."""
+    spec = (f"tiny clip_frames={frames} rollout_frames={max(frames, train.TINY.rollout_frames)} "
+            f"teacher_steps={steps} teacher_batch={batch}")
+    try:
+        run = train.Run("cpu", folder, 0, spec)
+    except ValueError as error:
+        raise SystemExit(f"--train: {error}") from None
+    try:
+        if not train.made_by_this_run(run, "teacher.pt"):
+            stage = train.Teacher(run)
+            size = stage.model.cfg.frame_size
+            stage.world = WorldsInTurn([World(size, **w) for w in (run.preset.world, *run.preset.memory_worlds)])
+            train.run_stage(stage, run)
+    finally:
+        train.release_folder(folder)
+
+
 def fine_tune(teacher, text_encoder, preset, worlds, frames, steps, lr, warmup=50, batch=2):
     """Stage 0's loss (flow matching, sprite pixels weighted) on `frames`-frame clips, a world of `worlds` in
     turn; returns the EMA copy."""
@@ -103,11 +134,16 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=2e-4, help="the fine-tune's peak learning rate")
     parser.add_argument("--clips", type=int, default=128, help="one-sprite clips sampled from each teacher")
     parser.add_argument("--absence", type=int, default=7, help="frames out of sight that count as leaving")
+    parser.add_argument("--train", type=int, default=0, metavar="STEPS",
+                        help="first train a teacher from scratch in RUN, STEPS steps on --frames-frame clips of the family")
+    parser.add_argument("--batch", type=int, default=2, help="clips per --train step")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if min(args.frames, args.clips, args.absence) < 1 or args.steps < 0:
-        parser.error("--frames, --clips and --absence must be at least 1, --steps at least 0")
+    if min(args.frames, args.clips, args.absence, args.batch) < 1 or min(args.steps, args.train) < 0:
+        parser.error("--frames, --clips, --absence and --batch must be at least 1, --steps and --train at least 0")
     torch.set_num_threads(args.threads)
+    if args.train:
+        train_teacher(args.run, args.frames, args.train, args.batch)
     try:
         checkpoint = tv.load_checkpoint(os.path.join(args.run, "teacher.pt"))
     except tv.CheckpointError as error:
