@@ -70,13 +70,15 @@ def samples(teacher, text_encoder, preset, frames, clips, seed, batch=16):
 
 
 class WorldsInTurn:
-    """--train's data: the step's seed picks one of the worlds (the same world on a resume)."""
+    """--train's data: a generator seeded by the step's seed picks one of the worlds (the same world on a resume;
+    the seed itself modulo 8 would give the clip steps, every other step, only half of the eight)."""
 
     def __init__(self, worlds):
         self.worlds = worlds
 
     def sample(self, batch, frames, seed):
-        return self.worlds[seed % len(self.worlds)].sample(batch, frames, seed=seed)
+        pick = int(torch.randint(len(self.worlds), (1,), generator=torch.Generator().manual_seed(seed)))
+        return self.worlds[pick].sample(batch, frames, seed=seed)
 
 
 def train_teacher(folder, frames, steps, batch):
