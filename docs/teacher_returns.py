@@ -86,12 +86,14 @@ def train_teacher(folder, frames, steps, batch):
     `frames` frames from the preset's world and the phase's family; releases FOLDER/teacher.pt."""
     spec = (f"tiny clip_frames={frames} rollout_frames={max(frames, train.TINY.rollout_frames)} "
             f"teacher_steps={steps} teacher_batch={batch}")
+    run = train.Run("cpu", folder, 0, spec)
     try:
-        run = train.Run("cpu", folder, 0, spec)
-    except ValueError as error:
-        raise SystemExit(f"--train: {error}") from None
-    try:
-        if not train.made_by_this_run(run, "teacher.pt"):
+        try:
+            done = train.made_by_this_run(run, "teacher.pt")
+        except SystemExit:
+            raise SystemExit(f"{run.path('teacher.pt')} was not made by --train {steps} --batch {batch} --frames "
+                             f"{frames}: give --train a folder of its own, or that run's values to go on with it") from None
+        if not done:
             stage = train.Teacher(run)
             size = stage.model.cfg.frame_size
             stage.world = WorldsInTurn([World(size, **w) for w in (run.preset.world, *run.preset.memory_worlds)])
@@ -144,6 +146,8 @@ def main(argv=None):
     if min(args.frames, args.clips, args.absence, args.batch) < 1 or min(args.steps, args.train) < 0:
         parser.error("--frames, --clips, --absence and --batch must be at least 1, --steps and --train at least 0")
     torch.set_num_threads(args.threads)
+    if args.train and args.frames % train.TINY.model["chunk_frames"]:
+        parser.error(f"--frames {args.frames} with --train: whole chunks of {train.TINY.model['chunk_frames']} frames")
     if args.train:
         train_teacher(args.run, args.frames, args.train, args.batch)
     try:
