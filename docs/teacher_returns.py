@@ -6,8 +6,8 @@ recipe teaches the memory", step 1: measured on the teacher's own samples, befor
 
 RUN is a run's folder (teacher.pt; default checkpoints/). With `--train` the script first trains a teacher there from
 scratch, stage 0 of `tiny` as train.py runs it, its clips `--frames` long and drawn from the preset's world and the
-memory phase's family of worlds in turn (resumable: the same command goes on). It samples the teacher at `--frames` frames;
-with `--steps` it then fine-tunes a copy on clips of that length, drawn in turn from the preset's world and the
+memory phase's family of worlds in turn (resumable: the same command goes on). It samples the teacher at `--frames`
+frames; with `--steps` it then fine-tunes a copy on clips of that length, drawn in turn from the preset's world and the
 memory phase's family of worlds (never the held-out ones), and writes RUN/teacher_long.pt; it samples
 RUN/teacher_long.pt too whenever there is one.
 For one-sprite clips (ground truth of the same worlds, then each teacher's samples) it prints how many show a
@@ -92,7 +92,8 @@ def train_teacher(folder, frames, steps, batch):
             done = train.made_by_this_run(run, "teacher.pt")
         except SystemExit:
             raise SystemExit(f"{run.path('teacher.pt')} was not made by --train {steps} --batch {batch} --frames "
-                             f"{frames}: give --train a folder of its own, or that run's values to go on with it") from None
+                             f"{frames}: give --train a folder of its own, or that run's values to go on with it"
+                             ) from None
         if not done:
             stage = train.Teacher(run)
             size = stage.model.cfg.frame_size
@@ -139,7 +140,8 @@ def main(argv=None):
     parser.add_argument("--clips", type=int, default=128, help="one-sprite clips sampled from each teacher")
     parser.add_argument("--absence", type=int, default=7, help="frames out of sight that count as leaving")
     parser.add_argument("--train", type=int, default=0, metavar="STEPS",
-                        help="first train a teacher from scratch in RUN, STEPS steps on --frames-frame clips of the family")
+                        help="first train a teacher from scratch in RUN: STEPS steps on --frames-frame clips of "
+                             "the preset's world and the phase's family")
     parser.add_argument("--batch", type=int, default=2, help="clips per --train step")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
