@@ -88,12 +88,10 @@ def train_teacher(folder, frames, steps, batch):
             f"teacher_steps={steps} teacher_batch={batch}")
     run = train.Run("cpu", folder, 0, spec)
     try:
-        try:
-            done = train.made_by_this_run(run, "teacher.pt")
-        except SystemExit:
+        done = os.path.exists(run.path("teacher.pt"))
+        if done and run.load("teacher.pt").get("made_by") != run.made_by:      # run.load's own errors pass through
             raise SystemExit(f"{run.path('teacher.pt')} was not made by --train {steps} --batch {batch} --frames "
-                             f"{frames}: give --train a folder of its own, or that run's values to go on with it"
-                             ) from None
+                             f"{frames}: give --train a folder of its own, or that run's values to go on with it")
         if not done:
             stage = train.Teacher(run)
             size = stage.model.cfg.frame_size
