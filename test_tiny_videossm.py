@@ -473,7 +473,7 @@ def test_memory_module_copies_out_with_kernels_alone():
 
 # The hybrid layer copies out whole: these names of tiny_videossm.py and kernels.py, nothing else (README, "Copy it out")
 HYBRID_LAYER = ["MODES", "check_mode", "VideoSSMConfig", "rope_angles", "frame_angles", "rope", "GatedDeltaMemory",
-                "uses_memory", "sink_and_window", "visible_chunks", "chunks_skipped", "seen_positions", "LayerCache",
+                "uses_memory", "sink_and_window", "visible_chunks", "seen_positions", "LayerCache",
                 "StreamStep", "stream_step", "HybridAttention"]
 
 LIFTED_STREAM = """
@@ -1209,6 +1209,22 @@ def test_a_resume_file_is_used_only_by_its_own_run(tmp_path, capsys):
         assert not os.path.exists(tmp_path / "teacher.pt")
     train.main(["--preset", "test", "--stage", "0", "--set", "teacher_steps=4", "--out", out])   # the same run resumes
     assert "resuming from step 2" in capsys.readouterr().out and os.path.exists(tmp_path / "teacher.pt")
+
+
+def test_ctrl_c_stops_training_with_one_line_and_the_same_command_goes_on(tmp_path):
+    out = str(tmp_path / "run")
+    command = [sys.executable, "train.py", "--preset", "test", "--stage", "0", "--set", "teacher_steps=100000",
+               "--out", out]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120                            # the first checkpoint: save_every steps in
+    while process.poll() is None and time.time() < deadline and not os.path.exists(os.path.join(out, "teacher.resume.pt")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == 130 and "Traceback" not in err and "the same command goes on" in err, err[-2000:]
+    assert not os.path.exists(os.path.join(out, "run.lock"))
+    result = subprocess.run([*command, "--stop-at", "100"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "resuming from step" in result.stdout, result.stderr[-2000:]
 
 
 def test_stale_temporary_files_are_cleaned_and_a_broken_pairs_cache_is_made_again(trained, tmp_path, capsys):

@@ -306,21 +306,15 @@ def visible_chunks(c, cfg, mode):
     return visible, (leaving if uses_memory(mode) and leaving >= sink else None)
 
 
-def chunks_skipped(c, cfg, mode):
-    """(D12) How many chunks of history lie between the sink and the window when chunk c is generated
-    (evicted, or only in M). They are taken out of the positions: see seen_positions."""
-    if mode == "full":
-        return 0
-    sink, window = sink_and_window(cfg, mode)
-    return max(0, c - (sink + window - 1))
-
-
 def seen_positions(frame_index, c, cfg, mode):
     """(D12) The RoPE time position of each frame, (F,) absolute indices -> (F,), as chunk c's queries see it.
-    The sink's frames keep theirs; every later frame moves back by the chunks skipped, so the sink sits right
-    before the window and no query-key distance exceeds what training saw, however long the video."""
-    moved = frame_index >= sink_and_window(cfg, mode)[0] * cfg.chunk_frames                # (F,) bool
-    return frame_index - moved * chunks_skipped(c, cfg, mode) * cfg.chunk_frames            # (F,)
+    The sink's frames keep theirs; every later frame moves back by the chunks skipped (those between the sink
+    and the window, evicted or only in M), so the sink sits right before the window and no query-key distance
+    exceeds what training saw, however long the video. `full` skips nothing."""
+    sink, window = sink_and_window(cfg, mode)
+    skipped = 0 if mode == "full" else max(0, c - (sink + window - 1))                     # chunks
+    moved = frame_index >= sink * cfg.chunk_frames                                          # (F,) bool
+    return frame_index - moved * skipped * cfg.chunk_frames                                 # (F,)
 
 
 class LayerCache(NamedTuple):
@@ -496,14 +490,6 @@ class Block(nn.Module):
         return x + gate2 * self.ffn(self.norm2(x) * (1 + scale2) + shift2), cache
 
 
-def timestep_embedding(timestep, dim):
-    """Sinusoidal embedding of the timestep in [0, 1000], cos first then sin (Wan). timestep: (...) -> (..., dim)"""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64, device=timestep.device) / half)
-    angles = timestep.double()[..., None] * freqs
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
-
-
 # ---- who attends to whom in a parallel forward ----------------------------------------------------
 
 @dataclass
@@ -603,7 +589,10 @@ class VideoDiT(nn.Module):
         B, frames = x.shape[:2]
         hw = self.cfg.tokens_per_frame
         timestep = timestep.reshape(B, -1).expand(B, frames)                                # (B, F)
-        e = self.time_embedding(timestep_embedding(timestep, self.cfg.freq_dim).to(x.dtype))  # (B, F, d)
+        half = self.cfg.freq_dim // 2               # the sinusoidal timestep embedding, cos first then sin (Wan)
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64, device=x.device) / half)
+        angles = timestep.double()[..., None] * freqs                                   # (B, F, freq_dim / 2)
+        e = self.time_embedding(torch.cat([angles.cos(), angles.sin()], -1).to(x.dtype))  # (B, F, d)
         e0 = self.time_projection(e).unflatten(-1, (6, -1))                            # (B, F, 6, d)
         tokens = self.patch_embedding(self.patchify(x))                                # (B, L, d)
         return tokens, e0.repeat_interleave(hw, dim=1), e.repeat_interleave(hw, dim=1)  # (B, L, 6, d), (B, L, d)

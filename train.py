@@ -152,9 +152,8 @@ class Teacher:
     name, resume_file = "stage 0 (teacher)", "teacher.resume.pt"
 
     def __init__(self, run):
-        self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
-        self.steps = preset.teacher_steps
+        self.run, self.preset, self.log, self.steps = run, preset, [], preset.teacher_steps
         cfg = tv.VideoSSMConfig(**preset.model, causal=False)
         with run.seeded(0):
             self.model = tv.VideoDiT(cfg).to(run.device)
@@ -304,9 +303,8 @@ class ODEDistillation:
     name, resume_file = "stage 1 (ODE distillation)", "student_stage1.resume.pt"
 
     def __init__(self, run):
-        self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
-        self.steps = preset.student_steps
+        self.run, self.preset, self.log, self.steps = run, preset, [], preset.student_steps
         teacher, self.text_encoder = run.load("teacher.pt", build=True)
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
         self.pairs = ode_pairs(run, teacher, self.text_encoder, self.sigmas)
@@ -349,9 +347,8 @@ class SelfRolloutDMD:
     name, resume_file = "stage 2 (self-rollout DMD)", "student.resume.pt"
 
     def __init__(self, run, released="student.pt"):
-        self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
-        self.steps, self.released = preset.dmd_steps, released
+        self.run, self.preset, self.log, self.steps, self.released = run, preset, [], preset.dmd_steps, released
         self.teacher, self.text_encoder = run.load("teacher.pt", build=True)
         self.teacher.requires_grad_(False)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
@@ -470,9 +467,8 @@ class MemoryRecall:
     name, resume_file = "stage 2 (memory recall)", "student_memory.resume.pt"
 
     def __init__(self, run, dmd_file):
-        self.run, self.preset, self.log = run, run.preset, []
         preset = run.preset
-        self.steps = preset.memory_steps
+        self.run, self.preset, self.log, self.steps = run, preset, [], preset.memory_steps
         self.model, self.text_encoder = run.load(dmd_file, build=True)
         self.frozen = run.load(dmd_file, build=True)[0].requires_grad_(False)
         self.memory = [p for name, p in self.model.named_parameters() if ".memory." in name]
@@ -865,6 +861,10 @@ def main(argv=None):
         stages.append(("2", "student.pt", lambda: MemoryRecall(run, dmd_file)))
     try:
         train_stages(run, args, stages)
+    except KeyboardInterrupt:            # Ctrl-C: a save under way is left whole or not at all (save_checkpoint)
+        print(f"stopped by Ctrl-C: {run.out_dir}/ keeps each stage's last checkpoint; the same command goes on "
+              f"from there", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         release_folder(run.out_dir)
     if run.distributed:

@@ -214,7 +214,6 @@ def sprite_mask(frames: torch.Tensor, background) -> torch.Tensor:
     return (away(BACKGROUND_RGB[background]) & away(CURTAIN_RGB)).float()
 
 
-
 # ---- sprites that come back: the recall question's ground truth ---------------------------------
 # `cfg` below is anything with chunk_frames, sink_chunks and window_chunks (the model's VideoSSMConfig).
 
