@@ -412,8 +412,8 @@ class HybridAttention(nn.Module):
     def step(self, x, cache: LayerCache, step: StreamStep, write=False):
         """The streaming path: chunk tokens x (B, L, d) against the cache -> (B, L, d), and the cache (new after a write)."""
         q, k, v, gates = self.project(x)
-        k_all = k if cache.k is None else torch.cat([cache.k, k], dim=1)               # (B, Lc + L, nh, hd)
-        v_all = v if cache.v is None else torch.cat([cache.v, v], dim=1)
+        cat = lambda old, new: new if old is None else torch.cat([old, new], dim=1)     # the cached chunks, then this
+        k_all, v_all = cat(cache.k, k), cat(cache.v, v)                                 # (B, Lc + L, nh, hd)
         q_rot, k_rot = rope(q, step.query_angles), rope(k_all, step.key_angles)
         local = nnf.scaled_dot_product_attention(q_rot.transpose(1, 2), k_rot.transpose(1, 2),
                                                  v_all.transpose(1, 2)).transpose(1, 2)   # (E4) (B, L, nh, hd)
@@ -424,7 +424,6 @@ class HybridAttention(nn.Module):
         out = self.fuse(x, q, local, states, state_of_token, step.frame_index)
         if not write:
             return out, cache
-        cat = lambda old, new: new if old is None else torch.cat([old, new], dim=1)
         g_all, beta_all = (cat(cache.g, gates[0]), cat(cache.beta, gates[1])) if gates else (None, None)
         chunk = lambda t, i: t[:, i * x.shape[1]:(i + 1) * x.shape[1]]                    # cached chunk i's tokens
         state = cache.state
