@@ -1216,11 +1216,15 @@ def test_ctrl_c_stops_training_with_one_line_and_the_same_command_goes_on(tmp_pa
     command = [sys.executable, "train.py", "--preset", "test", "--stage", "0", "--set", "teacher_steps=100000",
                "--out", out]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120                            # the first checkpoint: save_every steps in
-    while process.poll() is None and time.time() < deadline and not os.path.exists(os.path.join(out, "teacher.resume.pt")):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    err = process.communicate(timeout=60)[1]
+    try:
+        deadline = time.time() + 120                        # the first checkpoint: save_every steps in
+        while process.poll() is None and time.time() < deadline and not os.path.exists(os.path.join(out, "teacher.resume.pt")):
+            time.sleep(0.05)
+        assert os.path.exists(os.path.join(out, "teacher.resume.pt")), "no checkpoint within 120 s"
+        process.send_signal(signal.SIGINT)
+        err = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()                                      # a no-op once it has stopped
     assert process.returncode == 130 and "Traceback" not in err and "the same command goes on" in err, err[-2000:]
     assert not os.path.exists(os.path.join(out, "run.lock"))
     result = subprocess.run([*command, "--stop-at", "100"], cwd=ROOT, capture_output=True, text=True)
