@@ -1215,7 +1215,10 @@ def test_ctrl_c_stops_training_with_one_line_and_the_same_command_goes_on(tmp_pa
     out = str(tmp_path / "run")
     command = [sys.executable, "train.py", "--preset", "test", "--stage", "0", "--set", "teacher_steps=100000",
                "--out", out]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's usual meaning in the child, even where this test run was started with SIGINT ignored (`trap ''
+    # INT`, some background launchers): a process that inherits "ignored" never sees the signal.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120                        # the first checkpoint: save_every steps in
         while process.poll() is None and time.time() < deadline and not os.path.exists(os.path.join(out, "teacher.resume.pt")):
@@ -1255,6 +1258,19 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train.save_checkpoint(path, {"format": tv.CHECKPOINT_FORMAT, "a": torch.zeros(2)})
     assert torch.equal(tv.load_checkpoint(path)["a"], torch.ones(2))     # the old file survives
+
+
+def test_ctrl_c_during_a_save_lets_the_save_finish_then_stops(tmp_path, monkeypatch):
+    path, save = str(tmp_path / "x.pt"), torch.save
+
+    def save_with_ctrl_c(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)             # the key is pressed while the archive is being written
+        save(obj, f)
+    monkeypatch.setattr(torch, "save", save_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(path, {"format": tv.CHECKPOINT_FORMAT, "a": torch.ones(2)})
+    assert torch.equal(tv.load_checkpoint(path)["a"], torch.ones(2))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def train_in_a_fresh_process(*flags, cwd=ROOT):

@@ -15,6 +15,7 @@ import fcntl
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -638,8 +639,12 @@ def release_folder(folder):
 
 
 def save_checkpoint(path, checkpoint):
-    """Write atomically, a temporary file then a rename: a crash or a full disk leaves the old file as it was."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    """Write atomically, a temporary file then a rename: a crash or a full disk leaves the old file as it was, and
+    Ctrl-C during the write waits for the file to be whole (torch's archive writer cannot stop half-way)."""
+    tmp, ctrl_c = f"{path}.{os.getpid()}.tmp", []
+    wait_for_ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if wait_for_ctrl_c:
+        signal.signal(signal.SIGINT, lambda *_: ctrl_c.append(True))
     try:
         with open(tmp, "wb") as file:                  # a file object: the archive's name inside is fixed
             torch.save(checkpoint, file)
@@ -652,6 +657,11 @@ def save_checkpoint(path, checkpoint):
         kept = f"the last checkpoint, {path}, is kept as it was" if os.path.exists(path) else "nothing was written"
         raise SystemExit(f"cannot write {path}: {error.strerror or error}. {kept.capitalize()}; make room (or fix "
                          f"the folder) and run the same command again to go on from there.") from None
+    finally:
+        if wait_for_ctrl_c:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if ctrl_c:
+                raise KeyboardInterrupt
 
 
 def remove_stale_temporary_files(folder):
