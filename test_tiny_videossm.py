@@ -1260,6 +1260,22 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     assert torch.equal(tv.load_checkpoint(path)["a"], torch.ones(2))     # the old file survives
 
 
+def test_only_matrices_decay_in_every_stage(run):
+    """Every optimizer of every stage decays the preset's weight_decay on parameters of two or more dimensions and
+    nothing on vectors: norms, biases, the router, the memory's A_log and dt_bias."""
+    stages = [train.Teacher(run), train.ODEDistillation(run), train.SelfRolloutDMD(run), train.MemoryRecall(run, "student.pt")]
+    optimizers = [o for stage in stages for o in stage.modules.values() if isinstance(o, torch.optim.Optimizer)]
+    assert len(optimizers) == 5
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                assert group["weight_decay"] == (run.preset.weight_decay if p.dim() >= 2 else 0.0)
+    memory = stages[-1].model.blocks[0].self_attn.memory
+    decays = {id(p): g["weight_decay"] for g in stages[-1].optimizer.param_groups for p in g["params"]}
+    assert decays[id(memory.A_log)] == decays[id(memory.dt_bias)] == decays[id(memory.router_w)] == 0.0
+    assert decays[id(memory.beta_proj.weight)] == run.preset.weight_decay > 0
+
+
 def test_ctrl_c_during_a_save_lets_the_save_finish_then_stops(tmp_path, monkeypatch):
     path, save = str(tmp_path / "x.pt"), torch.save
 
