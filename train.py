@@ -39,6 +39,7 @@ class Preset:
     denoising_steps: int = 4      # the student's few steps
     guidance_scale: float = 1.5   # classifier-free guidance of the teacher (ODE pairs, real score)
     save_every: int = 100         # steps between resumable checkpoints
+    weight_decay: float = 0.01    # AdamW's, on matrices only (adamw)
     # stage 0: the teacher
     teacher_steps: int = 2000
     teacher_batch: int = 8
@@ -76,7 +77,6 @@ class Preset:
     memory_free_frames: int = 36  # the free rollout the anchor covers
     memory_anchor: float = 10.0   # weight of the squared difference to the frozen stage-2 student, off the sprite
     memory_free_anchor: float = 100.0  # and on the free rollout
-    weight_decay: float = 0.01    # AdamW's, on matrices only, in every stage (adamw)
 
     def __post_init__(self):
         """Values a run can use: one clear error now, not an untrained checkpoint or a traceback later."""
@@ -97,7 +97,7 @@ class Preset:
             raise ValueError(f"critic_warmup={self.critic_warmup}: must be < dmd_steps={self.dmd_steps}")
 
 
-ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "guidance_scale",
+ZERO_ALLOWED = {"weight_decay", "image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "guidance_scale",
                 "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_anchor",
                 "memory_free_anchor"}
 
@@ -312,7 +312,7 @@ class ODEDistillation:
         self.pairs = ode_pairs(run, teacher, self.text_encoder, self.sigmas)
         with run.seeded(1):                                # the memory's new weights
             self.model = student_from_teacher(teacher, run.mode).train()
-        self.optimizer = adamw([self.model.parameters()], (0.9, 0.99), preset.weight_decay)
+        self.optimizer = adamw([list(self.model.parameters())], (0.9, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer}
 
     def train_step(self, step):
@@ -355,8 +355,8 @@ class SelfRolloutDMD:
         self.teacher.requires_grad_(False)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
         self.model = run.load("student_stage1.pt", build=True)[0].train().requires_grad_(True)
-        self.optimizer = adamw([self.model.parameters()], (0.0, 0.99), preset.weight_decay)
-        self.critic_optimizer = adamw([self.critic.parameters()], (0.0, 0.99), preset.weight_decay)
+        self.optimizer = adamw([list(self.model.parameters())], (0.0, 0.99), preset.weight_decay)
+        self.critic_optimizer = adamw([list(self.critic.parameters())], (0.0, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer,
                         "critic": self.critic, "critic_optimizer": self.critic_optimizer}
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
@@ -482,7 +482,7 @@ class MemoryRecall:
         self.trained = self.memory + rest
         for p in self.trained:
             p.requires_grad_(True)
-        self.optimizer = adamw([self.memory, *([rest] if rest else [])], (0.9, 0.99), preset.weight_decay)
+        self.optimizer = adamw([self.memory, rest], (0.9, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer}
         size = self.model.cfg.frame_size
         self.worlds = [World(size, **w) for w in preset.memory_worlds] or [with_curtains(World(size, **preset.world))]
@@ -701,24 +701,24 @@ def learning_rate(step, total, peak, warmup):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def adamw(parameter_lists, betas, weight_decay):
-    """AdamW in which only matrices decay (nanoGPT's rule): each list's parameters of two or more dimensions decay by
-    `weight_decay`; its vectors (norms, biases, the router, the memory's A_log and dt_bias) never do. Each list is
-    two parameter groups sharing one learning rate, which optimizer_step sets."""
-    return torch.optim.AdamW([{"params": [p for p in parameters if (p.dim() >= 2) == decays], "list": i,
-                               "weight_decay": weight_decay if decays else 0.0}
-                              for i, parameters in enumerate(map(list, parameter_lists)) for decays in (True, False)],
-                             lr=0.0, betas=betas)
+def adamw(parameter_groups, betas, weight_decay):
+    """AdamW in which only matrices decay, as in nanoGPT: parameters of two dimensions or more (weights, embeddings,
+    adaLN tables). Vectors never do: the memory's A_log and dt_bias (flash-linear-attention marks them so), the
+    router, norms, biases. parameter_groups: one list of parameters per learning rate optimizer_step is given."""
+    groups = [{"params": [p for p in group if (p.dim() >= 2) == matrices], "rate": i,
+               "weight_decay": weight_decay if matrices else 0.0}
+              for i, group in enumerate(parameter_groups) for matrices in (True, False)]
+    return torch.optim.AdamW([group for group in groups if group["params"]], betas=betas)
 
 
 def optimizer_step(run, optimizer, parameters, lr, loss):
-    """backward, average over ranks, clip, step; lr: one rate, or one per list of parameters given to adamw."""
+    """backward, average over ranks, clip, step; lr: one rate, or a list of one per group given to adamw."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.average_gradients(parameters)
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
     for group in optimizer.param_groups:
-        group["lr"] = lr[group["list"]] if isinstance(lr, list) else lr
+        group["lr"] = lr[group["rate"]] if isinstance(lr, list) else lr
     optimizer.step()
 
 
