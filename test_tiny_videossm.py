@@ -1267,10 +1267,14 @@ def test_ctrl_c_during_a_save_lets_the_save_finish_then_stops(tmp_path, monkeypa
         os.kill(os.getpid(), signal.SIGINT)             # the key is pressed while the archive is being written
         save(obj, f)
     monkeypatch.setattr(torch, "save", save_with_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"format": tv.CHECKPOINT_FORMAT, "a": torch.ones(2)})
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's Ctrl-C, however pytest was started
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.save_checkpoint(path, {"format": tv.CHECKPOINT_FORMAT, "a": torch.ones(2)})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert torch.equal(tv.load_checkpoint(path)["a"], torch.ones(2))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def train_in_a_fresh_process(*flags, cwd=ROOT):
