@@ -1807,7 +1807,25 @@ def test_the_memory_phase_moves_the_rest_of_the_student_at_its_own_rate(run):
     stage.train_step(0)
     moved = {k for k, v in stage.model.state_dict().items() if not torch.equal(before[k], v)}
     assert any(".memory." in k for k in moved) and any(".memory." not in k for k in moved)
-    assert [g["lr"] for g in stage.optimizer.param_groups] == [preset.memory_lr, 1e-4]
+    assert [g["lr"] for g in stage.optimizer.param_groups] == [preset.memory_lr] * 2 + [1e-4] * 2  # matrices, vectors
+
+
+def test_only_matrices_decay_in_every_stage(run):
+    """Weight decay said once (train.adamw): parameters of two dimensions or more decay at the preset's
+    weight_decay; vectors (the memory's A_log and dt_bias, the router, norms, biases) never, in every stage."""
+    run = train.Run("cpu", run.out_dir, seed=0, spec="test memory_rest_lr=1e-4 weight_decay=0.05")
+    dmd = train.SelfRolloutDMD(run, "student_dmd.pt")
+    for stage, model, optimizer in [(train.Teacher(run), None, None), (train.ODEDistillation(run), None, None),
+                                    (dmd, None, None), (dmd, dmd.critic, dmd.critic_optimizer),
+                                    (train.MemoryRecall(run, "student_dmd.pt"), None, None)]:
+        model, optimizer = model or stage.model, optimizer or stage.optimizer
+        names = {id(p): n for n, p in model.named_parameters()}
+        decay = {names[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]
+                 if id(p) in names}
+        assert decay and all(d == (0.05 if model.get_parameter(n).dim() >= 2 else 0.0) for n, d in decay.items())
+    memory = {n.split(".memory.")[1]: d for n, d in decay.items() if n.startswith("blocks.0.self_attn.memory.")}
+    assert {n for n, d in memory.items() if d == 0} == {"A_log", "dt_bias", "router_w", "router_b", "norm.weight",
+                                                        "out_gate.bias"}
 
 
 def test_the_memory_phase_draws_its_clips_from_every_world_of_its_family(run, monkeypatch):

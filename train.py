@@ -39,6 +39,7 @@ class Preset:
     denoising_steps: int = 4      # the student's few steps
     guidance_scale: float = 1.5   # classifier-free guidance of the teacher (ODE pairs, real score)
     save_every: int = 100         # steps between resumable checkpoints
+    weight_decay: float = 0.01    # AdamW's, on matrices only (adamw)
     # stage 0: the teacher
     teacher_steps: int = 2000
     teacher_batch: int = 8
@@ -96,7 +97,7 @@ class Preset:
             raise ValueError(f"critic_warmup={self.critic_warmup}: must be < dmd_steps={self.dmd_steps}")
 
 
-ZERO_ALLOWED = {"image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "guidance_scale",
+ZERO_ALLOWED = {"weight_decay", "image_batch", "warmup", "critic_warmup", "sprite_weight", "dmd_regression", "guidance_scale",
                 "text_dropout", "switch_probability", "ema_decay", "memory_steps", "memory_rest_lr", "memory_anchor",
                 "memory_free_anchor"}
 
@@ -160,7 +161,7 @@ class Teacher:
             self.model = tv.VideoDiT(cfg).to(run.device)
             self.text_encoder = tv.TextEncoder(VOCAB, cfg.text_dim).to(run.device)
         self.trained_parameters = [*self.model.parameters(), *self.text_encoder.parameters()]
-        self.optimizer = torch.optim.AdamW(self.trained_parameters, lr=preset.teacher_lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.optimizer = adamw([self.trained_parameters], (0.9, 0.99), preset.weight_decay)
         self.ema = EMA(self.model, preset.ema_decay)
         self.ema_text = EMA(self.text_encoder, preset.ema_decay)
         # the forward train_step calls, compiled where it can be (the same weights; on a CPU inductor needs a C++
@@ -311,7 +312,7 @@ class ODEDistillation:
         self.pairs = ode_pairs(run, teacher, self.text_encoder, self.sigmas)
         with run.seeded(1):                                # the memory's new weights
             self.model = student_from_teacher(teacher, run.mode).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.student_lr, betas=(0.9, 0.99))
+        self.optimizer = adamw([list(self.model.parameters())], (0.9, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer}
 
     def train_step(self, step):
@@ -354,8 +355,8 @@ class SelfRolloutDMD:
         self.teacher.requires_grad_(False)
         self.critic = copy.deepcopy(self.teacher).requires_grad_(True).train()
         self.model = run.load("student_stage1.pt", build=True)[0].train().requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=preset.dmd_lr, betas=(0.0, 0.99))
-        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=preset.critic_lr, betas=(0.0, 0.99))
+        self.optimizer = adamw([list(self.model.parameters())], (0.0, 0.99), preset.weight_decay)
+        self.critic_optimizer = adamw([list(self.critic.parameters())], (0.0, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer,
                         "critic": self.critic, "critic_optimizer": self.critic_optimizer}
         self.sigmas = tv.denoising_sigmas(preset.denoising_steps, preset.timestep_shift)
@@ -481,8 +482,7 @@ class MemoryRecall:
         self.trained = self.memory + rest
         for p in self.trained:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW([{"params": self.memory}, *([{"params": rest}] if rest else [])],
-                                           lr=preset.memory_lr, betas=(0.9, 0.99))
+        self.optimizer = adamw([self.memory, rest], (0.9, 0.99), preset.weight_decay)
         self.modules = {"model": self.model, "optimizer": self.optimizer}
         size = self.model.cfg.frame_size
         self.worlds = [World(size, **w) for w in preset.memory_worlds] or [with_curtains(World(size, **preset.world))]
@@ -701,15 +701,24 @@ def learning_rate(step, total, peak, warmup):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def adamw(parameter_groups, betas, weight_decay):
+    """AdamW in which only matrices decay, as in nanoGPT: parameters of two dimensions or more (weights, embeddings,
+    adaLN tables). Vectors never do: the memory's A_log and dt_bias (flash-linear-attention marks them so), the
+    router, norms, biases. parameter_groups: one list of parameters per learning rate optimizer_step is given."""
+    groups = [{"params": [p for p in group if (p.dim() >= 2) == matrices], "rate": i,
+               "weight_decay": weight_decay if matrices else 0.0}
+              for i, group in enumerate(parameter_groups) for matrices in (True, False)]
+    return torch.optim.AdamW([group for group in groups if group["params"]], betas=betas)
+
+
 def optimizer_step(run, optimizer, parameters, lr, loss):
-    """backward, average over ranks, clip, step; lr: one rate, or one per parameter group."""
+    """backward, average over ranks, clip, step; lr: one rate, or a list of one per group given to adamw."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.average_gradients(parameters)
     torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-    rates = lr if isinstance(lr, list) else [lr] * len(optimizer.param_groups)
-    for group, rate in zip(optimizer.param_groups, rates):
-        group["lr"] = rate
+    for group in optimizer.param_groups:
+        group["lr"] = lr[group["rate"]] if isinstance(lr, list) else lr
     optimizer.step()
 
 

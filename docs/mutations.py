@@ -144,6 +144,8 @@ BREAKS = [
  ("phase: the frozen student predicts from the clean chunk", "train.py", "frozen_made.append(tv.x0_from_velocity(x, frozen.forward_chunk(x, 1000 * s, caches[1]), s))", "frozen_made.append(tv.x0_from_velocity(x0.detach(), frozen.forward_chunk(x0.detach(), 1000 * s, caches[1]), s))"),
  ("phase: the sprite read from the trained student", "train.py", "sprite = sprite_mask(frozen_x0, background)", "sprite = sprite_mask(x0.detach(), background)"),
  ("phase: the anchor on the sprite", "train.py", "outside = ((x0 - frozen_x0).square() * (1 - sprite)).mean()", "outside = ((x0 - frozen_x0).square() * sprite).mean()"),
+ ("decay: vectors decay too", "train.py", "\"weight_decay\": weight_decay if matrices else 0.0}", "\"weight_decay\": weight_decay}"),
+ ("decay: the critic decays everything at AdamW's default", "train.py", "self.critic_optimizer = adamw([list(self.critic.parameters())], (0.0, 0.99), preset.weight_decay)", "self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), betas=(0.0, 0.99))"),
  ("phase: the frozen student is the trained one", "train.py", "self.frozen = run.load(dmd_file, build=True)[0].requires_grad_(False)", "self.frozen = self.model"),
 ]
 
