@@ -1211,6 +1211,18 @@ def test_a_resume_file_is_used_only_by_its_own_run(tmp_path, capsys):
     assert "resuming from step 2" in capsys.readouterr().out and os.path.exists(tmp_path / "teacher.pt")
 
 
+def test_a_resume_file_of_another_train_py_says_so(tmp_path):
+    """The same preset, settings and seed, but a resume file whose recipe another version of train.py wrote (its
+    preset's values differ): the message names the code, not the flags, which would not help."""
+    out = str(tmp_path)
+    train.main(["--preset", "test", "--stage", "0", "--stop-at", "2", "--out", out])
+    checkpoint = torch.load(tmp_path / "teacher.resume.pt", weights_only=False)
+    del checkpoint["made_by"]["recipe"]["weight_decay"]                 # as a train.py before that field wrote it
+    torch.save(checkpoint, tmp_path / "teacher.resume.pt")
+    with pytest.raises(SystemExit, match="made by preset 'test', seed 0 too, but by another version of train.py"):
+        train.main(["--preset", "test", "--stage", "0", "--out", out])
+
+
 def test_ctrl_c_stops_training_with_one_line_and_the_same_command_goes_on(tmp_path):
     out = str(tmp_path / "run")
     command = [sys.executable, "train.py", "--preset", "test", "--stage", "0", "--set", "teacher_steps=100000",

@@ -758,10 +758,15 @@ def run_stage(stage, run, stop_at=None):
     made_by = {**run.made_by, "mode": None if isinstance(stage, Teacher) else run.mode}   # a resume file: one run's
     if os.path.exists(resume_path):
         checkpoint = run.load(stage.resume_file)
-        if checkpoint.get("made_by") != made_by:
-            raise SystemExit(f"{resume_path} belongs to another run ({describe(checkpoint.get('made_by', {}))}; this "
-                             f"one: {describe(made_by)}). Pass that run's --preset, --set, --seed and --mode to resume "
-                             f"it, or --out with a folder of its own for this run.")
+        theirs = checkpoint.get("made_by", {})
+        if theirs != made_by and all(theirs.get(k) == made_by[k] for k in ("preset", "seed", "mode")):
+            raise SystemExit(f"{resume_path} was made by {describe(theirs)} too, but by another version of train.py "
+                             f"(other values of that preset): pass --out with a folder of its own for this run, or "
+                             f"finish that one with the train.py that started it.")
+        if theirs != made_by:
+            raise SystemExit(f"{resume_path} belongs to another run ({describe(theirs)}; this one: {describe(made_by)})"
+                             f". Pass that run's --preset, --set, --seed and --mode to resume it, or --out with a "
+                             f"folder of its own for this run.")
         try:
             for name, module in stage.modules.items():
                 module.load_state_dict(checkpoint[name])

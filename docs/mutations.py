@@ -126,6 +126,7 @@ BREAKS = [
  ("harness: a resumed log saves to other bytes", "train.py", "    return {sys.intern(key): value for key, value in losses.items()}", "    return dict(losses)"),
  ("harness: a full disk leaves its temporary file", "train.py", "        if os.path.exists(tmp):\n            os.remove(tmp)\n        kept =", "        kept ="),
  ("harness: Ctrl-C mid-save breaks the archive", "train.py", "    wait_for_ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler\n", "    wait_for_ctrl_c = False\n"),
+ ("harness: a resume file of another train.py told as another run's", "train.py", "if theirs != made_by and all(theirs.get(k) == made_by[k] for k in (\"preset\", \"seed\", \"mode\")):", "if False:"),
  ("harness: another run's release counts as done", "train.py", "    if made_by == run.made_by and (not student or mode == run.mode):", "    if True:"),
  ("harness: another mode's student counts as done", "train.py", "    if made_by == run.made_by and (not student or mode == run.mode):", "    if made_by == run.made_by:"),
  ("harness: a second run may write into a taken folder", "train.py", "        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "        pass\n"),
