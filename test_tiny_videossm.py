@@ -1201,7 +1201,7 @@ def test_a_resume_file_is_used_only_by_its_own_run(tmp_path, capsys):
     out = str(tmp_path)
     train.main(["--preset", "test", "--stage", "0", "--set", "teacher_steps=4", "--stop-at", "2", "--out", out])
     assert os.path.exists(tmp_path / "teacher.resume.pt")
-    its_run = re.escape("belongs to another run (preset 'test teacher_steps=4', seed 0")
+    its_run = re.escape("made by another run (preset 'test teacher_steps=4', seed 0")
     for argv, this_run in [(["--set", "teacher_steps=5"], "this one: preset 'test teacher_steps=5', seed 0"),
                            (["--set", "teacher_steps=4", "--seed", "1"], "this one: preset 'test teacher_steps=4', seed 1")]:
         with pytest.raises(SystemExit, match=f"{its_run}.*{re.escape(this_run)}.*--out with a folder of its own"):
@@ -1322,7 +1322,8 @@ def test_training_writes_a_folder_of_its_own_and_only_its_own_releases_count_as_
                         (["--set", "teacher_steps=7"], "made by another run (preset 'test', seed 0; this one: preset "
                                                        "'test teacher_steps=7', seed 0)"),
                         (["--preset", "quick"], "this one: preset 'quick', seed 0"),
-                        (["--stage", "1", "--mode", "sink"], "made by preset 'test', seed 0 too, but with mode 'hybrid'")]:
+                        (["--stage", "1", "--mode", "sink"], "(preset 'test', seed 0, mode 'hybrid'; this one: preset "
+                                                            "'test', seed 0, mode 'sink')")]:
         with pytest.raises(SystemExit) as stop:
             train.main(["--preset", "test", "--out", str(folder), *flags])
         assert says in str(stop.value) and "--out" in str(stop.value) and "delete" not in str(stop.value), stop.value

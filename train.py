@@ -727,22 +727,28 @@ def describe(made_by):
     return f"preset {made_by.get('preset')!r}, seed {made_by.get('seed')}{mode}"
 
 
+def check_made_by(path, theirs, ours):
+    """A file of the run's folder (a release, or a resume file) made by another run, or by the same preset, settings,
+    seed and mode under another version of train.py: one clear message, not a stage skipped or resumed into."""
+    if theirs == ours:
+        return
+    if all(theirs.get(k) == ours[k] for k in ("preset", "seed", "mode")):
+        raise SystemExit(f"{path} was made by {describe(theirs)} too, but by another version of train.py (other values "
+                         f"of that preset): pass --out with a folder of its own for this run, or finish that one with "
+                         f"the train.py that started it.")
+    raise SystemExit(f"{path} was made by another run ({describe(theirs)}; this one: {describe(ours)}). Pass --out with "
+                     f"a folder of its own for this run, or that run's --preset, --set, --seed and --mode to go on with it.")
+
+
 def made_by_this_run(run, name, student=False):
-    """Whether the run's folder holds `name` made by this run (preset, settings, seed, a student's mode); made by
-    another, one clear message, not a stage skipped."""
+    """Whether the run's folder holds the release `name` made by this run (check_made_by: or one clear message)."""
     if not os.path.exists(run.path(name)):
         return False
     checkpoint = run.load(name)
-    made_by, mode = checkpoint.get("made_by", {}), checkpoint.get("config", {}).get("mode")
-    if made_by == run.made_by and (not student or mode == run.mode):
-        return True
-    if {k: made_by.get(k) for k in ("preset", "seed")} == {k: run.made_by[k] for k in ("preset", "seed")}:
-        why = f"mode {mode!r}" if made_by == run.made_by else "other values of that preset (another train.py)"
-        differs = f"{run.path(name)} was made by {describe(made_by)} too, but with {why}"
-    else:
-        differs = f"{run.path(name)} was made by another run ({describe(made_by)}; this one: {describe(run.made_by)})"
-    raise SystemExit(f"{differs}. Pass --out with a folder of its own for this run, or that run's --preset, --set, "
-                     f"--seed and --mode to go on with it.")
+    mode = checkpoint.get("config", {}).get("mode") if student else None      # a student's mode is in its config
+    check_made_by(run.path(name), {**checkpoint.get("made_by", {}), "mode": mode},
+                  {**run.made_by, "mode": run.mode if student else None})
+    return True
 
 
 def log_entry(losses):
@@ -758,15 +764,7 @@ def run_stage(stage, run, stop_at=None):
     made_by = {**run.made_by, "mode": None if isinstance(stage, Teacher) else run.mode}   # a resume file: one run's
     if os.path.exists(resume_path):
         checkpoint = run.load(stage.resume_file)
-        theirs = checkpoint.get("made_by", {})
-        if theirs != made_by and all(theirs.get(k) == made_by[k] for k in ("preset", "seed", "mode")):
-            raise SystemExit(f"{resume_path} was made by {describe(theirs)} too, but by another version of train.py "
-                             f"(other values of that preset): pass --out with a folder of its own for this run, or "
-                             f"finish that one with the train.py that started it.")
-        if theirs != made_by:
-            raise SystemExit(f"{resume_path} belongs to another run ({describe(theirs)}; this one: {describe(made_by)})"
-                             f". Pass that run's --preset, --set, --seed and --mode to resume it, or --out with a "
-                             f"folder of its own for this run.")
+        check_made_by(resume_path, checkpoint.get("made_by", {}), made_by)
         try:
             for name, module in stage.modules.items():
                 module.load_state_dict(checkpoint[name])
