@@ -741,7 +741,7 @@ def check_made_by(path, theirs, ours):
 
 
 def made_by_this_run(run, name, student=False):
-    """Whether the run's folder holds the release `name` made by this run (check_made_by: or one clear message)."""
+    """Whether the run's folder holds the release `name`, made by this run; made by another, check_made_by says so."""
     if not os.path.exists(run.path(name)):
         return False
     checkpoint = run.load(name)
